@@ -1,0 +1,58 @@
+"""The one place where the array module is chosen: NumPy on the CPU, CuPy on NVIDIA GPUs.
+
+Everything else reads `backend.xp` at call time, so `use("cupy")` switches the whole package.
+"""
+import numpy
+
+from .errors import UserError
+
+xp = numpy
+name = "numpy"
+
+
+def use(backend: str, device: int | None = None):
+    """Select the array module; `device` picks the GPU (default: local rank modulo GPU count)."""
+    global xp, name
+    if backend == "numpy":
+        xp, name = numpy, "numpy"
+    elif backend == "cupy":
+        try:
+            import cupy
+        except ImportError as e:
+            raise UserError(f"backend: 'cupy' needs the optional extra gpu (pip install cupy-cuda12x): {e}") from None
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n == 0:
+            raise UserError("backend: 'cupy' was asked for but no CUDA device is visible")
+        cupy.cuda.Device(device % n if device is not None else 0).use()
+        xp, name = cupy, "cupy"
+    else:
+        raise UserError(f"backend: expected 'numpy' or 'cupy', got {backend!r}")
+    return xp
+
+
+def on_gpu() -> bool:
+    return name == "cupy"
+
+
+def to_numpy(a):
+    """A host copy (or the array itself on the CPU)."""
+    if name == "cupy" and not isinstance(a, numpy.ndarray):
+        return a.get()
+    return numpy.asarray(a)
+
+
+def asarray(a, dtype=None):
+    return xp.asarray(a, dtype=dtype)
+
+
+def synchronize():
+    """Wait for queued device work: before reading a timer and before any MPI call on device memory."""
+    if name == "cupy":
+        xp.cuda.get_current_stream().synchronize()
+
+
+def device_name() -> str:
+    if name == "cupy":
+        return xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
+    import platform
+    return platform.processor() or platform.machine()

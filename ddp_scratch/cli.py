@@ -1,0 +1,196 @@
+"""The command line behind launch.py. Errors from bad input become one line on stderr and exit
+status 2; an unexpected error in one rank of several aborts the whole MPI world."""
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+from .errors import UserError
+
+EXAMPLES = {
+    "train": """
+      python launch.py train experiments/mlp_digits.yaml --out runs/digits
+      mpiexec -n 2 python launch.py train experiments/mlp_digits.yaml --set train.batch_size=128
+      python launch.py train experiments/mlp_mnist.yaml --set data.path=~/mnist --out runs/mnist --resume""",
+    "local": """
+      python launch.py local -n 2 experiments/mlp_digits.yaml --out runs/digits2""",
+    "download": """
+      python launch.py download mnist --to data/mnist
+      python launch.py download fashion-mnist --to data/fashion""",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line and exit 2, like every other bad input
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _local_ranks():
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        v = os.environ.get(var, "")
+        if v.isdigit():
+            return int(v)
+    v = os.environ.get("SLURM_STEP_TASKS_PER_NODE", "")   # e.g. "2(x3)" or "2,1"
+    if v[:1].isdigit():
+        return int(v.split("(")[0].split(",")[0])
+    return 1
+
+
+def set_threads(requested=0):
+    """BLAS/OpenMP threads per rank: threads x ranks on a node <= cores. Must run before numpy loads."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    n = requested or int(os.environ.get("DDP_THREADS", 0)) or max(1, cores // _local_ranks())
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    return n
+
+
+def add_train_args(p):
+    p.add_argument("config", help="YAML config, e.g. experiments/mlp_digits.yaml")
+    p.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz if it exists")
+    p.add_argument("--overwrite", action="store_true", help="start a new run over an existing OUT/checkpoint.npz")
+    p.add_argument("--stop-at-step", type=int, default=0, metavar="K",
+                   help="checkpoint and exit at step K, exactly as a preempted run would")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser():
+    ap = Parser(prog="launch.py", description="ddp_scratch: train hand-written networks data-parallel.",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    def cmd(name, help_):
+        return sub.add_parser(name, help=help_, description=help_,
+                              epilog="examples:" + textwrap.dedent(EXAMPLES.get(name, "")),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    add_train_args(cmd("train", "train one model in this process (one rank of mpiexec/srun, or alone)"))
+    p = cmd("local", "run `train` on N local ranks through mpiexec")
+    p.add_argument("-n", "--ranks", type=int, required=True, help="number of ranks")
+    add_train_args(p)
+    p = cmd("download", "fetch MNIST-format IDX files and verify their checksums")
+    p.add_argument("dataset", help="mnist or fashion-mnist")
+    p.add_argument("--to", required=True, help="destination folder")
+    p.add_argument("--base-url", default=None, help="mirror to fetch from (folder URL)")
+    for extra in _EXTRA_COMMANDS:
+        extra(cmd)
+    return ap
+
+
+_EXTRA_COMMANDS = []   # later subsystems (sample, submit, scaling, ...) register here
+
+
+def _default_out(config):
+    return os.path.join("runs", os.path.splitext(os.path.basename(config))[0])
+
+
+def cmd_train(a):
+    from .config import load_config
+    cfg = load_config(a.config, a.overrides)
+    set_threads(cfg.train.threads)
+    from .train import Options, Trainer
+    opts = Options(out=a.out or _default_out(a.config), resume=a.resume, overwrite=a.overwrite,
+                   stop_at_step=a.stop_at_step, quiet=a.quiet)
+    tr = Trainer(cfg, opts)
+    s = tr.run()
+    if tr.comm.rank == 0 and not a.quiet:
+        acc = s.get("test_accuracy")
+        print(f"done: {s['steps']} steps, train_loss {s['train_loss']:.4f}"
+              + (f", test_accuracy {acc:.4f}" if acc is not None else "")
+              + f", {s.get('samples_per_s', 0):.0f} samples/s -> {opts.out}/summary.json", flush=True)
+    return 0
+
+
+def find_mpiexec():
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else shutil.which("mpiexec") or shutil.which("mpirun")
+
+
+def cmd_local(a):
+    from .config import load_config
+    load_config(a.config, a.overrides)    # fail fast, once, before starting N processes
+    if a.ranks < 1:
+        raise UserError(f"local -n: expected a number of ranks >= 1, got {a.ranks}")
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        raise UserError("local: no mpiexec found (pip install mpich, or load your cluster's MPI module)")
+    argv = [mpiexec, "-n", str(a.ranks), sys.executable, os.path.abspath(sys.argv[0]), "train", a.config]
+    argv += ["--out", a.out or _default_out(a.config)]
+    for o in a.overrides:
+        argv += ["--set", o]
+    argv += [f for f, on in (("--resume", a.resume), ("--overwrite", a.overwrite), ("--quiet", a.quiet)) if on]
+    if a.stop_at_step:
+        argv += ["--stop-at-step", str(a.stop_at_step)]
+    return run_forwarding(argv)
+
+
+def run_forwarding(argv):
+    """Run a launcher, forward its exit status; one Ctrl-C ends every rank."""
+    proc = subprocess.Popen(argv, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return 130
+
+
+def cmd_download(a):
+    from .download import download
+    download(a.dataset, a.to, a.base_url)
+    return 0
+
+
+HANDLERS = {"train": cmd_train, "local": cmd_local, "download": cmd_download}
+
+
+def _mpi_world():
+    """(rank, size, MPI module) if MPI is already initialised in this process, else (0, 1, None)."""
+    mod = sys.modules.get("mpi4py.MPI")
+    if mod is None or not mod.Is_initialized() or mod.Is_finalized():
+        return 0, 1, None
+    return mod.COMM_WORLD.Get_rank(), mod.COMM_WORLD.Get_size(), mod
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.cmd](args)
+    except UserError as e:
+        rank, size, mpi = _mpi_world()
+        if getattr(e, "collective", False) and rank != 0:
+            return e.exit_code
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as e:
+        from .train import Stopped
+        if isinstance(e, Stopped):
+            rank, _, _ = _mpi_world()
+            if rank == 0:
+                print(str(e), file=sys.stderr, flush=True)
+            return e.code
+        rank, size, mpi = _mpi_world()
+        if size > 1:    # the other ranks may sit in a collective: take the whole world down now
+            import traceback
+            traceback.print_exc()
+            print(f"error: rank {rank}: {type(e).__name__}: {e}; aborting all {size} ranks",
+                  file=sys.stderr, flush=True)
+            mpi.COMM_WORLD.Abort(1)
+        raise

@@ -1,0 +1,187 @@
+"""All communication lives here: the only module that imports mpi4py.
+
+With one process it does nothing and costs nothing (no mpiexec needed). With several, gradients
+are summed in place on the flat buffer (each rank already scaled its loss by 1/global_batch,
+so the SUM is the global mean gradient). Device buffers are synchronised before any MPI call and
+passed directly when MPI is CUDA-aware, else staged through a host buffer.
+
+A watchdog thread bounds every collective: a rank that never arrives (killed, frozen, stuck in
+I/O) ends the whole job after `timeout_s` with a message naming the step, instead of a hang.
+"""
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import backend as B
+from .errors import UserError
+
+
+def _launcher_tasks():
+    """Tasks the launcher started, from its environment (None when not under a launcher)."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    if "SLURM_PROCID" in os.environ and os.environ.get("SLURM_STEP_NUM_TASKS", "").isdigit():
+        return int(os.environ["SLURM_STEP_NUM_TASKS"])
+    return None
+
+
+class Comm:
+    def __init__(self, timeout_s=300.0):
+        self.timeout_s = float(timeout_s)
+        self.MPI, self.comm, self.rank, self.size = None, None, 0, 1
+        tasks = _launcher_tasks()
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            if tasks and tasks > 1:
+                raise UserError(f"launched as {tasks} tasks but mpi4py cannot be imported ({e}); "
+                                "install mpi4py and an MPI (e.g. pip install mpi4py mpich)") from None
+            MPI = None
+        if MPI is not None:
+            self.MPI, self.comm = MPI, MPI.COMM_WORLD
+            self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        if tasks and tasks > 1 and self.size == 1:
+            raise UserError(f"the launcher started {tasks} tasks but MPI sees a world of 1: each rank "
+                            "would train alone (under SLURM use srun --mpi=pmi2; mpi4py must use the "
+                            "same MPI as mpiexec)")
+        if "SLURM_PROCID" in os.environ and self.size > 1 and int(os.environ["SLURM_PROCID"]) != self.rank:
+            self.print(f"note: SLURM_PROCID={os.environ['SLURM_PROCID']} differs from MPI rank {self.rank}")
+        self.local_rank, self.local_size = self._local()
+        self.cuda_aware = self._cuda_aware()
+        self._host = None
+        self.comm_s = 0.0          # seconds inside the gradient all-reduce since reset
+        self.comm_calls = 0
+        self.step = -1             # for watchdog messages
+        self._busy = None          # (what, t0) while inside a collective
+        self._wd = None
+        if self.size > 1:
+            self._wd = threading.Thread(target=self._watchdog, daemon=True, name="ddp-watchdog")
+            self._wd.start()
+
+    # ------------------------------------------------------------------ topology
+    def _local(self):
+        if self.size == 1:
+            return 0, 1
+        local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
+        r, s = local.Get_rank(), local.Get_size()
+        local.Free()
+        return r, s
+
+    def _cuda_aware(self):
+        q = getattr(self.MPI, "Query_cuda_support", None) if self.MPI else None
+        try:
+            return bool(q()) if q else False
+        except Exception:
+            return False
+
+    # ------------------------------------------------------------------ watchdog
+    def _watchdog(self):
+        while True:
+            time.sleep(min(0.25, self.timeout_s / 10))
+            busy = self._busy
+            if busy and time.monotonic() - busy[1] > self.timeout_s:
+                sys.stderr.write(
+                    f"error: rank {self.rank}: {busy[0]} at step {self.step} did not complete within "
+                    f"comm.timeout_s={self.timeout_s:g}s: another rank died, froze or is stuck "
+                    f"(rank {self.rank} of {self.size} was waiting); ending the job\n")
+                sys.stderr.flush()
+                os._exit(3)
+
+    def _enter(self, what):
+        self._busy = (what, time.monotonic())
+
+    def _leave(self):
+        self._busy = None
+
+    # ------------------------------------------------------------------ collectives
+    def _device_call(self, buf, fn):
+        """Run fn on a buffer MPI can read: device memory if CUDA-aware, else a host copy."""
+        if not B.on_gpu():
+            return fn(buf)
+        B.synchronize()
+        if self.cuda_aware:
+            return fn(buf)
+        if self._host is None or self._host.shape != buf.shape or self._host.dtype != buf.dtype:
+            self._host = np.empty(buf.shape, buf.dtype)
+        buf.get(out=self._host)
+        fn(self._host)
+        buf.set(self._host)
+
+    def all_reduce_sum_(self, buf, what="all-reduce"):
+        """In-place SUM over ranks of a contiguous buffer."""
+        if self.size == 1:
+            return buf
+        self._enter(what)
+        try:
+            self._device_call(buf, lambda b: self.comm.Allreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM))
+        finally:
+            self._leave()
+        return buf
+
+    def all_reduce_gradients(self, space):
+        """Sum the flat gradient buffer (and its extra statistic slots) across ranks."""
+        if self.size == 1:
+            return
+        t0 = time.perf_counter()
+        self.all_reduce_sum_(space.grads_full, "gradient all-reduce")
+        self.comm_s += time.perf_counter() - t0
+        self.comm_calls += 1
+
+    def broadcast_(self, buf, root=0, what="broadcast"):
+        if self.size == 1:
+            return buf
+        self._enter(what)
+        try:
+            self._device_call(buf, lambda b: self.comm.Bcast(b, root=root))
+        finally:
+            self._leave()
+        return buf
+
+    def allgather(self, obj, what="allgather"):
+        """Small Python objects from every rank (checks, timings): a list indexed by rank."""
+        if self.size == 1:
+            return [obj]
+        self._enter(what)
+        try:
+            return self.comm.allgather(obj)
+        finally:
+            self._leave()
+
+    def any(self, flag: bool, what="agreement") -> bool:
+        """True if any rank passes True (used to agree on errors and signals)."""
+        if self.size == 1:
+            return bool(flag)
+        self._enter(what)
+        try:
+            return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
+        finally:
+            self._leave()
+
+    def barrier(self):
+        if self.size > 1:
+            self._enter("barrier")
+            try:
+                self.comm.Barrier()
+            finally:
+                self._leave()
+
+    # ------------------------------------------------------------------ process control
+    def print(self, *args, **kw):
+        """Print on rank 0 only, flushed (logs of many ranks interleave otherwise)."""
+        if self.rank == 0:
+            print(*args, **kw, flush=True)
+
+    def abort(self, code=1):
+        """End every rank now (after a rank-local failure the others may sit in a collective)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.size > 1:
+            self.comm.Abort(code)
+        os._exit(code)
+
+    def wtime(self):
+        return time.perf_counter()
