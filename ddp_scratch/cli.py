@@ -166,13 +166,22 @@ def _mpi_world():
     return mod.COMM_WORLD.Get_rank(), mod.COMM_WORLD.Get_size(), mod
 
 
+def _env_rank():
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return HANDLERS[args.cmd](args)
     except UserError as e:
         rank, size, mpi = _mpi_world()
-        if getattr(e, "collective", False) and rank != 0:
+        # Errors raised before MPI starts (config, CLI) or agreed collectively are the same on
+        # every rank: say them once, from rank 0.
+        if (mpi is None and _env_rank() != 0) or (getattr(e, "collective", False) and rank != 0):
             return e.exit_code
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code

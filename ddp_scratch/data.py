@@ -209,7 +209,7 @@ class ClassificationTask:
         n = len(y)
         if n == 0:
             return {}
-        lo, hi = rank_bounds(n, comm.rank, comm.world if hasattr(comm, "world") else comm.size)
+        lo, hi = rank_bounds(n, comm.rank, comm.size)
         tot = np.zeros(3)
         for s in range(lo, hi, self.eval_batch):
             e = min(hi, s + self.eval_batch)

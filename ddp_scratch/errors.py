@@ -5,6 +5,7 @@ class UserError(Exception):
     """Bad input from the user (config, CLI, data files, checkpoints): not a bug, no traceback."""
 
     exit_code = 2
+    collective = False   # True when every rank raises it at the same point (reported by rank 0 only)
 
 
 class ConfigError(UserError):

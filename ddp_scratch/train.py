@@ -41,6 +41,7 @@ class Stopped(Exception):
 
 class NonFinite(UserError):
     exit_code = EXIT_NONFINITE
+    collective = True     # decided from all-reduced values: identical on every rank
 
 
 def build_task(cfg, rank, world):
@@ -205,7 +206,8 @@ class Trainer:
         epoch, i = divmod(self.step, self.spe)
         while self.step < self.total_steps:
             t0 = time.perf_counter()
-            stats, c_s, m_s = self.train_step(epoch, i)
+            with np.errstate(over="ignore", invalid="ignore"):   # non-finite values are handled by policy
+                stats, c_s, m_s = self.train_step(epoch, i)
             dt = time.perf_counter() - t0
             train_s += dt
             times.add(c_s, m_s, dt)

@@ -1,0 +1,55 @@
+"""Shared test helpers.
+
+Torch policy: torch is an external ORACLE only. Oracle tests call `require_torch()`: without torch
+they skip, unless DDP_REQUIRE_TORCH=1 (set by CI and `make test`), where a missing torch FAILS.
+Reference values made with torch are also committed under tests/fixtures/ (tests/make_fixtures.py),
+so a machine without torch still checks against them.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch.py")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+sys.path.insert(0, ROOT)
+
+
+def require_torch():
+    try:
+        import torch
+    except ImportError:
+        if os.environ.get("DDP_REQUIRE_TORCH") == "1":
+            pytest.fail("torch is required here (DDP_REQUIRE_TORCH=1) but cannot be imported")
+        pytest.skip("torch not installed: checked against the committed fixtures only")
+    torch.set_default_dtype(torch.float64)
+    return torch
+
+
+def mpiexec():
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else "mpiexec"
+
+
+def run_launch(*args, timeout=120, env=None, ranks=0, cwd=None):
+    """Run `launch.py ARGS` (under mpiexec -n RANKS if ranks) and return the CompletedProcess."""
+    cmd = [sys.executable, LAUNCH, *map(str, args)]
+    if ranks:
+        cmd = [mpiexec(), "-n", str(ranks), *cmd]
+    e = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+    e.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd or ROOT)
+
+
+@pytest.fixture
+def launch():
+    return run_launch
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/mpi/ runs only under mpiexec with --with-mpi (tests/test_mpi.py launches it)."""
+    if collection_path.name == "mpi" and collection_path.is_dir():
+        return not config.getoption("--with-mpi", default=False)
+    return None
