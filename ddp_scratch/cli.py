@@ -202,4 +202,5 @@ def main(argv=None):
             print(f"error: rank {rank}: {type(e).__name__}: {e}; aborting all {size} ranks",
                   file=sys.stderr, flush=True)
             mpi.COMM_WORLD.Abort(1)
+            os._exit(1)
         raise

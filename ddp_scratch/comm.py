@@ -61,6 +61,9 @@ class Comm:
         self.step = -1             # for watchdog messages
         self._busy = None          # (what, t0) while inside a collective
         self._wd = None
+        self._hb_reqs = []
+        self._hb_send = np.zeros(1, dtype=np.int64)
+        self._hb_recv = np.zeros(self.size, dtype=np.int64)
         if self.size > 1:
             self._wd = threading.Thread(target=self._watchdog, daemon=True, name="ddp-watchdog")
             self._wd.start()
@@ -91,13 +94,44 @@ class Comm:
         while True:
             time.sleep(min(0.25, self.timeout_s / 10))
             busy = self._busy
-            if busy and time.monotonic() - busy[1] > self.timeout_s:
-                sys.stderr.write(
-                    f"error: rank {self.rank}: {busy[0]} at step {self.step} did not complete within "
-                    f"comm.timeout_s={self.timeout_s:g}s: another rank died, froze or is stuck "
-                    f"(rank {self.rank} of {self.size} was waiting); ending the job\n")
+            if not busy:
+                continue
+            waited = time.monotonic() - busy[1]
+            # rank 0 holds the heartbeats and can name who is missing, so it reports first; the
+            # others give it a moment before ending the job themselves
+            grace = 0.0 if self.rank == 0 else min(5.0, self.timeout_s)
+            if waited > self.timeout_s + grace:
+                missing = self._missing_ranks()
+                who = (f"rank(s) {missing} did not arrive (died, froze or stuck in I/O)" if missing
+                       else f"another rank did not arrive (rank {self.rank} of {self.size} was waiting)")
+                sys.stderr.write(f"error: {busy[0]} at step {self.step} did not complete within "
+                                 f"comm.timeout_s={self.timeout_s:g}s: {who}; ending the job\n")
                 sys.stderr.flush()
                 os._exit(3)
+
+    # Heartbeats: before each gradient all-reduce every rank posts its step number to rank 0
+    # (8 bytes, non-blocking), so when a collective hangs rank 0 can tell which ranks never came.
+    HB_TAG = 0x4842
+
+    def _heartbeat_post(self):
+        if self.rank == 0:
+            self._hb_reqs = [self.comm.Irecv(self._hb_recv[r:r + 1], source=r, tag=self.HB_TAG)
+                             for r in range(1, self.size)]
+        else:
+            self._hb_send[0] = self.step
+            self._hb_reqs = [self.comm.Isend(self._hb_send, dest=0, tag=self.HB_TAG)]
+
+    def _heartbeat_done(self):
+        self.MPI.Request.Waitall(self._hb_reqs)
+        self._hb_reqs = []
+
+    def _missing_ranks(self):
+        if self.rank != 0 or not self._hb_reqs or self.MPI.Query_thread() < self.MPI.THREAD_MULTIPLE:
+            return []
+        try:
+            return [r for r, q in zip(range(1, self.size), self._hb_reqs) if not q.Get_status()]
+        except Exception:
+            return []
 
     def _enter(self, what):
         self._busy = (what, time.monotonic())
@@ -134,10 +168,12 @@ class Comm:
         """Sum the flat gradient buffer (and its extra statistic slots) across ranks."""
         if self.size == 1:
             return
+        self._heartbeat_post()
         t0 = time.perf_counter()
         self.all_reduce_sum_(space.grads_full, "gradient all-reduce")
         self.comm_s += time.perf_counter() - t0
         self.comm_calls += 1
+        self._heartbeat_done()
 
     def broadcast_(self, buf, root=0, what="broadcast"):
         if self.size == 1:

@@ -12,6 +12,9 @@ import tempfile
 
 __all__ = ["atomic_write_bytes", "atomic_write_text"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _fsync_dir(dirname: str) -> None:
     # The rename itself lives in the directory entry; without this a power loss
@@ -36,6 +39,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp", dir=dirname)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp's 0600 would hide results from group members
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -39,6 +39,11 @@ class Stopped(Exception):
         self.code = code
 
 
+class RankDivergence(UserError):
+    exit_code = 5
+    collective = True     # every rank compares the same gathered checksums
+
+
 class NonFinite(UserError):
     exit_code = EXIT_NONFINITE
     collective = True     # decided from all-reduced values: identical on every rank
@@ -65,7 +70,9 @@ class Trainer:
     def __init__(self, cfg, opts: Options, comm: Comm | None = None):
         self.cfg, self.opts = cfg, opts
         self.comm = comm or Comm(cfg.comm.timeout_s)
-        self.stop_requested = False
+        self.stop_requested = False      # agreed by all ranks
+        self.signal_seen = False         # this rank got a stop signal
+        self._install_signals()          # early: a preemption during start-up must not kill us
         self.ckpt_path = os.path.join(opts.out, "checkpoint.npz")
         self.summary_path = os.path.join(opts.out, "summary.json")
         err = None
@@ -139,7 +146,9 @@ class Trainer:
     # ------------------------------------------------------------------ signals
     def _install_signals(self):
         def handler(signum, frame):
-            self.stop_requested = True
+            # Only noted here: the ranks agree on stopping through the next all-reduce, since a
+            # signal may reach the ranks during different steps (or reach only some of them).
+            self.signal_seen = True
         for name in STOP_SIGNALS:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), handler)
@@ -150,13 +159,14 @@ class Trainer:
         space, ex, t = self.space, self.space.extras, self.cfg.train
         t0 = time.perf_counter()
         x, y, n_items = self.task.batch(epoch, i)
+        self.n_items = n_items
         space.zero_grad()
         loss, correct = self.model.loss(x, y, 1.0 / n_items)
         self.model.backward()
         space.finish_grads()
-        ex[EXTRA_LOSS], ex[EXTRA_CORRECT], ex[EXTRA_ITEMS] = loss, correct, len(y)
+        ex[EXTRA_LOSS], ex[EXTRA_CORRECT], ex[EXTRA_ITEMS] = loss, correct, y.size
         ex[EXTRA_NONFINITE] = 0.0 if math.isfinite(loss) else 1.0
-        ex[EXTRA_STOP] = 1.0 if self.stop_requested else 0.0
+        ex[EXTRA_STOP] = 1.0 if self.signal_seen else 0.0
         t1 = now()
         self.comm.all_reduce_gradients(space)
         t2 = now()
@@ -193,14 +203,13 @@ class Trainer:
         cfg, comm, opts = self.cfg, self.comm, self.opts
         if comm.rank == 0:
             os.makedirs(opts.out, exist_ok=True)
-        self._install_signals()
         self.skipped = self.skips = 0
         self.gnorm = 0.0
         self.wandb = _wandb_init(cfg, opts.out) if comm.rank == 0 and cfg.logging.wandb else None
         times = StepTimes(self.total_steps - self.step)
         prog = Progress(self.total_steps, enabled=comm.rank == 0 and cfg.logging.progress and not opts.quiet,
                         every=cfg.train.log_every)
-        history, ep_loss, ep_correct, ep_items = [], 0.0, 0.0, 0.0
+        history, ep_loss, ep_correct, ep_items, ep_steps = [], 0.0, 0.0, 0.0, 0
         train_s, status = 0.0, "completed"
         self.check_consistency("start")
         epoch, i = divmod(self.step, self.spe)
@@ -211,9 +220,11 @@ class Trainer:
             dt = time.perf_counter() - t0
             train_s += dt
             times.add(c_s, m_s, dt)
-            ep_loss += stats[EXTRA_LOSS]
-            ep_correct += stats[EXTRA_CORRECT]
-            ep_items += stats[EXTRA_ITEMS]
+            if not self.skips:      # a skipped step contributes nothing, not even to the averages
+                ep_loss += stats[EXTRA_LOSS]
+                ep_correct += stats[EXTRA_CORRECT]
+                ep_items += self.n_items     # global count of scored targets (the loss normaliser)
+                ep_steps += 1
             self.step += 1
             i += 1
             comm.step = self.step
@@ -222,7 +233,7 @@ class Trainer:
             end_of_epoch = i == self.spe
             if end_of_epoch or (t.eval_every and self.step % t.eval_every == 0) or self.step == self.total_steps:
                 rec = {"step": self.step, "epoch": epoch + (i / self.spe),
-                       "train_loss": ep_loss / max(1, i if not end_of_epoch else self.spe),
+                       "train_loss": ep_loss / max(1, ep_steps),
                        "train_accuracy": ep_correct / max(1.0, ep_items), "lr": lr_at(cfg.optim, self.step - 1, self.total_steps),
                        "samples_per_s": self._rate(times)}
                 rec.update({f"val_{k}": v for k, v in self.task.evaluate(self.model, "val", comm).items()})
@@ -231,6 +242,7 @@ class Trainer:
             if end_of_epoch:
                 epoch, i = epoch + 1, 0
                 ep_loss = ep_correct = ep_items = 0.0
+                ep_steps = 0
             if t.check_every and self.step % t.check_every == 0:
                 self.check_consistency(f"step {self.step}")
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
@@ -263,7 +275,7 @@ class Trainer:
         allv = self.comm.allgather(local, f"parameter checksum ({when})")
         bad = [r for r, v in enumerate(allv) if v != allv[0]]
         if bad:
-            raise RuntimeError(f"ranks diverged at {when}: parameters on rank(s) {bad} differ from rank 0 "
+            raise RankDivergence(f"ranks diverged at {when}: parameters on rank(s) {bad} differ from rank 0 "
                                f"(checksums {allv[0]} vs {allv[bad[0]]})")
 
     def _rate(self, times):

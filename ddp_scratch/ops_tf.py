@@ -1,0 +1,229 @@
+"""Transformer op pairs: embedding, LayerNorm, causal self-attention, GELU, dropout.
+
+Each backward sits right under its forward and reads only what that forward saved. Parameter
+gradients go through the flat buffer's Param API (the first contribution of a step overwrites,
+later ones add: that is how the tied token embedding collects both of its uses). Gradients with
+respect to a residual-stream input are ADDED into the caller's `dx` (llm.c's `dinp +=`); other
+input gradients are written. A backward may overwrite its incoming gradient (a scratch buffer).
+
+Legend: B batch, T time, C channels (d_model), H heads, hs = C/H, V vocab, N = B*T rows.
+"""
+import math
+
+import numpy as np
+
+from . import backend as B
+
+# ----------------------------------------------------------------------------- embedding
+# out[b, t] = wte[idx[b, t]] + wpe[t]
+
+
+def embedding_forward(out, idx, wte, wpe):
+    """out (B,T,C); idx (B,T) int; wte (V,C); wpe (block_size,C), rows 0..T-1 used."""
+    B.xp.take(wte, idx, axis=0, out=out)
+    out += wpe[:idx.shape[1]]
+    return out
+
+
+def embedding_backward(dout, idx, wte, wpe):
+    """dwte[v] += sum of the dout rows whose token is v; dwpe[t] += sum over the batch of dout[:, t]."""
+    xp, T = B.xp, idx.shape[1]
+    if wpe.fresh:
+        wpe.grad[T:] = 0
+        xp.sum(dout, axis=0, out=wpe.grad[:T])
+        wpe.fresh = False
+    else:
+        wpe.grad[:T] += dout.sum(axis=0)
+    if wte.fresh:
+        wte.grad.fill(0)
+        wte.fresh = False
+    scatter_add_rows(wte.grad, idx.ravel(), dout.reshape(-1, dout.shape[-1]))
+
+
+def scatter_add_rows(dst, index, rows):
+    """dst[index[i]] += rows[i], repeated indices summed."""
+    if B.on_gpu():
+        import cupyx
+        cupyx.scatter_add(dst, index, rows)
+        return
+    # np.add.at is ~5x slower than sorting once and summing each run of equal indices.
+    order = np.argsort(index, kind="stable")
+    s = index[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    dst[s[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+
+
+# ----------------------------------------------------------------------------- layernorm
+# out = (x - mean) * rstd * w + b over C, rstd = 1 / sqrt(var + eps)
+
+
+def layernorm_forward(out, mean, rstd, x, w, b, eps=1e-5):
+    """x (N,C) -> out (N,C); saves mean (N,), rstd (N,)."""
+    xp, C = B.xp, x.shape[-1]
+    xp.mean(x, axis=-1, out=mean)
+    xp.subtract(x, mean[:, None], out=out)
+    xp.einsum("nc,nc->n", out, out, out=rstd)      # sum of squares, no (N,C) temporary
+    rstd /= C
+    rstd += eps
+    xp.sqrt(rstd, out=rstd)
+    xp.reciprocal(rstd, out=rstd)
+    out *= rstd[:, None]
+    out *= w
+    if b is not None:
+        out += b
+    return out
+
+
+def layernorm_backward(dx, dout, x, mean, rstd, w, dw, db, xhat, work):
+    """dx += rstd * (g - mean_C(g) - xhat * mean_C(g * xhat)), g = dout * w.
+
+    dout (N,C) is overwritten; xhat and work are (N,C) scratch; dw, db are Params."""
+    xp, C = B.xp, x.shape[-1]
+    xp.subtract(x, mean[:, None], out=xhat)         # recomputed: cheaper than keeping it
+    xhat *= rstd[:, None]
+    if db is not None:
+        db.acc_sum0(dout)
+    xp.multiply(dout, xhat, out=work)
+    dw.acc_sum0(work)
+    g = dout
+    g *= w                                          # (N,C)
+    m1 = g.mean(axis=-1)                            # (N,)
+    m2 = xp.einsum("nc,nc->n", g, xhat)
+    m2 /= C
+    g -= m1[:, None]
+    xhat *= m2[:, None]
+    g -= xhat
+    g *= rstd[:, None]
+    dx += g
+    return dx
+
+
+# ----------------------------------------------------------------------------- attention
+# q, k, v = split(qkv); att = softmax(q k^T / sqrt(hs) + causal mask); y = att v, heads side by side
+
+
+def causal_bias(T, dtype):
+    """(T,T): 0 on and below the diagonal, -inf above (a position sees only its past)."""
+    return np.triu(np.full((T, T), -np.inf), 1).astype(dtype)
+
+
+def split_heads(qkv, H):
+    """(B,T,3C) -> q, k, v views (B,H,T,hs) each: no copy, BLAS takes the row stride 3C."""
+    Bn, T, C3 = qkv.shape
+    return qkv.reshape(Bn, T, 3, H, C3 // (3 * H)).transpose(2, 0, 3, 1, 4)
+
+
+def attention_forward(y, att, qkv, H, bias, drop=None, work=None):
+    """qkv (B,T,3C) -> y (B,T,C); saves att (B,H,T,T) softmax probabilities.
+
+    q is scaled by 1/sqrt(hs) IN PLACE inside qkv (C multiplies instead of T*T per row), so the
+    saved qkv holds the scaled q that backward needs. `drop` (B,H,T,T) multiplies the probabilities
+    fed to `v` (the saved att stays undropped), `work` holds that product."""
+    xp = B.xp
+    Bn, T, C3 = qkv.shape
+    hs = C3 // (3 * H)
+    q, k, v = split_heads(qkv, H)                   # (B,H,T,hs) each
+    q *= 1.0 / math.sqrt(hs)
+    xp.matmul(q, k.swapaxes(-1, -2), out=att)       # (B,H,T,T)
+    att += bias[:T, :T]
+    mx = xp.fmax.reduce(att, axis=-1, keepdims=True)  # fmax: no NaN bookkeeping, 2x faster than max
+    att -= mx
+    xp.exp(att, out=att)
+    s = att.sum(axis=-1, keepdims=True)
+    att /= s
+    p = att
+    if drop is not None:
+        p = xp.multiply(att, drop, out=work)
+    yh = y.reshape(Bn, T, H, hs).swapaxes(1, 2)     # (B,H,T,hs) view of (B,T,C)
+    xp.matmul(p, v, out=yh)
+    return y
+
+
+def attention_backward(dqkv, dy, qkv, att, H, datt, drop=None, work=None):
+    """dy (B,T,C) -> dqkv (B,T,3C) written. datt (B,H,T,T) is scratch (and work, with dropout)."""
+    xp = B.xp
+    Bn, T, C3 = qkv.shape
+    hs = C3 // (3 * H)
+    q, k, v = split_heads(qkv, H)
+    dq, dk, dv = split_heads(dqkv, H)
+    dyh = dy.reshape(Bn, T, H, hs).swapaxes(1, 2)   # (B,H,T,hs)
+    p = att if drop is None else xp.multiply(att, drop, out=work)
+    xp.matmul(p.swapaxes(-1, -2), dyh, out=dv)      # dv = p^T dy
+    xp.matmul(dyh, v.swapaxes(-1, -2), out=datt)    # dp = dy v^T
+    if drop is not None:
+        datt *= drop
+    # softmax: dpre = att * (dp - sum_j dp_j att_j); masked entries have att = 0, so dpre = 0
+    s = xp.einsum("bhij,bhij->bhi", datt, att)
+    datt -= s[..., None]
+    datt *= att
+    xp.matmul(datt, k, out=dq)                      # gradient of the scaled q ...
+    dq *= 1.0 / math.sqrt(hs)                       # ... times the scale gives the unscaled one
+    xp.matmul(datt.swapaxes(-1, -2), q, out=dk)     # q here is the scaled q: pre = q' k^T
+    return dqkv
+
+
+# ----------------------------------------------------------------------------- GELU
+# g = 0.5 h (1 + t), t = tanh(u), u = c (h + a h^3), c = sqrt(2/pi), a = 0.044715 (GPT-2's GELU)
+# Forward keeps t instead of g: backward then needs no tanh, and g (for the next layer's dW) is
+# two multiplies away, so the same 4C per row is kept either way.
+
+_C = math.sqrt(2.0 / math.pi)
+_A = 0.044715
+
+
+def gelu_forward(g, t, h):
+    """h (N,4C) -> g (N,4C); saves t (N,4C). Written without temporaries."""
+    xp = B.xp
+    xp.multiply(h, h, out=t)
+    t *= _A * _C
+    t += _C
+    t *= h                                          # u
+    xp.tanh(t, out=t)
+    gelu_from_tanh(g, h, t)
+    return g
+
+
+def gelu_from_tanh(g, h, t):
+    xp = B.xp
+    xp.add(t, 1.0, out=g)
+    g *= h
+    g *= 0.5
+    return g
+
+
+def gelu_backward(dg, h, t, w):
+    """dh = dg * (0.5 (1 + t) + 0.5 h (1 - t^2) c (1 + 3a h^2)), in place in dg; w (N,4C) scratch.
+
+    Factored as (1 + t) (0.5 + w (1 - t)) with w = 0.5 c h (1 + 3a h^2): 11 passes, no tanh.
+    h is overwritten: it is spent once w holds its polynomial, and reusing it saves a scratch."""
+    xp = B.xp
+    xp.multiply(h, h, out=w)
+    w *= 3 * _A
+    w += 1.0
+    w *= h
+    w *= 0.5 * _C
+    xp.subtract(1.0, t, out=h)
+    w *= h
+    w += 0.5
+    xp.add(t, 1.0, out=h)
+    w *= h
+    dg *= w
+    return dg
+
+
+# ----------------------------------------------------------------------------- dropout
+# A mask element depends only on (seed, step, site, global row, element): counter-based Philox
+# skipped ahead to this rank's first row, so any split of a global batch over ranks draws the
+# same masks as one process would.
+
+
+def dropout_mask(out, p, seed, step, site, row0=0):
+    """out (R, ...) <- 0 with probability p, else 1/(1-p), for global rows row0 .. row0+R-1."""
+    per_row = out[0].size if out.shape[0] else 0
+    start, n = row0 * per_row, out.size
+    bg = np.random.Philox(key=[seed & (2**64 - 1), site], counter=[0, 0, step, 0])
+    bg.advance(start // 4)                          # one counter step = four 64-bit draws
+    raw = bg.random_raw(start % 4 + n)[start % 4:]
+    keep = raw >= np.uint64(min(int(p * 2.0 ** 64), 2**64 - 1))
+    out[...] = B.xp.asarray((keep * (1.0 / (1.0 - p))).reshape(out.shape), dtype=out.dtype)
+    return out
