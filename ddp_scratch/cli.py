@@ -17,6 +17,14 @@ EXAMPLES = {
       python launch.py train experiments/mlp_mnist.yaml --set data.path=~/mnist --out runs/mnist --resume""",
     "local": """
       python launch.py local -n 2 experiments/mlp_digits.yaml --out runs/digits2""",
+    "scaling": """
+      python launch.py scaling experiments/mlp_digits.yaml --mode weak --ranks 1,2 --out runs/weak
+      python launch.py scaling experiments/scaling_mlp_strong.yaml --mode strong --ranks 1,2,4 --repeats 3 --out runs/strong""",
+    "report": """
+      python launch.py report runs/weak""",
+    "bench-comm": """
+      python launch.py bench-comm -n 2 --out runs/comm
+      python launch.py bench-comm -n 2 --alpha-us 2 --bandwidth-gbps 25 --out runs/comm-ib   # project for InfiniBand""",
     "download": """
       python launch.py download mnist --to data/mnist
       python launch.py download fashion-mnist --to data/fashion""",
@@ -82,6 +90,26 @@ def build_parser():
     p.add_argument("dataset", help="mnist or fashion-mnist")
     p.add_argument("--to", required=True, help="destination folder")
     p.add_argument("--base-url", default=None, help="mirror to fetch from (folder URL)")
+    p = cmd("scaling", "run a strong or weak scaling sweep and write the report")
+    p.add_argument("config")
+    p.add_argument("--mode", choices=["strong", "weak"], required=True)
+    p.add_argument("--ranks", required=True, help="comma-separated world sizes, e.g. 1,2,4")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per point")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
+    p.add_argument("--batch", type=int, default=None,
+                   help="strong: global batch; weak: per-rank batch (default train.batch_size)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p = cmd("report", "rebuild a scaling report (CSV, plots, report.md) from DIR/runs/*.json")
+    p.add_argument("dir")
+    p = cmd("bench-comm", "all-reduce micro-benchmark, alpha-beta fit and projection to large worlds")
+    p.add_argument("-n", "--ranks", type=int, default=2)
+    p.add_argument("--out", required=True)
+    p.add_argument("--alpha-us", type=float, default=None, help="interconnect latency for the projection")
+    p.add_argument("--bandwidth-gbps", type=float, default=None, help="interconnect bandwidth (GB/s)")
+    p.add_argument("--configs", default="experiments/mlp_digits.yaml,experiments/gpt_addition.yaml",
+                   help="models whose step time and gradient size are projected")
     for extra in _EXTRA_COMMANDS:
         extra(cmd)
     return ap
@@ -155,7 +183,74 @@ def cmd_download(a):
     return 0
 
 
-HANDLERS = {"train": cmd_train, "local": cmd_local, "download": cmd_download}
+def cmd_scaling(a):
+    from .scaling import parse_ranks, sweep
+    if a.repeats < 1 or a.steps < 1 or a.warmup < 0:
+        raise UserError("scaling: --repeats and --steps must be >= 1 and --warmup >= 0")
+    sweep(a.config, a.mode, parse_ranks(a.ranks), a.out, a.repeats, a.steps, a.warmup, a.batch, a.overrides)
+    return 0
+
+
+def cmd_report(a):
+    from .report import write_report
+    if not os.path.isdir(os.path.join(a.dir, "runs")):
+        raise UserError(f"report: {a.dir}/runs not found (expected the output folder of a scaling sweep)")
+    try:
+        print(write_report(a.dir))
+    except ValueError as e:
+        raise UserError(f"report: {e}") from None
+    return 0
+
+
+def cmd_bench_comm(a):
+    import json
+    import tempfile
+    from .benchcomm import analyse
+    if a.ranks < 2:
+        raise UserError("bench-comm -n: an all-reduce needs at least 2 ranks")
+    if (a.alpha_us is None) != (a.bandwidth_gbps is None):
+        raise UserError("bench-comm: give both --alpha-us and --bandwidth-gbps, or neither")
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        raise UserError("bench-comm: no mpiexec found (pip install mpich)")
+    os.makedirs(a.out, exist_ok=True)
+    raw = os.path.join(a.out, "bench_comm_raw.json")
+    rc = subprocess.run([mpiexec, "-n", str(a.ranks), sys.executable, "-m", "ddp_scratch.benchcomm", raw],
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).returncode
+    if rc != 0:
+        raise UserError(f"bench-comm: the measurement failed with exit status {rc}")
+    with open(raw) as f:
+        meas = json.load(f)["measured"]
+    compute = {}
+    for path in filter(None, a.configs.split(",")):
+        compute[os.path.splitext(os.path.basename(path))[0]] = _step_compute(path, tempfile.mkdtemp())
+    alpha = a.alpha_us * 1e-6 if a.alpha_us is not None else None
+    beta = 1 / (a.bandwidth_gbps * 1e9) if a.bandwidth_gbps is not None else None
+    res = analyse(meas, a.ranks, a.out, alpha, beta, compute)
+    f = res["fit"]
+    print(f"fit: alpha {f['alpha_s'] * 1e6:.2f} us, bandwidth {f['bandwidth_GBps'] or 0:.2f} GB/s, r2 {f['r2']:.3f}")
+    for name, p in res["projections"].items():
+        eff = ", ".join(f"{r['world_size']}: {r['efficiency']:.2f}" for r in p["weak"])
+        print(f"{name} (compute {p['compute_s'] * 1e3:.2f} ms/step, {p['grad_bytes'] / 1e6:.1f} MB grads) "
+              f"weak efficiency {eff}")
+    print(f"-> {a.out}/bench_comm.json, {a.out}/bench_comm.png")
+    return 0
+
+
+def _step_compute(config, out):
+    """Median compute seconds of a training step on one rank here, and the gradient bytes."""
+    from .comm import Comm
+    from .config import load_config
+    from .train import Options, Trainer
+    cfg = load_config(config, ["train.max_steps=12", "train.epochs=0", "logging.progress=false",
+                               "train.timing_skip=2", "train.checkpoint_every=0"])
+    tr = Trainer(cfg, Options(out=out, quiet=True, overwrite=True), comm=Comm(serial=True))
+    s = tr.run()
+    return s["timing"]["compute_s"]["median"], tr.space.n_params * tr.space.params.itemsize
+
+
+HANDLERS = {"train": cmd_train, "local": cmd_local, "download": cmd_download, "scaling": cmd_scaling,
+            "report": cmd_report, "bench-comm": cmd_bench_comm}
 
 
 def _mpi_world():

@@ -69,6 +69,7 @@ class TrainConfig:
     max_skips: int = F(5, gt=0, help="consecutive skipped steps before aborting")
     check_every: int = F(100, min=0, help="steps between cross-rank parameter checksums; 0 = off")
     steps_per_epoch: int = F(0, min=0, help="GPT tasks: steps counted as one epoch; 0 = auto")
+    timing_skip: int = F(5, min=0, help="warm-up steps left out of the timing statistics")
 
 
 @dataclass

@@ -70,3 +70,54 @@ class Progress:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _mmm(values):
+    v = np.asarray(values, dtype=np.float64)
+    return {"min": float(v.min()), "median": float(np.median(v)), "max": float(v.max())}
+
+
+def reduce_timing(comm, rows):
+    """Per-step compute / communication / wait split, reduced across ranks (min/median/max).
+
+    Time inside the all-reduce is part transfer, part waiting for the slowest rank to arrive.
+    The rank that arrives last waits least, so per step the pure communication time is the
+    minimum over ranks and each rank's excess over it is its wait (load imbalance)."""
+    mine = rows.tolist()
+    everyone = np.array(comm.allgather(mine, "timing gather"))        # (ranks, steps, 3)
+    if everyone.size == 0 or everyone.shape[1] == 0:
+        return {}
+    comm_t = everyone[:, :, 1]
+    pure = comm_t.min(axis=0)
+    wait = comm_t - pure
+    per_rank = {
+        "step_time_s": np.median(everyone[:, :, 2], axis=1),
+        "compute_s": np.median(everyone[:, :, 0], axis=1),
+        "comm_s": np.median(np.broadcast_to(pure, comm_t.shape), axis=1),
+        "wait_s": np.median(wait, axis=1),
+    }
+    out = {k: _mmm(v) for k, v in per_rank.items()}
+    out["steps_timed"] = int(everyone.shape[1])
+    return out
+
+
+def reduce_max_min(comm, value):
+    return _mmm(comm.allgather(float(value), "memory gather"))
+
+
+# Peak dense FLOP/s per device for MFU (vendor datasheets); None where unknown (CPUs vary).
+PEAK_FLOPS = {
+    ("H100", "float32"): 67e12, ("H100", "float64"): 67e12, ("H100", "bfloat16"): 989e12,
+    ("H200", "float32"): 67e12, ("H200", "float64"): 67e12, ("H200", "bfloat16"): 989e12,
+    ("A100", "float32"): 19.5e12, ("A100", "float64"): 19.5e12, ("A100", "bfloat16"): 312e12,
+}
+
+
+def peak_flops(device_name, dtype):
+    env = os.environ.get("DDP_PEAK_FLOPS")     # per device, for CPUs or unlisted GPUs
+    if env:
+        return float(env)
+    for (key, dt), v in PEAK_FLOPS.items():
+        if key in device_name and dt == dtype:
+            return v
+    return None

@@ -40,7 +40,21 @@ def run_launch(*args, timeout=120, env=None, ranks=0, cwd=None):
         cmd = [mpiexec(), "-n", str(ranks), *cmd]
     e = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
     e.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd or ROOT)
+    return run_group(cmd, timeout=timeout, env=e, cwd=cwd or ROOT)
+
+
+def run_group(cmd, timeout, **kw):
+    """subprocess.run in its own process group: a timeout kills every rank, not just mpiexec."""
+    import signal
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, **kw)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 @pytest.fixture

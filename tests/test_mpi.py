@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, mpiexec
+from conftest import ROOT, mpiexec, run_group
 
 FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "mpi", "test_*.py")))
 
@@ -17,7 +17,7 @@ def test_under_mpiexec_2(path):
     cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "pytest", "--with-mpi", "-q", "-x",
            "-p", "no:cacheprovider", path]
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    r = run_group(cmd, timeout=600, cwd=ROOT, env=env)
     print(r.stdout[-6000:], r.stderr[-3000:])
     assert r.returncode == 0, f"mpiexec -n 2 pytest {os.path.basename(path)} failed (exit {r.returncode})"
     assert " passed" in r.stdout and " failed" not in r.stdout

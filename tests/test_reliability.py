@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, mpiexec
+from conftest import ROOT, mpiexec, run_group
 from ddp_scratch import checkpoint as ckpt
 
 FAULT = os.path.join(ROOT, "tests", "scripts", "fault.py")
@@ -25,8 +25,7 @@ def fault(kind, tmp_path, rank=1, step=5, extra=(), timeout=60):
     cmd = [mpiexec(), "-n", "2", sys.executable, FAULT, kind, str(rank), str(step), "--", *BASE,
            "--out", str(out), *extra]
     t0 = time.monotonic()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                       env=dict(os.environ, WANDB_MODE="disabled"))
+    r = run_group(cmd, timeout=timeout, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"))
     return r, time.monotonic() - t0, out
 
 

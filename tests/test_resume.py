@@ -53,19 +53,28 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, launch):
     assert r.returncode == 0 and json.loads((tmp_path / "new" / "summary.json").read_text())["steps"] == 3
 
 
+def _signal_one_rank(p, pre, sig):
+    time.sleep(0.8)
+    ranks = subprocess.run(["pgrep", "-f", "--", f"--out {pre}"], capture_output=True, text=True).stdout.split()
+    pids = [int(x) for x in ranks if int(x) != p.pid]
+    assert len(pids) >= 2, "both ranks should be running"
+    os.kill(max(pids), getattr(signal, sig))      # only one rank sees the signal
+    p.wait(timeout=60)
+
+
 @pytest.mark.parametrize("sig", ["SIGUSR1", "SIGTERM"])
 def test_preemption_signal_to_one_rank_checkpoints_all_and_resumes_exactly(tmp_path, launch, sig):
     long = [*ARGS, "--set", "train.epochs=500"]
     ref, pre = tmp_path / "ref", tmp_path / "pre"
     cmd = [mpiexec(), "-n", "2", sys.executable, LAUNCH, "train", *long, "--out", str(pre)]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, WANDB_MODE="disabled"))
-    time.sleep(0.8)
-    ranks = subprocess.run(["pgrep", "-f", "--", f"--out {pre}"], capture_output=True, text=True).stdout.split()
-    pids = [int(x) for x in ranks if int(x) != p.pid]
-    assert len(pids) >= 2, "both ranks should be running"
-    os.kill(max(pids), getattr(signal, sig))      # only one rank sees the signal
-    _, err = p.communicate(timeout=60)
+                         env=dict(os.environ, WANDB_MODE="disabled"), start_new_session=True)
+    try:
+        _signal_one_rank(p, pre, sig)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    err = p.stderr.read()
     assert p.returncode == 75, err               # EX_TEMPFAIL: checkpoint written, requeue me
     assert "checkpoint written at step" in err and err.count("checkpoint written") == 1
     _, meta = ckpt.load(str(pre / "checkpoint.npz"))

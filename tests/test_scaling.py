@@ -1,0 +1,63 @@
+"""Scaling sweeps end to end (1 and 2 ranks -> run JSONs, CSV, PNG plots, report), the report
+rebuild, the communication micro-benchmark with its alpha-beta fit and projection."""
+import csv
+import json
+
+import pytest
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mode", ["strong", "weak"])
+def test_sweep_1_and_2_ranks_writes_csv_plots_and_report(tmp_path, launch, mode):
+    out = tmp_path / mode
+    r = launch("scaling", "experiments/mlp_digits.yaml", "--mode", mode, "--ranks", "1,2", "--steps", 8,
+               "--warmup", 2, "--out", out, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[1/2]" in r.stdout and "[2/2]" in r.stdout and "ETA" in r.stdout
+    runs = sorted((out / "runs").glob("*.json"))
+    assert len(runs) == 2
+    for p in runs:
+        j = json.loads(p.read_text())
+        assert j["mode"] == mode and j["steps"] == 8
+        assert j["step_time_s"]["min"] <= j["step_time_s"]["median"] <= j["step_time_s"]["max"]
+        assert j["energy"]["source"].startswith(("estimated", "measured"))
+    gb = {json.loads(p.read_text())["world_size"]: json.loads(p.read_text())["global_batch"] for p in runs}
+    assert gb == ({1: 64, 2: 64} if mode == "strong" else {1: 64, 2: 128})
+    rows = list(csv.DictReader(open(out / "scaling.csv")))
+    assert [int(r["world_size"]) for r in rows] == [1, 2]
+    assert float(rows[0]["efficiency_mean"]) == pytest.approx(1.0)
+    plots = list((out / "plots").glob("*.png"))
+    assert len(plots) >= 4
+    for p in plots:
+        data = p.read_bytes()
+        assert data.startswith(PNG) and len(data) > 1000
+    report = (out / "report.md").read_text()
+    assert all(f"plots/{p.name}" in report for p in plots) and "ESTIMATED" in report
+    # the report can be rebuilt from the JSONs alone
+    (out / "report.md").unlink()
+    assert launch("report", out).returncode == 0 and (out / "report.md").exists()
+
+
+def test_report_of_a_folder_without_runs_is_one_line(tmp_path, launch):
+    r = launch("report", tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_ranks_list(tmp_path, launch):
+    r = launch("scaling", "experiments/mlp_digits.yaml", "--mode", "weak", "--ranks", "1,two", "--out", tmp_path)
+    assert r.returncode == 2 and "--ranks" in r.stderr
+
+
+def test_bench_comm_fits_and_projects(tmp_path, launch):
+    r = launch("bench-comm", "-n", 2, "--out", tmp_path, "--configs", "experiments/mlp_digits.yaml",
+               "--alpha-us", "2", "--bandwidth-gbps", "25", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "bench_comm.json").read_text())
+    assert len(res["measured"]) == 8 and res["fit"]["alpha_s"] >= 0 and res["fit"]["beta_s_per_byte"] > 0
+    proj = res["projections"]["mlp_digits"]["weak"]
+    assert [p["world_size"] for p in proj] == [8, 16, 32, 64, 128, 256, 512, 1024]
+    assert res["projection_params"] == {"alpha_s": 2e-6, "beta_s_per_byte": 1 / 25e9, "source": "given"}
+    effs = [p["efficiency"] for p in proj]
+    assert all(a >= b for a, b in zip(effs, effs[1:]))      # efficiency falls with the world size
+    assert (tmp_path / "bench_comm.png").read_bytes().startswith(PNG)
