@@ -15,6 +15,11 @@ EXAMPLES = {
       python launch.py train experiments/mlp_digits.yaml --out runs/digits
       mpiexec -n 2 python launch.py train experiments/mlp_digits.yaml --set train.batch_size=128
       python launch.py train experiments/mlp_mnist.yaml --set data.path=~/mnist --out runs/mnist --resume""",
+    "submit": """
+      python launch.py submit experiments/mlp_digits.yaml --nodes 1 --tasks-per-node 2 --time 10 --out runs/s --wait
+      python launch.py submit experiments/mlp_mnist.yaml --nodes 2 --tasks-per-node 4 --gpus-per-node 4 \\
+          --set backend=cupy --partition gpu --account myproject --time 120
+      python launch.py submit experiments/mlp_digits.yaml --tasks-per-node 2 --local --wait""",
     "local": """
       python launch.py local -n 2 experiments/mlp_digits.yaml --out runs/digits2""",
     "scaling": """
@@ -115,14 +120,19 @@ def build_parser():
     return ap
 
 
-_EXTRA_COMMANDS = []   # later subsystems (sample, submit, scaling, ...) register here
+def _add_submit(cmd):
+    from .submit import add_submit_parser
+    add_submit_parser(cmd)
+
+
+_EXTRA_COMMANDS = [_add_submit]
 
 
 def _default_out(config):
     return os.path.join("runs", os.path.splitext(os.path.basename(config))[0])
 
 
-def cmd_train(a):
+def cmd_train(a, handle_stop=True):
     from .config import load_config
     cfg = load_config(a.config, a.overrides)
     set_threads(cfg.train.threads)
@@ -249,7 +259,12 @@ def _step_compute(config, out):
     return s["timing"]["compute_s"]["median"], tr.space.n_params * tr.space.params.itemsize
 
 
-HANDLERS = {"train": cmd_train, "local": cmd_local, "download": cmd_download, "scaling": cmd_scaling,
+def cmd_submit(a):
+    from .submit import submit
+    return submit(a)
+
+
+HANDLERS = {"submit": cmd_submit, "train": cmd_train, "local": cmd_local, "download": cmd_download, "scaling": cmd_scaling,
             "report": cmd_report, "bench-comm": cmd_bench_comm}
 
 

@@ -149,9 +149,12 @@ class Trainer:
             # Only noted here: the ranks agree on stopping through the next all-reduce, since a
             # signal may reach the ranks during different steps (or reach only some of them).
             self.signal_seen = True
+            self.signum = signum
+        self.signum, self.previous_handlers = None, {}
         for name in STOP_SIGNALS:
             if hasattr(signal, name):
-                signal.signal(getattr(signal, name), handler)
+                num = getattr(signal, name)
+                self.previous_handlers[num] = signal.signal(num, handler)
 
     # ------------------------------------------------------------------ loop
     def train_step(self, epoch, i):
@@ -264,8 +267,11 @@ class Trainer:
                 self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
                 self.wandb.finish()
         if status == "preempted":
-            raise Stopped(EXIT_PREEMPTED, f"stop signal: checkpoint written at step {self.step}; "
-                          "requeue and run with --resume")
+            e = Stopped(EXIT_PREEMPTED, f"stop signal: checkpoint written at step {self.step}; "
+                        "requeue and run with --resume")
+            e.signum = self.signum or signal.SIGUSR2      # a rank that saw none still stops
+            e.previous_handler = self.previous_handlers.get(e.signum)   # e.g. submitit's requeue
+            raise e
         return summary
 
     def check_consistency(self, when):

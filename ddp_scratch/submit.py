@@ -1,0 +1,151 @@
+"""`launch.py submit`: the training job through submitit, on SLURM (one task per rank, each
+calling the same train entry as `launch.py train`) or, with --local, through submitit's local
+executor (one task that runs mpiexec, since a local job has no MPI launcher of its own).
+
+Preemption and time limits: submitit signals USR2 shortly before the limit; every rank finishes
+its step, rank 0 writes the checkpoint, then submitit's own handler requeues the job with
+`checkpoint()`'s resubmission, which resumes from OUT/checkpoint.npz.
+"""
+import os
+import signal
+import subprocess
+import sys
+
+from .errors import UserError
+
+
+class TrainTask:
+    """The submitted callable: picklable, re-entrant, checkpointable."""
+
+    def __init__(self, config, out, overrides=(), resume=False, local_ranks=0, stop_at_step=0):
+        self.config, self.out, self.overrides = os.path.abspath(config), os.path.abspath(out), list(overrides)
+        self.resume, self.local_ranks, self.stop_at_step = resume, local_ranks, stop_at_step
+
+    def argv(self):
+        a = ["train", self.config, "--out", self.out]
+        for o in self.overrides:
+            a += ["--set", o]
+        if self.resume:
+            a.append("--resume")
+        if self.stop_at_step:
+            a += ["--stop-at-step", str(self.stop_at_step)]
+        return a
+
+    def __call__(self):
+        launch = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch.py")
+        if self.local_ranks:
+            from .cli import find_mpiexec
+            cmd = [find_mpiexec(), "-n", str(self.local_ranks), sys.executable, launch, *self.argv()]
+            rc = subprocess.run(cmd).returncode
+            if rc != 0:
+                raise RuntimeError(f"local training job failed with exit status {rc}")
+            return self._summary()
+        from .cli import cmd_train, build_parser
+        from .train import Stopped
+        args = build_parser().parse_args(self.argv())
+        try:
+            cmd_train(args, handle_stop=False)
+        except Stopped as e:
+            # Hand the signal on to submitit's handler: on rank 0 it calls checkpoint() and requeues.
+            prev = getattr(e, "previous_handler", None)
+            if callable(prev):
+                prev(e.signum, None)
+            raise SystemExit(e.code)
+        return self._summary()
+
+    def _summary(self):
+        import json
+        with open(os.path.join(self.out, "summary.json")) as f:
+            s = json.load(f)
+        return {k: s.get(k) for k in ("status", "world_size", "steps", "train_loss", "test_accuracy",
+                                      "samples_per_s", "val_loss")}
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(TrainTask(self.config, self.out, self.overrides, True,
+                                                            self.local_ranks))
+
+
+def make_executor(a):
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("submit: needs submitit (pip install submitit)") from None
+    folder = a.logs or os.path.join(a.out, "submitit")
+    if a.local:
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=a.time, nodes=1, tasks_per_node=1)
+        return ex
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=a.max_requeue)
+    extra = {}
+    if a.account:
+        extra["account"] = a.account
+    params = dict(nodes=a.nodes, ntasks_per_node=a.tasks_per_node, cpus_per_task=a.cpus_per_task,
+                  time=a.time, signal_delay_s=a.signal_delay, srun_args=list(a.srun_arg),
+                  additional_parameters=extra, job_name=a.job_name)
+    if a.gpus_per_node:
+        params["gpus_per_node"] = a.gpus_per_node
+    if a.partition:
+        params["partition"] = a.partition
+    if a.mem:
+        params["mem"] = a.mem
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit(a, log=print):
+    from .config import load_config
+    load_config(a.config, a.overrides)       # fail here, not in a queued job
+    for name in ("nodes", "tasks_per_node", "cpus_per_task", "time"):
+        if getattr(a, name) < 1:
+            raise UserError(f"submit --{name.replace('_', '-')}: expected a positive integer, got {getattr(a, name)}")
+    out = a.out or os.path.join("runs", os.path.splitext(os.path.basename(a.config))[0])
+    a.out = out
+    task = TrainTask(a.config, out, a.overrides, a.resume,
+                     local_ranks=a.nodes * a.tasks_per_node if a.local else 0, stop_at_step=a.stop_at_step)
+    ex = make_executor(a)
+    try:
+        job = ex.submit(task)
+    except Exception as e:   # sbatch rejected it: say why in one line
+        msg = str(e).strip().splitlines()
+        raise UserError(f"submit: the job was not accepted: {msg[-1] if msg else type(e).__name__}") from None
+    log(f"submitted job {job.job_id}: {a.nodes} node(s) x {a.tasks_per_node} task(s); "
+        f"logs {job.paths.stdout} / {job.paths.stderr}; results in {os.path.abspath(out)}")
+    if not a.wait:
+        return 0
+    try:
+        res = job.result()
+    except Exception as e:
+        raise UserError(f"job {job.job_id} failed: {_reason(str(e))} (see {job.paths.stderr})") from None
+    log(f"job {job.job_id} {job.state.lower()}: {res}")
+    return 0
+
+
+def _reason(text):
+    """The most telling line of a failed job's exception text (its last 'error' line)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    hits = [ln for ln in lines if "rror" in ln and not ln.startswith("File ")]
+    return (hits or lines or ["unknown error"])[-1][:300]
+
+
+def add_submit_parser(cmd):
+    from .cli import add_train_args
+    p = cmd("submit", "submit training as a SLURM job through submitit (or a local submitit job)")
+    add_train_args(p)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU on GPU nodes)")
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--cpus-per-task", type=int, default=1)
+    p.add_argument("--time", type=int, default=60, help="minutes")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--mem", default=None, help="e.g. 16G per node")
+    p.add_argument("--job-name", default="ddp_scratch")
+    p.add_argument("--srun-arg", action="append", default=["--mpi=pmi2"],
+                   help="extra srun arguments (default --mpi=pmi2; use --mpi=pmix where the cluster's MPI needs it)")
+    p.add_argument("--signal-delay", type=int, default=120, help="seconds before the time limit to checkpoint")
+    p.add_argument("--max-requeue", type=int, default=3, help="requeues after time limits")
+    p.add_argument("--logs", default=None, help="submitit folder (default OUT/submitit)")
+    p.add_argument("--local", action="store_true", help="run through submitit's local executor")
+    p.add_argument("--wait", action="store_true", help="follow the job and return its status")
+    return p
