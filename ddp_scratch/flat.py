@@ -31,6 +31,7 @@ class Param:
     data: object = None
     grad: object = None
     fresh: bool = True  # grad holds nothing yet this step: the first write may overwrite
+    hook: object = None  # called after every gradient write (bucketed all-reduce readiness)
 
     @property
     def size(self):
@@ -44,6 +45,8 @@ class Param:
             self.fresh = False
         else:
             self.grad += value
+        if self.hook is not None:
+            self.hook(self)
 
     def acc_matmul(self, a, b, work=None):
         xp = B.xp
@@ -56,6 +59,8 @@ class Param:
             else:
                 xp.matmul(a, b, out=work)
                 self.grad += work
+        if self.hook is not None:
+            self.hook(self)
 
     def acc_sum0(self, a):
         """grad += a summed over all leading axes (bias gradients)."""
@@ -65,6 +70,8 @@ class Param:
             self.fresh = False
         else:
             self.grad += a2.sum(axis=0)
+        if self.hook is not None:
+            self.hook(self)
 
 
 class ParamSpace:

@@ -112,6 +112,8 @@ class Trainer:
         if self.opts.resume and os.path.exists(self.ckpt_path):
             self._load_checkpoint()
         self.comm.broadcast_(self.space.params, what="initial parameter broadcast")
+        c = cfg.comm
+        self.overlap = self.comm.overlapped(self.space, c.bucket_mb, c.first_bucket_mb) if c.overlap else None
         self.resumed_from = self.step
 
     def _load_checkpoint(self):
@@ -164,14 +166,27 @@ class Trainer:
         x, y, n_items = self.task.batch(epoch, i)
         self.n_items = n_items
         space.zero_grad()
-        loss, correct = self.model.loss(x, y, 1.0 / n_items)
-        self.model.backward()
+        # Gradient accumulation (like DDP's no_sync): the rank's rows in K micro-batches, every
+        # one scaled by the same 1/global_items, summed locally, communicated once.
+        k_micro, rows = self.cfg.comm.accumulate, len(y)
+        loss = correct = 0
+        for k in range(k_micro):
+            lo, hi = rows * k // k_micro, rows * (k + 1) // k_micro
+            if self.overlap is not None:
+                self.overlap.begin(last_micro_step=k == k_micro - 1)
+            if hi > lo:
+                lk, ck = self.model.loss(x[lo:hi], y[lo:hi], 1.0 / n_items)
+                self.model.backward()
+                loss, correct = loss + lk, correct + ck
         space.finish_grads()
         ex[EXTRA_LOSS], ex[EXTRA_CORRECT], ex[EXTRA_ITEMS] = loss, correct, y.size
         ex[EXTRA_NONFINITE] = 0.0 if math.isfinite(loss) else 1.0
         ex[EXTRA_STOP] = 1.0 if self.signal_seen else 0.0
         t1 = now()
-        self.comm.all_reduce_gradients(space)
+        if self.overlap is not None:
+            self.comm.all_reduce_overlapped_finish(self.overlap)
+        else:
+            self.comm.all_reduce_gradients(space)
         t2 = now()
         g = space.grads
         gnorm = math.sqrt(float(B.xp.dot(g, g)))

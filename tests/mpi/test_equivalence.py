@@ -55,3 +55,23 @@ def test_uneven_split_of_the_global_batch():
     _, dist, _ = run(o, Comm(timeout_s=60))
     _, ref, _ = run(o, Comm(serial=True))
     np.testing.assert_allclose(dist, ref, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_gradient_accumulation_equals_the_full_batch():
+    """3 micro-steps per rank without communication, then one all-reduce == one rank, one pass."""
+    o = ["optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9"]
+    _, dist, _ = run([*o, "comm.accumulate=3"], Comm(timeout_s=60))
+    _, ref, _ = run(o, Comm(serial=True))
+    np.testing.assert_allclose(dist, ref, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_bucketed_overlapped_all_reduce_equals_one_rank(accumulate):
+    """Tiny buckets so that the MLP's gradients travel in several non-blocking pieces."""
+    o = ["optim.name=adamw", "optim.lr=0.003", "model.hidden=[64,32,16]"]
+    _, dist, s = run([*o, "comm.overlap=true", "comm.bucket_mb=0.002", "comm.first_bucket_mb=0.001",
+                      f"comm.accumulate={accumulate}"], Comm(timeout_s=60))
+    _, ref, _ = run(o, Comm(serial=True))
+    np.testing.assert_allclose(dist, ref, rtol=1e-10, atol=1e-13)
