@@ -48,10 +48,13 @@ class TrainTask:
         except Stopped as e:
             # Hand the signal on to submitit's handler: on rank 0 it calls checkpoint() and requeues.
             prev = getattr(e, "previous_handler", None)
+            print(f"{e} (signal {e.signum})", file=sys.stderr, flush=True)
             if callable(prev):
                 prev(e.signum, None)
             raise SystemExit(e.code)
-        return self._summary()
+        from .cli import _mpi_world
+        rank = _mpi_world()[0]
+        return self._summary() if rank == 0 else {"rank": rank}     # rank 0 writes the summary
 
     def _summary(self):
         import json
@@ -114,7 +117,7 @@ def submit(a, log=print):
     if not a.wait:
         return 0
     try:
-        res = job.result()
+        res = job.results()[0]     # one result per task; rank 0's is the run's
     except Exception as e:
         raise UserError(f"job {job.job_id} failed: {_reason(str(e))} (see {job.paths.stderr})") from None
     log(f"job {job.job_id} {job.state.lower()}: {res}")

@@ -143,6 +143,8 @@ class Trainer:
                 "fingerprint": self.fp, "config_hash": config_hash(self.fp), "layout": self.space.layout(),
                 "config": self.cfg.to_dict(), "world_size": self.comm.size,
                 "rng": "stateless: data order from (train.seed, epoch), dropout from (train.seed, step)"}
+        if getattr(self.task, "vocab", None):      # text tasks: the tokenizer, for `launch.py sample`
+            meta["vocab"] = self.task.vocab
         ckpt.save(self.ckpt_path, arrays, meta)
 
     # ------------------------------------------------------------------ signals
