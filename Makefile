@@ -10,7 +10,7 @@ RANKS   ?= 2
 TORCH   ?= $(if $(filter true,$(CI)),1,0)
 STRICT  := $(if $(filter true,$(CI)),1,0)
 
-.PHONY: setup run test test-fast bench clean cluster-start cluster-stop
+.PHONY: setup run test test-fast bench bench-quick clean cluster-start cluster-stop
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,9 +36,14 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest tests -q -x --ignore=tests/slurm
 
+# Benchmarks against the peers (PyTorch eager, DDP/gloo, raw mpi4py): see benchmarks/README.md.
 bench: setup
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: setup
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python benchmarks/run_all.py --quick
 
 cluster-start:
 	bash slurm/dev-cluster.sh start

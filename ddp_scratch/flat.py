@@ -16,6 +16,7 @@ import numpy as np
 from . import backend as B
 
 N_EXTRAS = 5  # loss_sum, correct, items, nonfinite, stop request (a signal seen by any rank)
+HUGE_PAGE = 2 << 20  # transparent huge page size (x86-64, most arm64 kernels)
 EXTRA_LOSS, EXTRA_CORRECT, EXTRA_ITEMS, EXTRA_NONFINITE, EXTRA_STOP = range(N_EXTRAS)
 
 
@@ -101,8 +102,9 @@ class ParamSpace:
             rng = np.random.default_rng([seed, i])
             host[off:off + p.size] = _init_values(p, rng).ravel()
             off += p.size
-        self.params = xp.asarray(host.astype(self.dtype))
-        self.grads_full = xp.zeros(n + N_EXTRAS, dtype=self.dtype)
+        self.params = zeros(n, self.dtype)
+        self.params[...] = xp.asarray(host.astype(self.dtype))
+        self.grads_full = zeros(n + N_EXTRAS, self.dtype)
         self.grads = self.grads_full[:n]
         self.extras = self.grads_full[n:]
         for p in self.plist:
@@ -141,6 +143,22 @@ class ParamSpace:
     def layout(self):
         """Name, shape and offset of every parameter: stored in checkpoints to refuse mismatches."""
         return [[p.name, list(p.shape), p.offset] for p in self.plist]
+
+
+def zeros(n, dtype):
+    """A flat zero buffer; on the host, large ones start on a huge-page boundary.
+
+    NumPy asks the kernel for transparent huge pages on buffers of 4 MiB and more, but only whole
+    2 MiB pages inside the buffer can be huge: one that starts mid-page keeps small pages at both
+    ends, at an offset malloc happens to pick. Aligned, the 7 MiB MLP gradient buffer all-reduces
+    in ~480 us on 2 ranks instead of 550-730 us (940 us without huge pages), and the optimizer
+    streams its buffers with fewer TLB misses. Costs at most 2 MiB of address space per buffer."""
+    itemsize = np.dtype(dtype).itemsize
+    if B.on_gpu() or n * itemsize < 2 * HUGE_PAGE:
+        return B.xp.zeros(n, dtype=dtype)
+    raw = np.zeros(n + HUGE_PAGE // itemsize, dtype=dtype)
+    skip = (-raw.ctypes.data % HUGE_PAGE) // itemsize
+    return raw[skip:skip + n]
 
 
 def _init_values(p: Param, rng):

@@ -7,6 +7,7 @@ uses, so no model-specific code lives in the trainer or in communication:
   model.predict(x)               forward only, returns outputs (logits)
   model.flops_per_step(n)        analytic forward+backward FLOPs for n rows (matmuls)
 """
+from . import backend as B
 from . import ops
 from .errors import ConfigError
 from .flat import ParamSpace
@@ -32,6 +33,7 @@ class MLP:
             self.layers.append(Linear(self.space, f"fc{i}", a, b, init, need_dx=i > 0))
             if i < len(self.dims) - 2:
                 self.layers.append(Activation(activation, dtype))
+        self._probs_ws = None          # (N, V) softmax / dlogits workspace
         self.space.build(seed)
 
     def predict(self, x):                  # x (N, D_in) -> logits (N, V)
@@ -43,7 +45,10 @@ class MLP:
         """t: class indices (N,). Softmax cross-entropy, or MSE against one-hot targets."""
         logits = self.predict(x)
         if self.loss_kind == "xent":
-            loss, correct, self._dlogits = ops.softmax_xent_forward(logits, t, scale)
+            ws = self._probs_ws
+            if ws is None or ws.shape != logits.shape:       # reused while the batch shape holds
+                ws = self._probs_ws = B.xp.empty_like(logits)
+            loss, correct, self._dlogits = ops.softmax_xent_forward(logits, t, scale, out=ws)
         else:
             onehot = logits * 0
             onehot[range(len(t)), t] = 1

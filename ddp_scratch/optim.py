@@ -3,32 +3,38 @@
 State lives in flat arrays the size of the parameter buffer; updates are in place through one
 preallocated scratch buffer, so a step allocates nothing. `step()` consumes the gradient buffer
 (weight decay and `maximize` are applied to it in place).
+
+These updates are memory-bound (a few flops per element over buffers of tens of MB), so SGD walks
+the buffers in cache-sized chunks: each element is read from memory once per step instead of
+once per NumPy call, and the scratch chunk never leaves the cache.
 """
 import math
 
 from . import backend as B
 from .errors import ConfigError
+from .flat import zeros
 
 
 class Optimizer:
     state_names: tuple = ()
 
     def __init__(self, space, lr, weight_decay=0.0, maximize=False):
-        xp = B.xp
         self.space, self.lr, self.wd, self.maximize = space, lr, weight_decay, maximize
         self.p, self.g = space.params, space.grads
-        self.tmp = xp.empty_like(self.p)
+        self.tmp = zeros(self.p.size, self.p.dtype)      # huge-page aligned like the params (flat.zeros)
         self.t = 0
         self.decay = [(self.p[a:b], self.g[a:b]) for a, b in space.decay_ranges()]
         for name in self.state_names:
-            setattr(self, name, xp.zeros_like(self.p))
+            setattr(self, name, zeros(self.p.size, self.p.dtype))
 
     def _prep_grad(self, l2: bool):
         if self.maximize:
             B.xp.negative(self.g, out=self.g)
         if l2 and self.wd:
             for p, g in self.decay:   # L2 penalty as in torch: g += wd * p
-                g += self.wd * p
+                tmp = self.tmp[:p.size]
+                B.xp.multiply(p, self.wd, out=tmp)
+                g += tmp
 
     def state_dict(self):
         d = {name: getattr(self, name) for name in self.state_names}
@@ -50,25 +56,40 @@ class SGD(Optimizer):
         super().__init__(space, lr, weight_decay, maximize)
         self.momentum, self.nesterov, self.dampening = momentum, nesterov, dampening
 
+    CHUNK = 1 << 16     # elements: 256 KiB per float32 buffer slice, four slices fit in L2
+
     def step(self, lr=None):
         lr = self.lr if lr is None else lr
-        g, tmp = self.g, self.tmp
         self._prep_grad(l2=True)
+        first, self.t = self.t == 0, self.t + 1
+        if not B.on_gpu():
+            tmp = self.tmp[:self.CHUNK]
+            for a in range(0, self.p.size, self.CHUNK):
+                b = min(a + self.CHUNK, self.p.size)
+                self._update(self.p[a:b], self.g[a:b], self.buf[a:b], tmp[:b - a], lr, first)
+        else:      # one kernel per call already streams the whole buffer
+            self._update(self.p, self.g, self.buf, self.tmp, lr, first)
+
+    def _update(self, p, g, buf, tmp, lr, first):
+        """p -= lr * (momentum buffer or g), the torch.optim.SGD rule, on one slice."""
+        xp = B.xp
         if self.momentum:
-            if self.t == 0:
-                self.buf[...] = g
+            if first:
+                buf[...] = g
             else:
-                self.buf *= self.momentum
-                B.xp.multiply(g, 1.0 - self.dampening, out=tmp)
-                self.buf += tmp
+                buf *= self.momentum
+                if self.dampening:
+                    xp.multiply(g, 1.0 - self.dampening, out=tmp)
+                    buf += tmp
+                else:                # g * 1.0 == g: skip a pass over the buffer
+                    buf += g
             if self.nesterov:
-                B.xp.multiply(self.buf, self.momentum, out=tmp)
+                xp.multiply(buf, self.momentum, out=tmp)
                 g += tmp
             else:
-                g = self.buf
-        self.t += 1
-        B.xp.multiply(g, lr, out=tmp)
-        self.p -= tmp
+                g = buf
+        xp.multiply(g, lr, out=tmp)
+        p -= tmp
 
 
 class Adam(Optimizer):

@@ -1,0 +1,276 @@
+"""GPT train step: ddp_scratch against PyTorch eager, same run; peak memory against the analytic
+figure; and nanoGPT's CPU shape on a text as a loss anchor.
+
+  python benchmarks/bench_gpt.py throughput   # 4 layers, 4 heads, d128, context 64, batch 32, float32,
+                                              #   1 process, 2 threads: tokens/s, ours vs torch (target >= 0.8x)
+  python benchmarks/bench_gpt.py memory       # peak RSS of a training process vs memory_report (target <= 1.5x)
+  python benchmarks/bench_gpt.py anchor       # nanoGPT CPU shape (batch 12) on a text: loss after N steps,
+                                              #   ours (the real trainer) and torch on the same windows
+  python benchmarks/bench_gpt.py all          # the three, each in its own process
+
+Both sides start from the same weights (ours copied into a nanoGPT-style nn.Module: nn.Linear,
+nn.LayerNorm, tied head, scaled_dot_product_attention(is_causal=True) as nanoGPT uses, or the
+explicit masked softmax with --torch-attn manual), train on the same batch with AdamW (decay on
+2-D weights), clip at global norm 1, and are timed in alternating windows (benchmarks/common.py).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (before numpy/torch: thread settings)
+
+SHAPE = dict(n_layer=4, n_head=4, d_model=128, block_size=64)
+V = 65                      # shakespeare_char's vocabulary size
+LR, WD, CLIP = 1e-3, 0.1, 1.0
+
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["throughput", "memory", "anchor", "all"], nargs="?", default="all")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4, help="steps per timing window")
+    ap.add_argument("--windows", type=int, default=5, help="clean rounds wanted (median reported)")
+    ap.add_argument("--max-windows", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--torch-attn", choices=["sdpa", "manual"], default="sdpa")
+    ap.add_argument("--iters", type=int, default=500, help="anchor: training steps")
+    ap.add_argument("--text", default="/usr/share/common-licenses/GPL-3", help="anchor: a UTF-8 text file")
+    ap.add_argument("--no-wait", action="store_true", help="do not wait for other processes to leave the CPUs")
+    ap.add_argument("--out", default="gpt.json", help="JSON file name under benchmarks/results/")
+    a = ap.parse_args()
+    common.set_threads(a.threads)
+    return a
+
+
+# ----------------------------------------------------------------------------- the two sides
+
+def build_ours(batch):
+    from ddp_scratch.gpt import GPT
+    from ddp_scratch.optim import Adam
+    model = GPT(V, dtype="float32", seed=0, **SHAPE)
+    return model, Adam(model.space, LR, betas=(0.9, 0.99), weight_decay=WD, decoupled=True)
+
+
+def ours_step_fn(model, opt, x, t, lr=None):
+    """What Trainer.train_step does on one rank: zero, loss, backward, finish, clip, AdamW."""
+    import math
+
+    from ddp_scratch import backend as B
+    space, scale = model.space, 1.0 / t.size
+
+    def step(x=x, t=t, lr=lr):
+        space.zero_grad()
+        loss, _ = model.loss(x, t, scale)
+        model.backward()
+        space.finish_grads()
+        g = space.grads
+        n = math.sqrt(float(B.xp.dot(g, g)))
+        if n > CLIP:
+            g *= CLIP / (n + 1e-6)
+        opt.step(lr)
+        return loss
+    return step
+
+
+def build_torch(model, attn):
+    """nanoGPT's model (bias on, dropout 0) holding ddp_scratch's initial weights."""
+    import torch
+    import torch.nn.functional as F
+    nn = torch.nn
+    C, H, Tm = model.C, model.H, model.Tmax
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.c_attn, self.c_proj = nn.LayerNorm(C), nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.ln_2, self.c_fc, self.c_fc2 = nn.LayerNorm(C), nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+            self.register_buffer("mask", torch.tril(torch.ones(Tm, Tm, dtype=torch.bool)))
+
+        def forward(self, x):
+            Bn, T, _ = x.shape
+            q, k, v = (z.view(Bn, T, H, C // H).transpose(1, 2) for z in self.c_attn(self.ln_1(x)).split(C, dim=2))
+            if attn == "sdpa":
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                att = (q @ k.transpose(-2, -1)) * (1.0 / (C // H) ** 0.5)
+                y = F.softmax(att.masked_fill(~self.mask[:T, :T], float("-inf")), dim=-1) @ v
+            x = x + self.c_proj(y.transpose(1, 2).contiguous().view(Bn, T, C))
+            return x + self.c_fc2(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(model.V, C), nn.Embedding(Tm, C)
+            self.h, self.ln_f = nn.ModuleList([Block() for _ in range(model.L)]), nn.LayerNorm(C)
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for b in self.h:
+                x = b(x)
+            logits = F.linear(self.ln_f(x), self.wte.weight)          # tied head
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1)
+
+    net, P = GPT(), model.space.named()
+    with torch.no_grad():
+        def put(dst, name, transpose=False):
+            src = P[name].data.T if transpose else P[name].data
+            dst.copy_(torch.from_numpy(src.copy()))
+        put(net.wte.weight, "wte")
+        put(net.wpe.weight, "wpe")
+        for i, b in enumerate(net.h):
+            for mod, ours in ((b.ln_1, "ln1"), (b.ln_2, "ln2")):
+                put(mod.weight, f"h{i}.{ours}.w")
+                put(mod.bias, f"h{i}.{ours}.b")
+            for mod, ours in ((b.c_attn, "attn"), (b.c_proj, "proj"), (b.c_fc, "fc"), (b.c_fc2, "fc2")):
+                put(mod.weight, f"h{i}.{ours}.w", transpose=True)
+                put(mod.bias, f"h{i}.{ours}.b")
+        put(net.ln_f.weight, "lnf.w")
+        put(net.ln_f.bias, "lnf.b")
+    decay = [p for p in net.parameters() if p.dim() >= 2]
+    rest = [p for p in net.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0}],
+                            lr=LR, betas=(0.9, 0.99), eps=1e-8)
+    return net, opt
+
+
+def torch_step_fn(net, opt, x, t):
+    import torch
+
+    def step(x=x, t=t, lr=None):
+        if lr is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss = net(x, t)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP)
+        opt.step()
+        return float(loss.detach())
+    return step
+
+
+# ----------------------------------------------------------------------------- modes
+
+def run_throughput(a):
+    import numpy as np
+    import torch
+    from bench_mlp import interleaved, paired_ratio
+    torch.set_num_threads(a.threads)
+    if not a.no_wait:
+        common.wait_for_idle()
+    model, opt = build_ours(a.batch)
+    T = model.Tmax
+    rng = np.random.default_rng(1)
+    x, t = rng.integers(0, V, (a.batch, T)), rng.integers(0, V, (a.batch, T))
+    ours = ours_step_fn(model, opt, x, t)
+    net, topt = build_torch(model, a.torch_attn)
+    theirs = torch_step_fn(net, topt, torch.from_numpy(x), torch.from_numpy(t))
+    check = {"first_loss_ddp_scratch": ours() * 1.0, "first_loss_torch": theirs()}
+    check["rel_diff"] = abs(check["first_loss_ddp_scratch"] - check["first_loss_torch"]) / check["first_loss_torch"]
+    rounds = interleaved([("ddp_scratch", ours), ("torch", theirs)], a.steps, a.windows, a.max_windows, a.warmup)
+    tok = a.batch * T
+    res = {"check": check, "tokens_per_step": tok, "flops_per_step": model.flops_per_step(tok), "sides": {}}
+    for side in ("ddp_scratch", "torch"):
+        res["sides"][side] = common.summarize([r[side] for r in rounds], a.steps, tok)
+    ratio, clean = paired_ratio(rounds, "ddp_scratch", "torch")
+    res["ratio"], res["clean_rounds"] = ratio, clean
+    o, th = res["sides"]["ddp_scratch"]["median"], res["sides"]["torch"]["median"]
+    print(f"first loss: ours {check['first_loss_ddp_scratch']:.6f}, torch {check['first_loss_torch']:.6f} "
+          f"(rel diff {check['rel_diff']:.1e})")
+    gflops = o * model.flops_per_step(tok) / tok / 1e9
+    print(f"tokens/s: ddp_scratch {o:,.0f}  torch ({a.torch_attn}) {th:,.0f}  ratio {ratio:.2f}x "
+          f"(target >= 0.8x; {clean} clean rounds of {len(rounds)}); ours {gflops:.1f} GFLOP/s")
+    return res
+
+
+def run_memory(a, steps=20):
+    """Peak RSS of a process that imports ddp_scratch, builds the model and trains `steps` steps."""
+    import resource
+
+    import numpy as np
+    base = common.rss_bytes()
+    model, opt = build_ours(a.batch)
+    rng = np.random.default_rng(1)
+    x, t = rng.integers(0, V, (a.batch, model.Tmax)), rng.integers(0, V, (a.batch, model.Tmax))
+    step = ours_step_fn(model, opt, x, t)
+    for _ in range(steps):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rep = model.memory_report(a.batch * model.Tmax)
+    total = rep["memory_total_bytes"]
+    res = {"peak_rss_bytes": peak, "rss_after_imports_bytes": base, "analytic": rep,
+           "ratio_peak_rss": peak / total, "ratio_peak_above_imports": (peak - base) / total}
+    mb = 2.0 ** 20
+    print("analytic: " + ", ".join(f"{k[7:-6]} {v / mb:.1f}" for k, v in rep.items()) + " MiB")
+    print(f"peak RSS {peak / mb:.1f} MiB ({base / mb:.1f} MiB after imports): {peak / total:.2f}x the analytic total, "
+          f"{(peak - base) / total:.2f}x counting only what the run added (target <= 1.5x)")
+    return res
+
+
+def run_anchor(a):
+    """nanoGPT CPU shape on a text: our trainer, then torch on the very same windows and schedule."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from ddp_scratch.comm import Comm
+    from ddp_scratch.config import load_config
+    from ddp_scratch.optim import lr_at
+    from ddp_scratch.train import Options, Trainer
+    torch.set_num_threads(a.threads)
+    cfg = load_config(os.path.join(common.ROOT, "experiments", "gpt_char.yaml"),
+                      [f"data.path={a.text}", f"train.max_steps={a.iters}", f"train.eval_every={a.iters}",
+                       "logging.progress=false", "train.check_every=0"])
+    tr = Trainer(cfg, Options(out=tempfile.mkdtemp(prefix="anchor"), quiet=True), comm=Comm(serial=True))
+    net, topt = build_torch(tr.model, "sdpa")           # the same initial weights
+    s = tr.run()
+    task, step = tr.task, torch_step_fn(net, topt, None, None)
+    losses = []
+    for i in range(a.iters):
+        x, y, _ = task.batch(*divmod(i, task.steps_per_epoch))
+        losses.append(step(torch.from_numpy(x.copy()), torch.from_numpy(y.copy()), lr_at(cfg.optim, i, a.iters)))
+    X, Y, _ = task.evals["val"]
+    with torch.no_grad():      # windows are full: the mean over rows is the mean over tokens
+        val = sum(net(torch.from_numpy(X[i:i + 64]), torch.from_numpy(Y[i:i + 64])).item() * len(X[i:i + 64])
+                  for i in range(0, len(X), 64)) / len(X)
+    res = {"text": a.text, "iters": a.iters,
+           "ours": {"train_loss_last_period": s["train_loss"], "val_loss": s["val_loss"], "tokens_per_s": s["tokens_per_s"]},
+           "torch": {"train_loss_last_period": float(np.mean(losses[-task.steps_per_epoch:])), "val_loss": val}}
+    print(f"anchor ({os.path.basename(a.text)}, {a.iters} steps of 12x64 tokens): "
+          f"val loss ours {s['val_loss']:.4f} / torch {val:.4f}; train loss (last {task.steps_per_epoch} steps) "
+          f"ours {s['train_loss']:.4f} / torch {res['torch']['train_loss_last_period']:.4f}; "
+          f"ours {s['tokens_per_s']:,.0f} tokens/s")
+    return res
+
+
+def main():
+    a = parse()
+    if a.mode == "all":   # each in its own process: peak RSS must not include torch, threads set first
+        out = {}
+        for mode in ("throughput", "memory", "anchor"):
+            print(f"== {mode}", flush=True)
+            opts = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in vars(a).items()
+                    if k not in ("mode", "out") and v is not False]
+            r = subprocess.run([sys.executable, __file__, mode, "--out", f"gpt_{mode}.json", *opts])
+            if r.returncode:
+                return r.returncode
+            with open(os.path.join(common.RESULTS, f"gpt_{mode}.json")) as f:
+                out[mode] = json.load(f)["result"]
+        print("->", common.write_json(a.out, {"benchmark": "gpt", "environment": out["throughput"].get("env"), **out}))
+        return 0
+    if a.mode == "memory":
+        import numpy  # noqa: F401  (the baseline RSS includes numpy, as a training process does)
+        res = run_memory(a)
+    else:
+        res = run_throughput(a) if a.mode == "throughput" else run_anchor(a)
+    res["env"] = common.environment()
+    print("->", common.write_json(a.out, {"benchmark": f"gpt_{a.mode}", "args": vars(a), "result": res}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Run every benchmark, print a summary table, write results/results.json and results/RESULTS.md.
+
+  python benchmarks/run_all.py            # ~5 min on a quiet 2-core machine, ~15 on a busy one
+  python benchmarks/run_all.py --quick    # fewer windows: a smoke test (writes results/quick/)
+
+Each benchmark runs in its own process (thread counts must be set before NumPy/torch load; the
+2-rank ones under mpiexec). Before each, it waits for other processes to leave the CPUs (a shared
+machine otherwise decides the figures). RESULTS.md is generated from the JSON, never by hand.
+For a before/after comparison, --baseline-tree DIR runs another checkout's ddp_scratch as a third
+side of the MLP benchmarks, in the same timing windows:
+
+  git archive HEAD ddp_scratch | tar -x -C /tmp/base && python benchmarks/run_all.py --baseline-tree /tmp/base
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+HERE = common.HERE
+
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="few windows and steps (smoke test)")
+    ap.add_argument("--only", nargs="*", help="run only these (mlp_single mlp_ddp allreduce memory ...)")
+    ap.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
+    ap.add_argument("--openblas-variant", action="store_true",
+                    help="where the environment pins OpenBLAS kernels (OPENBLAS_CORETYPE), also run the "
+                         "MLP benchmarks with the variable unset (OpenBLAS's own choice), labelled as a variant")
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--label", default="", help="free text stored with the results (e.g. a commit)")
+    ap.add_argument("--baseline-tree", metavar="DIR",
+                    help="another checkout: its ddp_scratch runs as a third side of the MLP benchmarks, "
+                         "in the same windows (the reliable before/after comparison)")
+    ap.add_argument("--report-only", action="store_true", help="rebuild RESULTS.md from the JSON files")
+    return ap.parse_args()
+
+
+def mpiexec():
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else "mpiexec"
+
+
+def openblas_core(env):
+    """The kernel family NumPy's OpenBLAS picks in a process with this environment."""
+    out = subprocess.run([sys.executable, "-c", "import json, numpy, common; print(json.dumps(common.openblas_info()))"],
+                         capture_output=True, text=True, cwd=HERE, env=env)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1]).get("corename", "")
+    except (ValueError, IndexError):
+        return ""
+
+
+def openblas_pinned():
+    """(pinned, auto) when OPENBLAS_CORETYPE pins other kernels than OpenBLAS would pick itself."""
+    if not os.environ.get("OPENBLAS_CORETYPE"):
+        return None
+    pinned, auto = openblas_core(_env({})), openblas_core(_env({"OPENBLAS_CORETYPE": None}))
+    return (pinned, auto) if pinned and auto and pinned != auto else None
+
+
+def _env(extra):
+    """The environment as given, with `extra` applied (a value of None removes the variable)."""
+    env = dict(os.environ)
+    for k, v in extra.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+def plan(a):
+    py, mpi = sys.executable, [mpiexec(), "-n", str(a.ranks)]
+    q = ["--windows", "2", "--max-windows", "3", "--steps", "5", "--warmup", "3"] if a.quick else []
+    if a.baseline_tree:
+        q += ["--baseline-tree", os.path.abspath(a.baseline_tree)]
+    runs = [
+        ("mlp_single", [py, "bench_mlp.py", "single", *q], {}),
+        ("mlp_ddp", [*mpi, py, "bench_mlp.py", "ddp", "--overlap", *q], {}),
+        ("allreduce", [*mpi, py, "bench_allreduce.py",
+                       *(["--windows", "2", "--max-windows", "3", "--max-bytes", str(4 << 20)] if a.quick else [])], {}),
+        ("memory", [py, "bench_memory.py", *(["--steps", "200", "--every", "50"] if a.quick else [])], {}),
+    ]
+    pin = openblas_pinned() if a.openblas_variant else None
+    if pin:
+        print(f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} pins OpenBLAS to its {pin[0]} kernels; "
+              f"unset, it would pick {pin[1]}: the MLP benchmarks also run that way, as a variant")
+        tag = "openblas_auto"
+        runs.insert(2, (f"mlp_single_{tag}", [py, "bench_mlp.py", "single", *q, "--out", f"mlp_single_{tag}.json"],
+                        {"OPENBLAS_CORETYPE": None}))
+        runs.insert(3, (f"mlp_ddp_{tag}", [*mpi, py, "bench_mlp.py", "ddp", *q, "--out", f"mlp_ddp_{tag}.json"],
+                        {"OPENBLAS_CORETYPE": None}))
+    if a.only:
+        runs = [r for r in runs if r[0] in a.only]
+    return runs
+
+
+def main():
+    a = parse()
+    if a.quick:      # smoke-test figures never overwrite the real ones
+        os.environ["BENCH_RESULTS_DIR"] = common.RESULTS = os.path.join(HERE, "results", "quick")
+    failed = []
+    if not a.report_only:
+        for name, cmd, extra in plan(a):
+            print(f"\n=== {name}: {' '.join(os.path.basename(c) if c == sys.executable else c for c in cmd)}"
+                  + "".join(f"  [{k}={v if v is not None else '(unset)'}]" for k, v in extra.items()), flush=True)
+            if not a.no_wait:
+                common.wait_for_idle()
+            t0 = time.time()
+            rc = subprocess.run(cmd, cwd=HERE, env=_env(extra)).returncode
+            print(f"    ({time.time() - t0:.0f} s, exit {rc})", flush=True)
+            if rc != 0:
+                failed.append(name)
+    results = collect(a.label)
+    path = common.write_json("results.json", results)
+    md = os.path.join(common.RESULTS, "RESULTS.md")
+    with open(md, "w") as f:
+        f.write(report(results))
+    print("\n" + summary(results))
+    print(f"-> {os.path.relpath(path)}, {os.path.relpath(md)}")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------- collect / report
+
+def collect(label):
+    runs = {}
+    for fn in sorted(os.listdir(common.RESULTS)) if os.path.isdir(common.RESULTS) else []:
+        # this script's outputs only (results/ is shared with other benchmarks, e.g. bench_gpt.py)
+        if fn.endswith(".json") and (fn.startswith("mlp_") or fn in ("allreduce.json", "memory.json")):
+            with open(os.path.join(common.RESULTS, fn)) as f:
+                runs[fn[:-5]] = json.load(f)
+    order = ["mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "allreduce", "memory"]
+    runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+    env = next((r["env"] for k, r in runs.items() if k == "mlp_single"), None) or \
+        next((r["env"] for r in runs.values()), {})
+    return {"label": label, "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"), "env": env, "runs": runs}
+
+
+def _mlp_rows(r):
+    rows = []
+    for name, s in r["sides"].items():
+        st = s["steps_per_s"]
+        rows.append(f"| {name} | {st['median']:.1f} | {st['best']:.1f} | {s['samples_per_s']:,.0f} | "
+                    f"{s['gflops_per_s']:.0f} | {st['clean_windows']}/{st['windows']} |")
+    return rows
+
+
+def summary(res):
+    runs, out = res["runs"], []
+    out.append(f"{'benchmark':34s} {'ddp_scratch':>14s} {'peer':>14s} {'ratio':>7s} {'target':>7s}")
+    for key, r in runs.items():
+        if key.startswith("mlp_"):
+            s = list(r["sides"].values())
+            unit = "steps/s" if r["world_size"] == 1 else "samples/s"
+            val = (lambda x: x["steps_per_s"]["median"]) if unit == "steps/s" else (lambda x: x["samples_per_s"])
+            peer = f"{val(s[1]):.1f}" if len(s) > 1 else "-"
+            ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
+            tgt = f">={r['target_ratio']}x" if "target_ratio" in r else ""
+            out.append(f"{key + ' (' + unit + ')':34s} {val(s[0]):14.1f} {peer:>14s} {ratio:>7s} {tgt:>7s}")
+        elif key == "allreduce":
+            m = r["mlp_grads"]
+            out.append(f"{'allreduce MLP grads (us)':34s} {m['ddp_scratch_us']:14.0f} {m['mpi4py_us']:14.0f} "
+                       f"{m['ratio']:6.3f}x {'<=1.05x':>7s}")
+        elif key == "memory":
+            out.append(f"{'memory anon RSS growth, 2nd half MiB':34s} {r['anon_growth_second_half_mib']:14.2f} "
+                       f"{'':>14s} {'flat' if r['flat'] else 'GROWS':>7s}")
+    return "\n".join(out)
+
+
+def report(res):
+    env, runs = res["env"], res["runs"]
+    ob = env.get("openblas", {})
+    L = ["# Benchmark results", "",
+         f"Generated by `python benchmarks/run_all.py` on {res['generated']}"
+         + (f" ({res['label']})" if res.get("label") else "") + " from the JSON files next to this one. "
+         "Do not edit by hand: re-run the script.", "",
+         "## Machine and versions", "",
+         "| | |", "|---|---|",
+         f"| CPU | {env.get('cpu')} ({env.get('cores')} cores) |",
+         f"| Python | {env.get('python')} |",
+         f"| NumPy | {env.get('numpy')} (OpenBLAS {ob.get('config', '?').split(' ')[1] if ob.get('config') else '?'}, "
+         f"kernels: {ob.get('corename', '?')}) |",
+         f"| BLAS environment | {', '.join(f'{k}={v}' for k, v in sorted(env.get('blas_env', {}).items())) or '-'} |",
+         f"| torch | {env.get('torch')} |",
+         f"| mpi4py | {env.get('mpi4py')} |",
+         f"| MPI | {env.get('mpi')} |",
+         f"| load average at start | {', '.join(f'{x:.2f}' for x in env.get('loadavg_at_start', []))} |", "",
+         "Rates are medians over timing windows that no other process disturbed (\"clean\": under 8% "
+         "of the CPUs used by others, from /proc/stat); where fewer than 3 windows were clean the "
+         "median is over all windows and the figure is less trustworthy. \"best\" is the fastest window.", ""]
+    for key, r in runs.items():
+        if not key.startswith("mlp_"):
+            continue
+        var = key.endswith("_openblas_auto")
+        title = ("MLP train step, 1 process" if r["world_size"] == 1 else
+                 f"MLP data-parallel train step, {r['world_size']} ranks under mpiexec")
+        core = r["env"].get("openblas", {}).get("corename", "?")
+        L += [f"## {title}" + (f" — variant: OPENBLAS_CORETYPE unset ({core} kernels)" if var else ""), "",
+              f"{r['model']}, {r['optimizer']}, batch {r['batch_per_process']} per process, "
+              f"{r['threads_per_process']} thread(s) per process, {r['steps_per_window']} steps per window, "
+              f"NumPy's OpenBLAS running its {core} kernels; run {r['env'].get('date')}.", ""]
+        if var:
+            base_core = runs.get(key.replace("_openblas_auto", ""), r)["env"].get("openblas", {}).get("corename", "?")
+            L += [f"The environment of these runs sets OPENBLAS_CORETYPE, which pins NumPy's OpenBLAS to "
+                  f"its {base_core} kernels; here the variable is unset and OpenBLAS picks {core} for this "
+                  "CPU itself. Not the headline: it shows what the same code does without the pin. "
+                  "torch (MKL) does not read the variable.", ""]
+        L += ["| implementation | steps/s | best | samples/s | GFLOP/s | clean windows |", "|---|---|---|---|---|---|"]
+        L += _mlp_rows(r)
+        if "ratio" in r:
+            ok = r["ratio"] >= r["target_ratio"]
+            L += ["", f"Ratio ddp_scratch / torch: **{r['ratio']:.2f}x** (target >= {r['target_ratio']}x: "
+                  f"{'met' if ok else 'NOT met'}): the median of the per-round ratios over {r['clean_rounds']} "
+                  f"clean rounds of adjacent windows (ratio of the medians: {r['ratio_of_medians']:.2f}x)."]
+        if "overlap_vs_blocking" in r:
+            L += [f"ddp_scratch with comm.overlap=true (bucketed Iallreduce during backward, 25 MiB buckets, "
+                  f"the first 1 MiB: the `ddp_scratch_overlap` row) runs at **{r['overlap_vs_blocking']:.3f}x** "
+                  "the blocking all-reduce's speed (median of paired windows)."]
+        if "vs_baseline" in r:
+            L += [f"Same windows, ddp_scratch from `{r['baseline_tree']}` (the `{'ddp_scratch@baseline'}` row): "
+                  f"this tree is **{r['vs_baseline']:.3f}x** its speed (median of paired windows)."]
+        c = r.get("check", {})
+        if c:
+            L += [f"Same start: first loss {c['first_loss_ddp_scratch']:.6f} (ddp_scratch) vs "
+                  f"{c['first_loss_torch']:.6f} (torch); after the timed steps the parameters differ by at "
+                  f"most {c.get('param_max_abs_diff_after', float('nan')):.1e} (float32 rounding)."]
+        L.append("")
+        if "profile" in r and not var:
+            L += ["ddp_scratch step, median milliseconds per call (measured in place, in step order; other "
+                  f"processes used {100 * r.get('profile_foreign_cpu_share', float('nan')):.0f}% of the CPUs "
+                  "meanwhile):", "",
+                  "| call | ms |", "|---|---|"]
+            L += [f"| {p['call']} | {p['ms']:.3f} |" for p in r["profile"]]
+            L += [f"| **sum** | **{sum(p['ms'] for p in r['profile']):.3f}** |", ""]
+    if "allreduce" in runs:
+        r = runs["allreduce"]
+        m = r["mlp_grads"]
+        L += [f"## All-reduce, {r['world_size']} ranks", "",
+              f"In-place float32 SUM. MLP gradient buffer ({m['elements']:,} floats, "
+              f"{m['bytes'] / 2**20:.2f} MiB): Comm.all_reduce_gradients **{m['ddp_scratch_us']:.0f} us** vs "
+              f"raw mpi4py Allreduce on the same buffer **{m['mpi4py_us']:.0f} us**, ratio **{m['ratio']:.3f}** "
+              f"(target <= {r['target_ratio_max']}: {'met' if m['ratio'] <= r['target_ratio_max'] else 'NOT met'}; "
+              f"median of per-round ratios, {m['clean_windows']}/{m['rounds']} rounds clean). The absolute time "
+              "moves between runs with the machine's state, e.g. how much of the buffer the kernel backs with "
+              "transparent huge pages (measured on a quiet moment of this VM: ~480 us with, ~940 us without) "
+              "and neighbours on the memory bus; the ratio of the two sides, timed on the same buffer in "
+              "adjacent windows, does not.", "",
+              "| bytes | ddp_scratch us | mpi4py us | ratio | bus bandwidth GB/s (mpi4py) | clean rounds |",
+              "|---|---|---|---|---|---|"]
+        L += [f"| {_size(s['bytes'])} | {s['ddp_scratch_us']:.1f} | {s['mpi4py_us']:.1f} | {s['ratio']:.3f} | "
+              f"{s['mpi4py_busbw_GBps']:.2f} | {s['clean_windows']}/{s['rounds']} |" for s in r["sweep"]]
+        L.append("")
+    if "memory" in runs:
+        r = runs["memory"]
+        L += [f"## Memory over {r['steps']} train steps (1 process, batch {r['batch']}, after "
+              f"{r.get('warmup', 0)} warm-up steps)", "",
+              "| step | RSS MiB | anonymous MiB | file-backed MiB |", "|---|---|---|---|"]
+        L += [f"| {s['step']} | {s['rss_mib']:.2f} | {s['anon_mib']:.2f} | {s['file_mib']:.2f} |" for s in r["samples"]]
+        L += ["", f"RSS growth {r['rss_growth_mib']:+.2f} MiB over the run ({r['rss_growth_second_half_mib']:+.2f} MiB "
+              f"over its second half); anonymous memory, where a leak would show, {r['anon_growth_mib']:+.2f} MiB "
+              f"({r['anon_growth_second_half_mib']:+.2f} MiB); live bytes under tracemalloc over {r['traced_steps']} more steps "
+              f"{r['traced_growth_mib'] * 1024:+.1f} KiB; largest transient allocation inside one step "
+              f"{r['max_transient_per_step_kib']:.0f} KiB (model state: params, grads, momentum, scratch = "
+              f"{r['model_state_mib']:.1f} MiB): **{'no growth' if r['flat'] else 'GROWS'}** (criterion: "
+              f"anonymous growth over the second half <= {r['tolerance_mib']:g} MiB, live bytes < 64 KiB; "
+              "see bench_memory.py on allocator settling).", ""]
+    return "\n".join(L) + "\n"
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:g} {unit}"
+        n /= 1024
+
+
+if __name__ == "__main__":
+    sys.exit(main())
