@@ -268,6 +268,34 @@ HANDLERS = {"submit": cmd_submit, "train": cmd_train, "local": cmd_local, "downl
             "report": cmd_report, "bench-comm": cmd_bench_comm}
 
 
+# ----------------------------------------------------------------------------- sample (GPT)
+EXAMPLES["sample"] = """
+      python launch.py sample runs/gpt_char/checkpoint.npz --prompt "The " --tokens 300 --top-k 10 --seed 1
+      python launch.py sample runs/gpt_addition/checkpoint.npz --prompt "47+38=" --tokens 4 --temperature 0"""
+
+
+def _sample_parser(cmd):
+    p = cmd("sample", "continue a prompt with a trained GPT checkpoint")
+    p.add_argument("checkpoint", help="OUT/checkpoint.npz of a gpt training run")
+    p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
+    p.add_argument("--tokens", type=int, default=200, metavar="N", help="characters to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest; 0 = all")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text (default 0)")
+
+
+_EXTRA_COMMANDS.append(_sample_parser)
+
+
+def cmd_sample(a):
+    set_threads()
+    from .sample import run_sample
+    return run_sample(a)
+
+
+HANDLERS["sample"] = cmd_sample
+
+
 def _mpi_world():
     """(rank, size, MPI module) if MPI is already initialised in this process, else (0, 1, None)."""
     mod = sys.modules.get("mpi4py.MPI")

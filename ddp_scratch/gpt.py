@@ -62,7 +62,7 @@ def _data(p):
 class Block:
     """x = x + drop(proj(attn(ln1(x)))); x = x + drop(fc2(gelu(fc(ln2(x)))))."""
 
-    def __init__(self, sp, i, C, H, L, bias, dropout):
+    def __init__(self, sp, i, C, H, L, bias):
         n, std = f"h{i}.", 0.02
         pstd = 0.02 / math.sqrt(2 * L)   # GPT-2: residual projections scaled by depth
 
@@ -80,7 +80,7 @@ class Block:
         self.fc_b = vec("fc.b", 4 * C, "zeros") if bias else None              # (4C,)
         self.fc2_w = sp.param(n + "fc2.w", (4 * C, C), f"normal:{pstd}")       # (4C,C)
         self.fc2_b = vec("fc2.b", C, "zeros") if bias else None                # (C,)
-        self.i, self.H, self.p = i, H, dropout
+        self.i, self.H = i, H
         self.act = Pool(sp.dtype)
 
     def forward(self, x, Bn, T, m, train):
@@ -165,7 +165,7 @@ class GPT:
         sp = self.space = ParamSpace(dtype)
         self.wte = sp.param("wte", (vocab_size, d_model), "normal:0.02")   # (V,C) also the head
         self.wpe = sp.param("wpe", (block_size, d_model), "normal:0.02")   # (Tmax,C)
-        self.blocks = [Block(sp, i, d_model, n_head, n_layer, bias, dropout) for i in range(n_layer)]
+        self.blocks = [Block(sp, i, d_model, n_head, n_layer, bias) for i in range(n_layer)]
         self.lnf_w = sp.param("lnf.w", (d_model,), "ones", decay=False)    # (C,)
         self.lnf_b = sp.param("lnf.b", (d_model,), "zeros", decay=False) if bias else None
         sp.build(seed)
@@ -219,7 +219,8 @@ class GPT:
         """x (B,T) ids, t (B,T) or (N,) next ids (-1 = ignore) -> (sum of losses * scale, n_correct)."""
         logits = self.forward(x, train)
         self._t, self._scale = t.reshape(-1), scale
-        loss, correct, self._probs = ops.softmax_xent_forward(logits, self._t, scale)   # probs (N,V)
+        probs = self.act("probs", logits.shape)                                        # (N,V)
+        loss, correct, self._probs = ops.softmax_xent_forward(logits, self._t, scale, out=probs)
         if train:
             self.train_shape = tuple(x.shape)
             self.step += 1
@@ -283,7 +284,4 @@ class GPT:
 
     def pool_bytes(self):
         """What the pools actually hold (tests check memory_bytes against it)."""
-        act = self.act.nbytes() + sum(b.act.nbytes() for b in self.blocks)
-        if hasattr(self, "_probs"):
-            act += self._probs.nbytes
-        return act, self.tmp.nbytes()
+        return self.act.nbytes() + sum(b.act.nbytes() for b in self.blocks), self.tmp.nbytes()

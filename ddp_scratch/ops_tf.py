@@ -26,7 +26,10 @@ def embedding_forward(out, idx, wte, wpe):
 
 
 def embedding_backward(dout, idx, wte, wpe):
-    """dwte[v] += sum of the dout rows whose token is v; dwpe[t] += sum over the batch of dout[:, t]."""
+    """dwte[v] += sum of the dout rows whose token is v; dwpe[t] += sum over the batch of dout[:, t].
+
+    Written straight into the views (a scatter, and a partial slice when T < block_size), so the
+    Param's readiness hook is called here, as acc() would."""
     xp, T = B.xp, idx.shape[1]
     if wpe.fresh:
         wpe.grad[T:] = 0
@@ -38,6 +41,9 @@ def embedding_backward(dout, idx, wte, wpe):
         wte.grad.fill(0)
         wte.fresh = False
     scatter_add_rows(wte.grad, idx.ravel(), dout.reshape(-1, dout.shape[-1]))
+    for p in (wpe, wte):
+        if getattr(p, "hook", None) is not None:
+            p.hook(p)
 
 
 def scatter_add_rows(dst, index, rows):
@@ -53,6 +59,15 @@ def scatter_add_rows(dst, index, rows):
     dst[s[starts]] += np.add.reduceat(rows[order], starts, axis=0)
 
 
+def _rowdot(a, b, out):
+    """out[...] = sum over the last axis of a * b, without an a-sized temporary on the CPU."""
+    if B.on_gpu():
+        out[...] = (a * b).sum(axis=-1)
+    else:
+        np.einsum("...c,...c->...", a, b, out=out)
+    return out
+
+
 # ----------------------------------------------------------------------------- layernorm
 # out = (x - mean) * rstd * w + b over C, rstd = 1 / sqrt(var + eps)
 
@@ -62,7 +77,7 @@ def layernorm_forward(out, mean, rstd, x, w, b, eps=1e-5):
     xp, C = B.xp, x.shape[-1]
     xp.mean(x, axis=-1, out=mean)
     xp.subtract(x, mean[:, None], out=out)
-    xp.einsum("nc,nc->n", out, out, out=rstd)      # sum of squares, no (N,C) temporary
+    _rowdot(out, out, rstd)                         # sum of squares
     rstd /= C
     rstd += eps
     xp.sqrt(rstd, out=rstd)
@@ -88,7 +103,7 @@ def layernorm_backward(dx, dout, x, mean, rstd, w, dw, db, xhat, work):
     g = dout
     g *= w                                          # (N,C)
     m1 = g.mean(axis=-1)                            # (N,)
-    m2 = xp.einsum("nc,nc->n", g, xhat)
+    m2 = _rowdot(g, xhat, xp.empty_like(m1))
     m2 /= C
     g -= m1[:, None]
     xhat *= m2[:, None]
@@ -126,7 +141,8 @@ def attention_forward(y, att, qkv, H, bias, drop=None, work=None):
     q *= 1.0 / math.sqrt(hs)
     xp.matmul(q, k.swapaxes(-1, -2), out=att)       # (B,H,T,T)
     att += bias[:T, :T]
-    mx = xp.fmax.reduce(att, axis=-1, keepdims=True)  # fmax: no NaN bookkeeping, 2x faster than max
+    # NumPy's fmax skips max's NaN bookkeeping (faster); a NaN row stays NaN through exp anyway
+    mx = att.max(axis=-1, keepdims=True) if B.on_gpu() else xp.fmax.reduce(att, axis=-1, keepdims=True)
     att -= mx
     xp.exp(att, out=att)
     s = att.sum(axis=-1, keepdims=True)
@@ -153,7 +169,7 @@ def attention_backward(dqkv, dy, qkv, att, H, datt, drop=None, work=None):
     if drop is not None:
         datt *= drop
     # softmax: dpre = att * (dp - sum_j dp_j att_j); masked entries have att = 0, so dpre = 0
-    s = xp.einsum("bhij,bhij->bhi", datt, att)
+    s = _rowdot(datt, att, xp.empty(att.shape[:-1], dtype=att.dtype))
     datt -= s[..., None]
     datt *= att
     xp.matmul(datt, k, out=dq)                      # gradient of the scaled q ...
@@ -227,3 +243,4 @@ def dropout_mask(out, p, seed, step, site, row0=0):
     keep = raw >= np.uint64(min(int(p * 2.0 ** 64), 2**64 - 1))
     out[...] = B.xp.asarray((keep * (1.0 / (1.0 - p))).reshape(out.shape), dtype=out.dtype)
     return out
+
