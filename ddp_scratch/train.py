@@ -177,6 +177,8 @@ class Trainer:
             if self.overlap is not None:
                 self.overlap.begin(last_micro_step=k == k_micro - 1)
             if hi > lo:
+                if hasattr(self.model, "set_step"):   # dropout masks keyed by (step, global row)
+                    self.model.set_step(self.step, getattr(self.task, "lo", 0) + lo)
                 lk, ck = self.model.loss(x[lo:hi], y[lo:hi], 1.0 / n_items)
                 self.model.backward()
                 loss, correct = loss + lk, correct + ck
