@@ -14,6 +14,23 @@ import pytest
 from test_data import make_mnist_dir, write_idx
 
 DIGITS = "experiments/mlp_digits.yaml"
+GPT = "experiments/gpt_char.yaml"
+
+
+def _file(tmp, data):
+    p = tmp / "text.txt"
+    p.write_bytes(data)
+    return p
+
+
+def _gpt_ckpt(tmp):
+    """A tiny trained addition GPT (2 steps) to sample from."""
+    from conftest import run_launch
+    out = tmp / "gpt"
+    r = run_launch("train", "experiments/gpt_addition.yaml", "--out", out, "--quiet", "--set", "train.max_steps=2",
+                   "--set", "model.n_layer=1", "--set", "model.d_model=16", "--set", "model.n_head=2")
+    assert r.returncode == 0, r.stderr
+    return str(out / "checkpoint.npz")
 MNIST = "experiments/mlp_mnist.yaml"
 
 
@@ -100,6 +117,13 @@ CASES = [
     ("mnist-count-mismatch", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "t10k-labels-idx1-ubyte", np.zeros(9)))], "10 images but 9 labels", 2),
     ("mnist-corrupt-gzip", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: (os.remove(d / "train-images-idx3-ubyte"), (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(600))[:-9])))], "gzip", 0),
     ("mnist-images-not-3d", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "train-images-idx3-ubyte", np.zeros((20, 784))))], "expected 3 dimensions", 0),
+    # --- text data (GPT)
+    ("text-empty", lambda t, g: ["train", GPT, "--set", f"data.path={_file(t, b'')}"], "training split has 0 tokens", 2),
+    ("text-binary", lambda t, g: ["train", GPT, "--set", f"data.path={_file(t, bytes(range(256)) * 8)}"], "not UTF-8 text", 0),
+    ("text-missing", lambda t, g: ["train", GPT, "--set", f"data.path={t / 'no.txt'}"], "no.txt", 0),
+    ("gpt-heads", lambda t, g: ["train", GPT, "--set", "model.n_head=3"], "model.d_model: expected a multiple of model.n_head (3)", 0),
+    ("sample-bad-prompt", lambda t, g: ["sample", _gpt_ckpt(t), "--prompt", "héllo€", "--tokens", "5"], "not in the vocabulary", 0),
+    ("sample-mlp-checkpoint", lambda t, g: ["sample", str(g / "checkpoint.npz"), "--prompt", "1+1=", "--tokens", "5"], "sampling needs a gpt", 0),
     # --- checkpoints (--resume into a copy of the good folder)
     ("ckpt-truncated", lambda t, g: ["train", DIGITS, "--out", _ckpt(t, g, "truncated"), "--resume"], "truncated or corrupt", 2),
     ("ckpt-pickle", lambda t, g: ["train", DIGITS, "--out", _ckpt(t, g, "pickle"), "--resume"], "pickled", 0),
