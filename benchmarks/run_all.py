@@ -86,6 +86,8 @@ def plan(a):
         ("allreduce", [*mpi, py, "bench_allreduce.py",
                        *(["--windows", "2", "--max-windows", "3", "--max-bytes", str(4 << 20)] if a.quick else [])], {}),
         ("memory", [py, "bench_memory.py", *(["--steps", "200", "--every", "50"] if a.quick else [])], {}),
+        # the transformer: writes results/gpt_*.json itself (figures in benchmarks/README.md)
+        ("gpt", [py, "bench_gpt.py", "all", *(["--windows", "2", "--max-windows", "3", "--iters", "50"] if a.quick else [])], {}),
     ]
     pin = openblas_pinned() if a.openblas_variant else None
     if pin:
