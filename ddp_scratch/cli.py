@@ -106,6 +106,15 @@ def build_parser():
                    help="strong: global batch; weak: per-rank batch (default train.batch_size)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
+    p.add_argument("--slurm", action="store_true",
+                   help="run each point as a SLURM job through submitit (one task per rank)")
+    p.add_argument("--tasks-per-node", type=int, default=0, help="--slurm: ranks per node (default: all on one node)")
+    p.add_argument("--cpus-per-task", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--time", type=int, default=30, help="--slurm: minutes per point")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--srun-arg", action="append", default=["--mpi=pmi2"])
     p = cmd("report", "rebuild a scaling report (CSV, plots, report.md) from DIR/runs/*.json")
     p.add_argument("dir")
     p = cmd("bench-comm", "all-reduce micro-benchmark, alpha-beta fit and projection to large worlds")
@@ -197,7 +206,12 @@ def cmd_scaling(a):
     from .scaling import parse_ranks, sweep
     if a.repeats < 1 or a.steps < 1 or a.warmup < 0:
         raise UserError("scaling: --repeats and --steps must be >= 1 and --warmup >= 0")
-    sweep(a.config, a.mode, parse_ranks(a.ranks), a.out, a.repeats, a.steps, a.warmup, a.batch, a.overrides)
+    launcher = None
+    if a.slurm:
+        from .submit import slurm_launcher
+        launcher = slurm_launcher(a)
+    sweep(a.config, a.mode, parse_ranks(a.ranks), a.out, a.repeats, a.steps, a.warmup, a.batch, a.overrides,
+          launcher=launcher)
     return 0
 
 

@@ -96,5 +96,25 @@ def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, o
         atomic_write_text(os.path.join(out, "runs", f"{name}-{mode}-n{n}-r{r}.json"), json.dumps(rj, indent=1))
     from .report import write_report
     path = write_report(out)
+    if cfg.logging.wandb:
+        _log_wandb(cfg, out, name, mode)
     log(f"sweep done in {time.time() - t0:.0f}s: {path}")
     return path
+
+
+def _log_wandb(cfg, out, name, mode):
+    """The aggregate table and the plots, as one W&B run (offline unless asked)."""
+    import csv
+    import glob
+    os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
+    try:
+        import wandb
+        run = wandb.init(project=cfg.logging.wandb_project, name=f"{name}-{mode}-scaling", dir=os.path.abspath(out),
+                         config=cfg.to_dict(), job_type="scaling")
+        with open(os.path.join(out, "scaling.csv")) as f:
+            rows = list(csv.reader(f))
+        run.log({"scaling": wandb.Table(columns=rows[0], data=rows[1:]),
+                 **{os.path.basename(p)[:-4]: wandb.Image(p) for p in glob.glob(os.path.join(out, "plots", "*.png"))}})
+        run.finish()
+    except Exception as e:      # logging never fails a finished sweep
+        print(f"warning: wandb logging of the sweep failed ({type(e).__name__}: {e})", flush=True)

@@ -152,3 +152,30 @@ def add_submit_parser(cmd):
     p.add_argument("--local", action="store_true", help="run through submitit's local executor")
     p.add_argument("--wait", action="store_true", help="follow the job and return its status")
     return p
+
+
+def slurm_launcher(a):
+    """For `launch.py scaling --slurm`: each sweep point as a submitit SLURM job with one task per
+    rank (all on one node unless --tasks-per-node), waited for before the next point."""
+    import argparse
+
+    def launch(n, argv):
+        per_node = a.tasks_per_node or n
+        nodes = -(-n // per_node)
+        if nodes * per_node != n:
+            raise UserError(f"scaling --slurm: {n} ranks do not fill nodes of --tasks-per-node {per_node}")
+        out = argv[argv.index("--out") + 1]
+        sets = [argv[i + 1] for i, x in enumerate(argv) if x == "--set"]
+        ns = argparse.Namespace(logs=os.path.join(out, "submitit"), local=False, max_requeue=0, nodes=nodes,
+                                tasks_per_node=per_node, cpus_per_task=a.cpus_per_task, time=a.time,
+                                signal_delay=60, srun_arg=a.srun_arg, account=a.account, job_name="ddp-sweep",
+                                gpus_per_node=a.gpus_per_node, partition=a.partition, mem=None)
+        job = make_executor(ns).submit(TrainTask(argv[argv.index("train") + 1], out, sets))
+        print(f"  SLURM job {job.job_id} ({nodes} node(s) x {per_node} task(s)), logs {job.paths.stderr}", flush=True)
+        try:
+            job.results()
+        except Exception as e:
+            print(f"  job {job.job_id} failed: {_reason(str(e))}", flush=True)
+            return 1
+        return 0
+    return launch

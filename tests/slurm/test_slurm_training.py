@@ -56,3 +56,16 @@ def test_submit_preemption_requeues_and_resumes_exactly(slurm, tmp_path):
     a = np.load(out / "checkpoint.npz", allow_pickle=False)["params"]
     b = np.load(ref / "checkpoint.npz", allow_pickle=False)["params"]
     assert np.array_equal(a, b)
+
+
+@pytest.mark.timeout(400)
+def test_scaling_sweep_on_slurm(slurm, tmp_path):
+    """`launch.py scaling --slurm`: every point a SLURM job with one task per rank."""
+    out = tmp_path / "sweep"
+    r = subprocess.run([sys.executable, LAUNCH, "scaling", "experiments/mlp_digits.yaml", "--mode", "weak",
+                        "--ranks", "1,2", "--steps", "6", "--warmup", "2", "--slurm", "--time", "5", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=380)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.count("SLURM job") == 2
+    worlds = sorted(json.loads(p.read_text())["world_size"] for p in (out / "runs").glob("*.json"))
+    assert worlds == [1, 2] and (out / "report.md").exists()
