@@ -85,7 +85,7 @@ class Block:
 
     def forward(self, x, Bn, T, m, train):
         """x (N,C) residual in -> (N,C) residual out; m is the model (scratch, dropout keys)."""
-        xp, a, H, (N, C) = B.xp, self.act, self.H, x.shape
+        a, H, (N, C) = self.act, self.H, x.shape
         self.x, self.shape = x, (Bn, T)
         self.ln1, self.m1, self.r1 = a("ln1", (N, C)), a("ln1.mean", (N,)), a("ln1.rstd", (N,))
         layernorm_forward(self.ln1, self.m1, self.r1, x, self.ln1_w.data, _data(self.ln1_b))

@@ -121,3 +121,45 @@ def peak_flops(device_name, dtype):
         if key in device_name and dt == dtype:
             return v
     return None
+
+
+def scaling_metrics(comm, timed, s, energy, n_params, steps_per_epoch):
+    """Timing split, memory, MFU and energy of a run (collectives: every rank calls this).
+
+    timed: the per-step rows after warm-up; s: the run's summary so far; energy: EnergyMeter.stop()."""
+    out = {"timing": reduce_timing(comm, timed), "peak_mem_bytes": reduce_max_min(comm, peak_rss_bytes())}
+    step_s = out["timing"].get("step_time_s", {}).get("median")
+    fps = s["flops_per_step"] / step_s if step_s else 0.0
+    out["flops_per_s_timed"] = fps
+    peak = peak_flops(s["device"], s["dtype"])
+    out["mfu"] = fps / (peak * comm.size) if peak and fps else None
+    if energy is None:
+        return out
+    measured = energy["source"].startswith("measured")
+    total = comm.allgather(energy["joules"] if measured else 0.0, "energy")   # one reader per node / GPU
+    steps = max(1, s["steps_this_run"])
+    if measured:
+        joules = sum(total)
+    else:   # estimate from the FLOPs of all ranks and the parameter traffic (read p, g; write p)
+        from .energy import estimate_joules
+        joules = estimate_joules(s["flops_per_step"] * steps, bytes_moved=steps * 3 * 4 * n_params * comm.size,
+                                 dtype=s["dtype"])
+    out["energy"] = {"source": energy["source"], "note": energy.get("note", ""), "joules": joules,
+                     "joules_per_step": joules / steps, "joules_per_epoch": joules / steps * steps_per_epoch,
+                     "ops_per_joule": s["flops_per_step"] * steps / joules if joules else None,
+                     "mean_watts": joules / s["wall_s"] if s["wall_s"] else None}
+    return out
+
+
+def energy_meter(cfg, comm):
+    """RAPL is per node (one rank per node reads it), NVML per GPU; otherwise a labelled estimate."""
+    from .energy import EnergyMeter
+    try:
+        if B.on_gpu():
+            m = EnergyMeter("auto", device_index=B.xp.cuda.Device().id, dtype=cfg.train.dtype, auto_order=("nvml",))
+        else:
+            m = EnergyMeter("auto", dtype=cfg.train.dtype, auto_order=("rapl",) if comm.local_rank == 0 else ())
+    except Exception:
+        return None
+    m.start()
+    return m

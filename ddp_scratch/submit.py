@@ -7,7 +7,6 @@ its step, rank 0 writes the checkpoint, then submitit's own handler requeues the
 `checkpoint()`'s resubmission, which resumes from OUT/checkpoint.npz.
 """
 import os
-import signal
 import subprocess
 import sys
 

@@ -22,7 +22,7 @@ from .config import config_hash
 from .errors import CheckpointError, ConfigError, UserError
 from .flat import EXTRA_CORRECT, EXTRA_ITEMS, EXTRA_LOSS, EXTRA_NONFINITE, EXTRA_STOP
 from .fsutil import atomic_write_text
-from .metrics import Progress, StepTimes, now, peak_flops, peak_rss_bytes, reduce_max_min, reduce_timing
+from .metrics import Progress, StepTimes, energy_meter, now, peak_rss_bytes, scaling_metrics
 from .models import build_model
 from .optim import build_optimizer, lr_at
 
@@ -234,7 +234,7 @@ class Trainer:
         history, ep_loss, ep_correct, ep_items, ep_steps = [], 0.0, 0.0, 0.0, 0
         train_s, status = 0.0, "completed"
         self.check_consistency("start")
-        self.energy = _energy_meter(cfg, comm)
+        self.energy = energy_meter(cfg, comm)
         epoch, i = divmod(self.step, self.spe)
         while self.step < self.total_steps:
             t0 = time.perf_counter()
@@ -351,44 +351,8 @@ class Trainer:
 
     def _scaling_metrics(self, times, s, energy):
         """Cross-rank timing split, memory, MFU and energy: collectives, so every rank calls this."""
-        comm, t = self.comm, self.cfg.train
-        timed = times.rows(skip=t.timing_skip)
-        out = {"timing": reduce_timing(comm, timed), "peak_mem_bytes": reduce_max_min(comm, peak_rss_bytes())}
-        step_s = out["timing"].get("step_time_s", {}).get("median")
-        fps = s["flops_per_step"] / step_s if step_s else 0.0
-        out["flops_per_s_timed"] = fps
-        peak = peak_flops(s["device"], s["dtype"])
-        out["mfu"] = fps / (peak * comm.size) if peak and fps else None
-        if energy is not None:
-            total = comm.allgather(energy["joules"] if energy["source"].startswith("measured") else 0.0, "energy")
-            joules = sum(total) if energy["source"].startswith("measured") else None
-            if joules is None:    # estimate from the FLOPs of all ranks and the parameter traffic
-                from .energy import estimate_joules
-                steps = s["steps_this_run"]
-                joules = estimate_joules(s["flops_per_step"] * steps,
-                                         bytes_moved=steps * 3 * 4 * self.space.n_params * comm.size,
-                                         dtype=t.dtype)
-            steps = max(1, s["steps_this_run"])
-            e = {"source": energy["source"], "note": energy.get("note", ""), "joules": joules,
-                 "joules_per_step": joules / steps, "joules_per_epoch": joules / steps * self.spe,
-                 "ops_per_joule": s["flops_per_step"] * steps / joules if joules else None,
-                 "mean_watts": joules / s["wall_s"] if s["wall_s"] else None}
-            out["energy"] = e
-        return out
-
-
-def _energy_meter(cfg, comm):
-    """RAPL is per node (one rank per node reads it), NVML per GPU; otherwise a labelled estimate."""
-    from .energy import EnergyMeter
-    try:
-        if B.on_gpu():
-            m = EnergyMeter("auto", device_index=B.xp.cuda.Device().id, dtype=cfg.train.dtype, auto_order=("nvml",))
-        else:
-            m = EnergyMeter("auto", dtype=cfg.train.dtype, auto_order=("rapl",) if comm.local_rank == 0 else ())
-    except Exception:
-        return None
-    m.start()
-    return m
+        return scaling_metrics(self.comm, times.rows(skip=self.cfg.train.timing_skip), s, energy,
+                               self.space.n_params, self.spe)
 
 
 def _wandb_init(cfg, out):

@@ -28,6 +28,23 @@ def require_torch():
     return torch
 
 
+def numgrad(f, x, eps=1e-6):
+    """Central differences of scalar f() with respect to every entry of x (modified in place,
+    restored). float64: truncation error ~eps^2, rounding ~1e-16/eps."""
+    import numpy as np
+    g = np.zeros_like(x)
+    flat, gf = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gf[i] = (fp - fm) / (2 * eps)
+    return g
+
+
 def mpiexec():
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return here if os.path.exists(here) else "mpiexec"

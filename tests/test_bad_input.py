@@ -5,7 +5,6 @@ import gzip
 import io
 import json
 import os
-import pickle
 import zipfile
 
 import numpy as np

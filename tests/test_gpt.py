@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, require_torch, run_launch
+from conftest import numgrad as _numgrad, FIXTURES, require_torch, run_launch
 from ddp_scratch import backend as B
 from ddp_scratch import ops, ops_tf
 from ddp_scratch.flat import ParamSpace
@@ -22,17 +22,7 @@ EPS = 1e-5     # float64 central differences: truncation ~EPS^2, rounding ~1e-16
 
 
 def numgrad(f, x):
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        fp = f()
-        flat[i] = old - EPS
-        fm = f()
-        flat[i] = old
-        gf[i] = (fp - fm) / (2 * EPS)
-    return g
+    return _numgrad(f, x, EPS)
 
 
 def check(what, got, want, rtol):

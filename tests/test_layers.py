@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, require_torch
+from conftest import numgrad as _numgrad, FIXTURES, require_torch
 from ddp_scratch import ops
 from ddp_scratch.flat import ParamSpace
 from ddp_scratch.models import MLP
@@ -15,18 +15,7 @@ EPS = 1e-6
 
 
 def numgrad(f, x):
-    """Central differences of scalar f() with respect to every entry of x (modified in place)."""
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        fp = f()
-        flat[i] = old - EPS
-        fm = f()
-        flat[i] = old
-        gf[i] = (fp - fm) / (2 * EPS)
-    return g
+    return _numgrad(f, x, EPS)
 
 
 def rel_err(a, b):

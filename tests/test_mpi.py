@@ -2,7 +2,6 @@
 so the one test command covers the multi-rank suite too."""
 import glob
 import os
-import subprocess
 import sys
 
 import pytest

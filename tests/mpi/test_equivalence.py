@@ -1,6 +1,5 @@
 """Under mpiexec -n 2: K data-parallel steps equal K steps of one process at the same global
 batch (float64, rtol 1e-10), and every rank starts from identical parameters."""
-import os
 import tempfile
 
 import numpy as np
