@@ -61,3 +61,14 @@ def test_bench_comm_fits_and_projects(tmp_path, launch):
     effs = [p["efficiency"] for p in proj]
     assert all(a >= b for a, b in zip(effs, effs[1:]))      # efficiency falls with the world size
     assert (tmp_path / "bench_comm.png").read_bytes().startswith(PNG)
+
+
+def test_sweep_is_logged_to_wandb_offline_when_enabled(tmp_path, launch):
+    pytest.importorskip("wandb")
+    out = tmp_path / "w"
+    r = launch("scaling", "experiments/mlp_digits.yaml", "--mode", "weak", "--ranks", "1,2", "--steps", 4,
+               "--warmup", 1, "--out", out, "--set", "logging.wandb=true", env={"WANDB_MODE": "offline"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "warning" not in r.stdout
+    sweep_runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(sweep_runs) == 1, "one W&B run for the sweep's table and plots"
