@@ -54,7 +54,10 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, launch):
 
 
 def _signal_one_rank(p, pre, sig):
-    time.sleep(0.8)
+    deadline = time.time() + 60          # the first checkpoint proves both ranks are in the loop
+    while not (pre / "checkpoint.npz").exists():
+        assert time.time() < deadline and p.poll() is None, "training did not start"
+        time.sleep(0.05)
     ranks = subprocess.run(["pgrep", "-f", "--", f"--out {pre}"], capture_output=True, text=True).stdout.split()
     pids = [int(x) for x in ranks if int(x) != p.pid]
     assert len(pids) >= 2, "both ranks should be running"
@@ -64,7 +67,7 @@ def _signal_one_rank(p, pre, sig):
 
 @pytest.mark.parametrize("sig", ["SIGUSR1", "SIGTERM"])
 def test_preemption_signal_to_one_rank_checkpoints_all_and_resumes_exactly(tmp_path, launch, sig):
-    long = [*ARGS, "--set", "train.epochs=500"]
+    long = [*ARGS, "--set", "train.epochs=500", "--set", "train.checkpoint_every=50"]
     ref, pre = tmp_path / "ref", tmp_path / "pre"
     cmd = [mpiexec(), "-n", "2", sys.executable, LAUNCH, "train", *long, "--out", str(pre)]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
