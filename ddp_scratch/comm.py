@@ -59,7 +59,7 @@ class Comm:
         self.comm_s = 0.0          # seconds inside the gradient all-reduce since reset
         self.comm_calls = 0
         self.step = -1             # for watchdog messages
-        self._busy = None          # (what, t0) while inside a collective
+        self._busy = None          # (what, t0, limit_s) while inside a collective
         self._wd = None
         self._hb_reqs = []
         self._hb_send = np.zeros(1, dtype=np.int64)
@@ -97,15 +97,16 @@ class Comm:
             if not busy:
                 continue
             waited = time.monotonic() - busy[1]
+            limit = busy[2]
             # rank 0 holds the heartbeats and can name who is missing, so it reports first; the
             # others give it a moment before ending the job themselves
-            grace = 0.0 if self.rank == 0 else min(5.0, self.timeout_s)
-            if waited > self.timeout_s + grace:
+            grace = 0.0 if self.rank == 0 else min(5.0, limit)
+            if waited > limit + grace:
                 missing = self._missing_ranks()
                 who = (f"rank(s) {missing} did not arrive (died, froze or stuck in I/O)" if missing
                        else f"another rank did not arrive (rank {self.rank} of {self.size} was waiting)")
                 sys.stderr.write(f"error: {busy[0]} at step {self.step} did not complete within "
-                                 f"comm.timeout_s={self.timeout_s:g}s: {who}; ending the job\n")
+                                 f"comm.timeout_s={limit:g}s: {who}; ending the job\n")
                 sys.stderr.flush()
                 os._exit(3)
 
@@ -133,8 +134,8 @@ class Comm:
         except Exception:
             return []
 
-    def _enter(self, what):
-        self._busy = (what, time.monotonic())
+    def _enter(self, what, timeout_s=None):
+        self._busy = (what, time.monotonic(), timeout_s or self.timeout_s)
 
     def _leave(self):
         self._busy = None
@@ -198,11 +199,11 @@ class Comm:
             self._leave()
         return buf
 
-    def allgather(self, obj, what="allgather"):
+    def allgather(self, obj, what="allgather", timeout_s=None):
         """Small Python objects from every rank (checks, timings): a list indexed by rank."""
         if self.size == 1:
             return [obj]
-        self._enter(what)
+        self._enter(what, timeout_s)
         try:
             return self.comm.allgather(obj)
         finally:

@@ -82,7 +82,8 @@ class Trainer:
             err = e
         # Every rank reaches this point, so they can agree before any rank enters a training
         # collective alone; the lowest failing rank reports, the others leave quietly.
-        failed = self.comm.allgather(err is not None, "start-up agreement")
+        # (ranks reach it after loading data at their own pace: a generous limit, not comm.timeout_s)
+        failed = self.comm.allgather(err is not None, "start-up agreement", max(self.comm.timeout_s, 600.0))
         if any(failed):
             if err is not None and failed.index(True) == self.comm.rank:
                 raise err
