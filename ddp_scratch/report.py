@@ -220,7 +220,7 @@ def make_plots(rows: list[dict], outdir) -> list[str]:
         xs = [r["world_size"] for r in rs]
         ideal = [_nan(base["samples_per_s_mean"]) * n / base["baseline_world"] for n in xs]
         ax.plot(xs, ideal, "--", color=colors[label], alpha=0.6, label=f"{label} ideal")
-    ax.set_yscale("log")
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("samples / s")
     ax.set_title("Throughput (mean ± std over repeats)")
     _ranks_axis(ax, worlds)
@@ -268,7 +268,7 @@ def make_plots(rows: list[dict], outdir) -> list[str]:
     return [str(p) for p in paths]
 
 
-def _fmt(mean, std=None, scale=1.0, spec=".3g"):
+def _fmt(mean, std=None, scale=1.0, spec=".4g"):
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "—"
     s = format(mean * scale, spec)

@@ -173,10 +173,19 @@ def test_atomic_writes(tmp_path):
     atomic_write_text(p, "one")
     atomic_write_bytes(p, b"two")
     assert p.read_bytes() == b"two"
+    assert os.listdir(tmp_path / "sub") == ["x.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_atomic_write_failure_leaves_old_file(tmp_path):
+    p = tmp_path / "x.json"
+    atomic_write_text(p, "old")
     with pytest.raises(TypeError):
         atomic_write_bytes(p, "not bytes")  # fails mid-write
-    assert p.read_bytes() == b"two"
-    assert os.listdir(tmp_path / "sub") == ["x.json"]
+    assert p.read_text() == "old"
+    assert os.listdir(tmp_path) == ["x.json"]
 
 
 def test_heavy_imports_are_lazy():
