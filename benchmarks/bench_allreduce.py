@@ -131,16 +131,9 @@ def main():
           f"ratio {mlp['ratio']:.3f} (target <= 1.05; {mlp['clean_windows']}/{mlp['rounds']} clean rounds)")
     print(f"  {'bytes':>10s} {'ddp_scratch us':>15s} {'mpi4py us':>10s} {'ratio':>6s} {'busbw GB/s':>11s} {'clean':>6s}")
     for r in sweep:
-        print(f"  {_size(r['bytes']):>10s} {r['ddp_scratch_us']:15.1f} {r['mpi4py_us']:10.1f} "
+        print(f"  {common.human_bytes(r['bytes']):>10s} {r['ddp_scratch_us']:15.1f} {r['mpi4py_us']:10.1f} "
               f"{r['ratio']:6.3f} {r['mpi4py_busbw_GBps']:11.2f} {r['clean_windows']:3d}/{r['rounds']}")
     print(f"  -> {os.path.relpath(path)}")
-
-
-def _size(n):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:g} {unit}"
-        n /= 1024
 
 
 if __name__ == "__main__":

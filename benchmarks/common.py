@@ -227,3 +227,11 @@ def write_json(name: str, obj) -> str:
 def print0(rank, *args):
     if rank == 0:
         print(*args, flush=True)
+
+
+def human_bytes(n):
+    """1536 -> '1.5 KiB' (tables of message and memory sizes)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:g} {unit}"
+        n /= 1024

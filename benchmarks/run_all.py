@@ -259,7 +259,7 @@ def report(res):
               "adjacent windows, does not.", "",
               "| bytes | ddp_scratch us | mpi4py us | ratio | bus bandwidth GB/s (mpi4py) | clean rounds |",
               "|---|---|---|---|---|---|"]
-        L += [f"| {_size(s['bytes'])} | {s['ddp_scratch_us']:.1f} | {s['mpi4py_us']:.1f} | {s['ratio']:.3f} | "
+        L += [f"| {common.human_bytes(s['bytes'])} | {s['ddp_scratch_us']:.1f} | {s['mpi4py_us']:.1f} | {s['ratio']:.3f} | "
               f"{s['mpi4py_busbw_GBps']:.2f} | {s['clean_windows']}/{s['rounds']} |" for s in r["sweep"]]
         L.append("")
     if "memory" in runs:
@@ -277,13 +277,6 @@ def report(res):
               f"anonymous growth over the second half <= {r['tolerance_mib']:g} MiB, live bytes < 64 KiB; "
               "see bench_memory.py on allocator settling).", ""]
     return "\n".join(L) + "\n"
-
-
-def _size(n):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:g} {unit}"
-        n /= 1024
 
 
 if __name__ == "__main__":

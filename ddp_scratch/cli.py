@@ -10,6 +10,9 @@ import textwrap
 
 from .errors import UserError
 
+# The entry point every spawned rank runs (also when we were started as `ddp-scratch`).
+LAUNCH_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch.py")
+
 EXAMPLES = {
     "train": """
       python launch.py train experiments/mlp_digits.yaml --out runs/digits
@@ -108,13 +111,8 @@ def build_parser():
     p.add_argument("--out", required=True)
     p.add_argument("--slurm", action="store_true",
                    help="run each point as a SLURM job through submitit (one task per rank)")
-    p.add_argument("--tasks-per-node", type=int, default=0, help="--slurm: ranks per node (default: all on one node)")
-    p.add_argument("--cpus-per-task", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=0)
-    p.add_argument("--time", type=int, default=30, help="--slurm: minutes per point")
-    p.add_argument("--partition", default=None)
-    p.add_argument("--account", default=None)
-    p.add_argument("--srun-arg", action="append", default=["--mpi=pmi2"])
+    from .submit import add_slurm_resource_args
+    add_slurm_resource_args(p, tasks_per_node=0, time=30)
     p = cmd("report", "rebuild a scaling report (CSV, plots, report.md) from DIR/runs/*.json")
     p.add_argument("dir")
     p = cmd("bench-comm", "all-reduce micro-benchmark, alpha-beta fit and projection to large worlds")
@@ -171,7 +169,7 @@ def cmd_local(a):
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise UserError("local: no mpiexec found (pip install mpich, or load your cluster's MPI module)")
-    argv = [mpiexec, "-n", str(a.ranks), sys.executable, os.path.abspath(sys.argv[0]), "train", a.config]
+    argv = [mpiexec, "-n", str(a.ranks), sys.executable, LAUNCH_PY, "train", a.config]
     argv += ["--out", a.out or _default_out(a.config)]
     for o in a.overrides:
         argv += ["--set", o]

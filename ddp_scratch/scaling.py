@@ -60,7 +60,7 @@ def run_json(summary, mode, config, n, repeat, gb):
 def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, overrides=(),
           launcher=None, log=print):
     """Run the sweep locally through mpiexec (or `launcher(n, argv) -> returncode`)."""
-    from .cli import find_mpiexec
+    from .cli import LAUNCH_PY, find_mpiexec
     from .config import load_config
     cfg = load_config(config, overrides)
     batch = batch or cfg.train.batch_size
@@ -75,9 +75,7 @@ def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, o
         eta = (sum(done_s) / len(done_s)) * (len(points) - k) if done_s else None
         log(f"[{k + 1}/{len(points)}] {mode} scaling of {name}: {n} rank(s), repeat {r + 1}/{repeats}, "
             f"global batch {gb}" + (f", ETA {eta:.0f}s" if eta is not None else ""))
-        argv = [sys.executable, os.path.abspath(sys.argv[0]) if sys.argv[0].endswith("launch.py")
-                else os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch.py"),
-                "train", config, "--out", pdir, "--overwrite", "--quiet"]
+        argv = [sys.executable, LAUNCH_PY, "train", config, "--out", pdir, "--overwrite", "--quiet"]
         for o in [*overrides, *extra]:
             argv += ["--set", o]
         ts = time.time()

@@ -31,10 +31,9 @@ class TrainTask:
         return a
 
     def __call__(self):
-        launch = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch.py")
         if self.local_ranks:
-            from .cli import find_mpiexec
-            cmd = [find_mpiexec(), "-n", str(self.local_ranks), sys.executable, launch, *self.argv()]
+            from .cli import LAUNCH_PY, find_mpiexec
+            cmd = [find_mpiexec(), "-n", str(self.local_ranks), sys.executable, LAUNCH_PY, *self.argv()]
             rc = subprocess.run(cmd).returncode
             if rc != 0:
                 raise RuntimeError(f"local training job failed with exit status {rc}")
@@ -130,21 +129,28 @@ def _reason(text):
     return (hits or lines or ["unknown error"])[-1][:300]
 
 
+def add_slurm_resource_args(p, tasks_per_node, time):
+    """The job-shape flags `submit` and `scaling --slurm` share."""
+    p.add_argument("--tasks-per-node", type=int, default=tasks_per_node,
+                   help="ranks per node (one per GPU on GPU nodes)" + ("; 0 = all ranks of a point on one node"
+                                                                      if tasks_per_node == 0 else ""))
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--cpus-per-task", type=int, default=1)
+    p.add_argument("--time", type=int, default=time, help="minutes (per job)")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--srun-arg", action="append", default=["--mpi=pmi2"],
+                   help="extra srun arguments (default --mpi=pmi2; use --mpi=pmix where the cluster's MPI needs it)")
+
+
 def add_submit_parser(cmd):
     from .cli import add_train_args
     p = cmd("submit", "submit training as a SLURM job through submitit (or a local submitit job)")
     add_train_args(p)
     p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU on GPU nodes)")
-    p.add_argument("--gpus-per-node", type=int, default=0)
-    p.add_argument("--cpus-per-task", type=int, default=1)
-    p.add_argument("--time", type=int, default=60, help="minutes")
-    p.add_argument("--partition", default=None)
-    p.add_argument("--account", default=None)
+    add_slurm_resource_args(p, tasks_per_node=1, time=60)
     p.add_argument("--mem", default=None, help="e.g. 16G per node")
     p.add_argument("--job-name", default="ddp_scratch")
-    p.add_argument("--srun-arg", action="append", default=["--mpi=pmi2"],
-                   help="extra srun arguments (default --mpi=pmi2; use --mpi=pmix where the cluster's MPI needs it)")
     p.add_argument("--signal-delay", type=int, default=120, help="seconds before the time limit to checkpoint")
     p.add_argument("--max-requeue", type=int, default=3, help="requeues after time limits")
     p.add_argument("--logs", default=None, help="submitit folder (default OUT/submitit)")
