@@ -10,7 +10,7 @@ RANKS   ?= 2
 TORCH   ?= $(if $(filter true,$(CI)),1,0)
 STRICT  := $(if $(filter true,$(CI)),1,0)
 
-.PHONY: setup run test test-fast bench bench-quick clean cluster-start cluster-stop
+.PHONY: setup run test test-fast bench bench-quick gpu-wheels clean cluster-start cluster-stop
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: setup
 bench-quick: setup
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python benchmarks/run_all.py --quick
+
+# Wheels for the device tool's GPU machine (Python 3.12, no network): see benchmarks/gpu/device_run.sh.
+gpu-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl mpich mpi4py pytest-mpi
 
 cluster-start:
 	bash slurm/dev-cluster.sh start

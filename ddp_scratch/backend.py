@@ -20,7 +20,10 @@ def use(backend: str, device: int | None = None):
             import cupy
         except ImportError as e:
             raise UserError(f"backend: 'cupy' needs the optional extra gpu (pip install cupy-cuda12x): {e}") from None
-        n = cupy.cuda.runtime.getDeviceCount()
+        try:
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:   # no driver, a driver too old for CuPy's CUDA runtime, ...
+            raise UserError(f"backend: 'cupy' was asked for but no usable CUDA device: {e}") from None
         if n == 0:
             raise UserError("backend: 'cupy' was asked for but no CUDA device is visible")
         cupy.cuda.Device(device % n if device is not None else 0).use()

@@ -3,11 +3,14 @@
 With one process it does nothing and costs nothing (no mpiexec needed). With several, gradients
 are summed in place on the flat buffer (each rank already scaled its loss by 1/global_batch,
 so the SUM is the global mean gradient). Device buffers are synchronised before any MPI call and
-passed directly when MPI is CUDA-aware, else staged through a host buffer.
+passed directly when MPI is CUDA-aware, else staged through a host buffer. With
+`comm.backend: nccl` (GPUs, one per rank) device buffers are summed by NCCL on a CUDA stream
+instead, and MPI keeps the rest: start-up, the NCCL unique id, heartbeats, small agreements.
 
 A watchdog thread bounds every collective: a rank that never arrives (killed, frozen, stuck in
 I/O) ends the whole job after `timeout_s` with a message naming the step, instead of a hang.
 """
+import atexit
 import os
 import sys
 import threading
@@ -55,13 +58,14 @@ class Comm:
             self.print(f"note: SLURM_PROCID={os.environ['SLURM_PROCID']} differs from MPI rank {self.rank}")
         self.local_rank, self.local_size = self._local()
         self.cuda_aware = self._cuda_aware()
+        self.nccl = None           # an NcclAllReduce once use_nccl() ran
         self._host = None
         self.comm_s = 0.0          # seconds inside the gradient all-reduce since reset
         self.comm_calls = 0
         self.step = -1             # for watchdog messages
         self._busy = None          # (what, t0, limit_s) while inside a collective
         self._wd = None
-        self._hb_reqs = []
+        self._hb_reqs, self._hb_persistent = [], None
         self._hb_send = np.zeros(1, dtype=np.int64)
         self._hb_recv = np.zeros(self.size, dtype=np.int64)
         if self.size > 1:
@@ -70,7 +74,7 @@ class Comm:
 
     def _init_serial(self):
         self.MPI, self.comm, self.rank, self.size = None, None, 0, 1
-        self.local_rank, self.local_size, self.cuda_aware, self._host = 0, 1, False, None
+        self.local_rank, self.local_size, self.cuda_aware, self._host, self.nccl = 0, 1, False, None, None
         self.comm_s, self.comm_calls, self.step, self._busy, self._wd = 0.0, 0, -1, None, None
 
     # ------------------------------------------------------------------ topology
@@ -114,13 +118,26 @@ class Comm:
     # (8 bytes, non-blocking), so when a collective hangs rank 0 can tell which ranks never came.
     HB_TAG = 0x4842
 
+    # Persistent requests, built once: a step costs one Startall and one Waitall.
     def _heartbeat_post(self):
-        if self.rank == 0:
-            self._hb_reqs = [self.comm.Irecv(self._hb_recv[r:r + 1], source=r, tag=self.HB_TAG)
-                             for r in range(1, self.size)]
-        else:
-            self._hb_send[0] = self.step
-            self._hb_reqs = [self.comm.Isend(self._hb_send, dest=0, tag=self.HB_TAG)]
+        if self._hb_persistent is None:
+            if self.rank == 0:
+                self._hb_persistent = [self.comm.Recv_init(self._hb_recv[r:r + 1], source=r, tag=self.HB_TAG)
+                                       for r in range(1, self.size)]
+            else:
+                self._hb_persistent = [self.comm.Send_init(self._hb_send, dest=0, tag=self.HB_TAG)]
+            atexit.register(self._heartbeat_free)   # runs before mpi4py's own finalize (LIFO)
+        self._hb_send[0] = self.step
+        self.MPI.Prequest.Startall(self._hb_persistent)
+        self._hb_reqs = self._hb_persistent
+
+    def _heartbeat_free(self):
+        for q in self._hb_persistent or []:
+            try:
+                q.Free()
+            except Exception:
+                pass
+        self._hb_persistent = None
 
     def _heartbeat_done(self):
         self.MPI.Request.Waitall(self._hb_reqs)
@@ -154,13 +171,22 @@ class Comm:
         fn(self._host)
         buf.set(self._host)
 
+    def use_nccl(self):
+        """Sum device buffers through NCCL from now on (after backend.use('cupy') picked the GPU)."""
+        if self.size > 1 and self.nccl is None:
+            self.nccl = NcclAllReduce(self)
+
     def all_reduce_sum_(self, buf, what="all-reduce"):
         """In-place SUM over ranks of a contiguous buffer."""
         if self.size == 1:
             return buf
         self._enter(what)
         try:
-            self._device_call(buf, lambda b: self.comm.Allreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM))
+            if self.nccl is not None and B.on_gpu():
+                self.nccl.all_reduce_(buf)
+                B.synchronize()          # inside the watchdog's window, and honest timings
+            else:
+                self._device_call(buf, lambda b: self.comm.Allreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM))
         finally:
             self._leave()
         return buf
@@ -178,9 +204,10 @@ class Comm:
 
     def overlapped(self, space, bucket_mb, first_bucket_mb):
         """An OverlappedAllReduce for this model, or None where there is nothing to overlap."""
-        if self.size == 1 or (B.on_gpu() and not self.cuda_aware):
+        if self.size == 1 or (B.on_gpu() and not (self.cuda_aware or self.nccl)):
             return None   # host staging would serialise the buckets anyway
-        return OverlappedAllReduce(self, space, bucket_mb, first_bucket_mb)
+        cls = NcclOverlappedAllReduce if self.nccl is not None and B.on_gpu() else OverlappedAllReduce
+        return cls(self, space, bucket_mb, first_bucket_mb)
 
     def all_reduce_overlapped_finish(self, ov):
         self._heartbeat_post()
@@ -194,7 +221,11 @@ class Comm:
             return buf
         self._enter(what)
         try:
-            self._device_call(buf, lambda b: self.comm.Bcast(b, root=root))
+            if self.nccl is not None and B.on_gpu():
+                self.nccl.broadcast_(buf, root)
+                B.synchronize()
+            else:
+                self._device_call(buf, lambda b: self.comm.Bcast(b, root=root))
         finally:
             self._leave()
         return buf
@@ -206,6 +237,16 @@ class Comm:
         self._enter(what, timeout_s)
         try:
             return self.comm.allgather(obj)
+        finally:
+            self._leave()
+
+    def bcast_obj(self, obj, root=0, what="broadcast", timeout_s=None):
+        """A small Python object from `root` to every rank."""
+        if self.size == 1:
+            return obj
+        self._enter(what, timeout_s)
+        try:
+            return self.comm.bcast(obj, root=root)
         finally:
             self._leave()
 
@@ -296,14 +337,11 @@ class OverlappedAllReduce:
         self.pending[self.bucket_of[id(p)]] -= 1
         while self.next < len(self.buckets) and self.pending[self.next] == 0:
             self._issue(self.next)
-        if self.reqs:
-            self.comm.MPI.Request.Testall(self.reqs)
+        self._progress()
 
     def _issue(self, b):
         lo, hi, _ = self.buckets[b]
-        B.synchronize()
-        self.reqs.append(self.comm.comm.Iallreduce(self.comm.MPI.IN_PLACE, self.space.grads[lo:hi],
-                                                   op=self.comm.MPI.SUM))
+        self._start(self.space.grads[lo:hi])
         self.next = b + 1
 
     def finish(self):
@@ -318,11 +356,116 @@ class OverlappedAllReduce:
         t0 = time.perf_counter()
         while self.next < len(self.buckets):
             self._issue(self.next)
-        self.reqs.append(self.comm.comm.Iallreduce(self.comm.MPI.IN_PLACE, self.space.extras, op=self.comm.MPI.SUM))
+        self._start(self.space.extras)
         self.comm._enter("overlapped gradient all-reduce")
         try:
-            self.comm.MPI.Request.Waitall(self.reqs)
+            self._wait()
         finally:
             self.comm._leave()
-        self.reqs = []
         return time.perf_counter() - t0
+
+    # -------------------------------------------------------------- MPI transport
+    def _start(self, view):
+        B.synchronize()
+        self.reqs.append(self.comm.comm.Iallreduce(self.comm.MPI.IN_PLACE, view, op=self.comm.MPI.SUM))
+
+    def _progress(self):
+        if self.reqs:
+            self.comm.MPI.Request.Testall(self.reqs)
+
+    def _wait(self):
+        self.comm.MPI.Request.Waitall(self.reqs)
+        self.reqs = []
+
+
+# ---------------------------------------------------------------------------- NCCL
+def load_nccl():
+    """CuPy's NCCL bindings, or a one-line UserError saying what to install."""
+    try:
+        from cupy.cuda import nccl
+        nccl.get_version()
+    except Exception as e:   # ImportError, or the library itself missing underneath the bindings
+        raise UserError("comm.backend: 'nccl' needs CuPy's NCCL bindings and the NCCL library "
+                        f"(pip install cupy-cuda12x nvidia-nccl-cu12): {e}") from None
+    return nccl
+
+
+def nccl_unique_id(comm, nccl):
+    """Rank 0 asks NCCL for a unique id (the address of its bootstrap); MPI carries it to all ranks."""
+    uid = nccl.get_unique_id() if comm.rank == 0 else None
+    return comm.bcast_obj(uid, what="NCCL unique id broadcast")
+
+
+class NcclAllReduce:
+    """Device buffers summed across ranks by NCCL, queued on a CUDA stream (CuPy's bindings).
+
+    One communicator per rank, one GPU per rank: NCCL refuses two ranks on one device, so that is
+    refused up front with the way out. Calls queue on the given stream (default: the current one)
+    and need no host synchronisation before them, unlike MPI on device memory.
+    """
+
+    def __init__(self, comm, nccl=None):
+        self.nccl = nccl or load_nccl()
+        n_gpu = B.xp.cuda.runtime.getDeviceCount()
+        if comm.local_size > n_gpu:
+            raise UserError(f"comm.backend: 'nccl' needs one GPU per rank, but {comm.local_size} ranks on this "
+                            f"node share {n_gpu} GPU(s); start at most {n_gpu} rank(s) per node or use comm.backend=mpi")
+        uid = nccl_unique_id(comm, self.nccl)
+        # every rank must call in; one that never does is reported like a missing collective
+        comm._enter("NCCL communicator set-up", max(comm.timeout_s, 600.0))
+        try:
+            self.nc = self.nccl.NcclCommunicator(comm.size, uid, comm.rank)
+        except Exception as e:
+            raise UserError(f"comm.backend: 'nccl' could not set up its communicator on rank {comm.rank}: {e}") from None
+        finally:
+            comm._leave()
+        import numpy
+        self.dtypes = {numpy.dtype(numpy.float32): self.nccl.NCCL_FLOAT32,
+                       numpy.dtype(numpy.float64): self.nccl.NCCL_FLOAT64,
+                       numpy.dtype(numpy.float16): self.nccl.NCCL_FLOAT16}
+
+    def _args(self, buf, stream):
+        if buf.dtype not in self.dtypes:
+            raise TypeError(f"NCCL all-reduce of {buf.dtype} is not supported here")
+        if not buf.flags.c_contiguous:
+            raise ValueError("NCCL needs a contiguous buffer")
+        s = stream if stream is not None else B.xp.cuda.get_current_stream()
+        return buf.data.ptr, buf.size, self.dtypes[buf.dtype], s.ptr
+
+    def all_reduce_(self, buf, stream=None):
+        ptr, n, dt, sp = self._args(buf, stream)
+        self.nc.allReduce(ptr, ptr, n, dt, self.nccl.NCCL_SUM, sp)
+        return buf
+
+    def broadcast_(self, buf, root=0, stream=None):
+        ptr, n, dt, sp = self._args(buf, stream)
+        self.nc.bcast(ptr, n, dt, root, sp)
+        return buf
+
+
+class NcclOverlappedAllReduce(OverlappedAllReduce):
+    """The same buckets, reduced by NCCL on a side stream while backward goes on (as DDP does).
+
+    A ready bucket records an event on the compute stream; the side stream waits for that event
+    (on the device: the host never blocks) and runs the bucket's all-reduce. finish() waits on the
+    host for the side stream, inside the watchdog's window, so the optimizer sees summed gradients.
+    """
+
+    def __init__(self, comm, space, bucket_mb=25.0, first_bucket_mb=1.0):
+        super().__init__(comm, space, bucket_mb, first_bucket_mb)
+        cuda = B.xp.cuda
+        self.side = cuda.Stream(non_blocking=True)
+        self.events = [cuda.Event(disable_timing=True) for _ in range(len(self.buckets) + 1)]
+
+    def _start(self, view):
+        ev = self.events[len(self.reqs)]
+        ev.record(B.xp.cuda.get_current_stream())
+        self.side.wait_event(ev)
+        self.reqs.append(self.comm.nccl.all_reduce_(view, stream=self.side))
+
+    def _progress(self):
+        pass
+
+    def _wait(self):
+        self.side.synchronize()
+        self.reqs = []

@@ -256,9 +256,9 @@ def _cross_check(cfg: Config):
         raise ConfigError(f"data.name: model gpt trains on text or addition, got {cfg.data.name!r}")
     if cfg.model.name == "mlp" and cfg.data.name in ("text", "addition"):
         raise ConfigError(f"data.name: model mlp trains on digits, mnist or synthetic, got {cfg.data.name!r}")
-    if cfg.comm.backend == "nccl":
-        raise ConfigError("comm.backend: 'nccl' is not available yet (it needs CuPy's NCCL bindings on a GPU, "
-                          "not yet built and verified); use comm.backend=mpi")
+    if cfg.comm.backend == "nccl" and cfg.backend != "cupy":
+        raise ConfigError(f"comm.backend: 'nccl' sums GPU buffers and needs backend: cupy, got backend: "
+                          f"{cfg.backend!r} (use comm.backend=mpi on the CPU)")
     if cfg.optim.nesterov and cfg.optim.momentum <= 0:
         raise ConfigError("optim.nesterov: needs optim.momentum > 0")
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:

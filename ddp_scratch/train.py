@@ -93,6 +93,8 @@ class Trainer:
     def _setup(self):
         cfg, comm = self.cfg, self.comm
         B.use(cfg.backend, device=comm.local_rank)
+        if cfg.comm.backend == "nccl":
+            comm.use_nccl()
         if cfg.train.batch_size < comm.size:
             raise ConfigError(f"train.batch_size: the global batch ({cfg.train.batch_size}) must be at least "
                               f"the number of ranks ({comm.size})")
