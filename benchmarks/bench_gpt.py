@@ -7,6 +7,8 @@ figure; and nanoGPT's CPU shape on a text as a loss anchor.
   python benchmarks/bench_gpt.py anchor       # nanoGPT CPU shape (batch 12) on a text: loss after N steps,
                                               #   ours (the real trainer) and torch on the same windows
   python benchmarks/bench_gpt.py all          # the three, each in its own process
+  mpiexec -n 2 python benchmarks/bench_gpt.py ddp   # the same model, batch 16 per rank (global 32), 1 thread
+                                              #   per rank: Comm's all-reduce vs torch DDP (gloo)
 
 Both sides start from the same weights (ours copied into a nanoGPT-style nn.Module: nn.Linear,
 nn.LayerNorm, tied head, scaled_dot_product_attention(is_causal=True) as nanoGPT uses, or the
@@ -29,9 +31,9 @@ LR, WD, CLIP = 1e-3, 0.1, 1.0
 
 def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["throughput", "memory", "anchor", "all"], nargs="?", default="all")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("mode", choices=["throughput", "memory", "anchor", "all", "ddp"], nargs="?", default="all")
+    ap.add_argument("--batch", type=int, help="sequences per process (default 32; ddp: 16 per rank)")
+    ap.add_argument("--threads", type=int, help="math threads per process (default 2; ddp: 1 per rank)")
     ap.add_argument("--steps", type=int, default=4, help="steps per timing window")
     ap.add_argument("--windows", type=int, default=5, help="clean rounds wanted (median reported)")
     ap.add_argument("--max-windows", type=int, default=16)
@@ -42,6 +44,8 @@ def parse():
     ap.add_argument("--no-wait", action="store_true", help="do not wait for other processes to leave the CPUs")
     ap.add_argument("--out", default="gpt.json", help="JSON file name under benchmarks/results/")
     a = ap.parse_args()
+    a.batch = a.batch or (16 if a.mode == "ddp" else 32)
+    a.threads = a.threads or (1 if a.mode == "ddp" else 2)
     common.set_threads(a.threads)
     return a
 
@@ -55,18 +59,20 @@ def build_ours(batch):
     return model, Adam(model.space, LR, betas=(0.9, 0.99), weight_decay=WD, decoupled=True)
 
 
-def ours_step_fn(model, opt, x, t, lr=None):
-    """What Trainer.train_step does on one rank: zero, loss, backward, finish, clip, AdamW."""
+def ours_step_fn(model, opt, x, t, lr=None, comm=None):
+    """What Trainer.train_step does on one rank: zero, loss, backward, finish, [all-reduce], clip, AdamW."""
     import math
 
     from ddp_scratch import backend as B
-    space, scale = model.space, 1.0 / t.size
+    space, scale = model.space, 1.0 / (t.size * (comm.size if comm else 1))
 
     def step(x=x, t=t, lr=lr):
         space.zero_grad()
         loss, _ = model.loss(x, t, scale)
         model.backward()
         space.finish_grads()
+        if comm is not None:
+            comm.all_reduce_gradients(space)
         g = space.grads
         n = math.sqrt(float(B.xp.dot(g, g)))
         if n > CLIP:
@@ -187,6 +193,48 @@ def run_throughput(a):
     return res
 
 
+def run_ddp(a):
+    """Ranks under mpiexec, each its own batch: ours with Comm's all-reduce vs torch DDP (gloo)."""
+    import numpy as np
+    from bench_mlp import interleaved, paired_ratio
+    from ddp_scratch.comm import Comm
+    comm = Comm()
+    world = comm.size
+    if world < 2:
+        raise SystemExit("ddp mode needs at least 2 ranks: mpiexec -n 2 python benchmarks/bench_gpt.py ddp")
+    model, opt = build_ours(a.batch)
+    T = model.Tmax
+    rng = np.random.default_rng(100 + comm.rank)       # each rank its own shard
+    x, t = rng.integers(0, V, (a.batch, T)), rng.integers(0, V, (a.batch, T))
+    ours = ours_step_fn(model, opt, x, t, comm=comm)
+    torch = common.torch_ddp_init(comm, a.threads)
+    net, topt = build_torch(model, a.torch_attn)
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    theirs = torch_step_fn(ddp, topt, torch.from_numpy(x), torch.from_numpy(t))
+    l_s, l_t = ours() * world, theirs()       # ours is the local sum over the global token count
+    check = {"first_loss_ddp_scratch": l_s, "first_loss_torch": l_t, "rel_diff": abs(l_s - l_t) / l_t}
+    MPI = comm.MPI
+    rounds = interleaved([("ddp_scratch", ours), ("torch_ddp_gloo", theirs)], a.steps, a.windows, a.max_windows,
+                         a.warmup, sync=comm.comm.Barrier, total_cpu=lambda v: comm.comm.allreduce(v, op=MPI.SUM),
+                         reduce_max=lambda v: comm.comm.allreduce(v, op=MPI.MAX))
+    P = {k: p.detach().numpy() for k, p in net.named_parameters()}
+    check["param_max_abs_diff_after"] = float(np.abs(model.space.named()["wte"].data - P["wte.weight"]).max())
+    torch.distributed.destroy_process_group()
+    tok = a.batch * T * world
+    res = {"world_size": world, "batch_per_rank": a.batch, "threads_per_rank": a.threads, "check": check,
+           "tokens_per_step": tok, "flops_per_step": model.flops_per_step(tok), "sides": {}}
+    for side in ("ddp_scratch", "torch_ddp_gloo"):
+        res["sides"][side] = common.summarize([r[side] for r in rounds], a.steps, tok)
+    res["ratio"], res["clean_rounds"] = paired_ratio(rounds, "ddp_scratch", "torch_ddp_gloo")
+    if comm.rank == 0:
+        o, th = res["sides"]["ddp_scratch"]["median"], res["sides"]["torch_ddp_gloo"]["median"]
+        print(f"first loss (rank 0): ours {l_s:.6f}, torch {l_t:.6f} (rel diff {check['rel_diff']:.1e}); "
+              f"wte after: max |diff| {check['param_max_abs_diff_after']:.1e}")
+        print(f"{world} ranks, tokens/s: ddp_scratch {o:,.0f}  torch DDP gloo ({a.torch_attn}) {th:,.0f}  "
+              f"ratio {res['ratio']:.2f}x ({res['clean_rounds']} clean rounds of {len(rounds)})")
+    return res, comm.rank
+
+
 def run_memory(a, steps=20):
     """Peak RSS of a process that imports ddp_scratch, builds the model and trains `steps` steps."""
     import resource
@@ -261,6 +309,13 @@ def main():
             with open(os.path.join(common.RESULTS, f"gpt_{mode}.json")) as f:
                 out[mode] = json.load(f)["result"]
         print("->", common.write_json(a.out, {"benchmark": "gpt", "environment": out["throughput"].get("env"), **out}))
+        return 0
+    if a.mode == "ddp":
+        res, rank = run_ddp(a)
+        if rank == 0:
+            res["env"] = common.environment()
+            print("->", common.write_json(a.out if a.out != "gpt.json" else "gpt_ddp.json",
+                                          {"benchmark": "gpt_ddp", "args": vars(a), "result": res}))
         return 0
     if a.mode == "memory":
         import numpy  # noqa: F401  (the baseline RSS includes numpy, as a training process does)

@@ -250,8 +250,6 @@ def run_single(a):
 
 
 def run_ddp(a):
-    import socket
-
     import numpy as np
     from ddp_scratch.comm import Comm
     comm = Comm()
@@ -268,21 +266,7 @@ def run_ddp(a):
     res = {"check": {}}
     net = None
     if not a.no_torch:
-        port = None
-        if rank == 0:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        port = comm.comm.bcast(port, root=0)
-        one_host = len(set(comm.comm.allgather(MPI.Get_processor_name()))) == 1
-        os.environ.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                          MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-        if one_host:
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        import torch
-        import torch.distributed as dist
-        torch.set_num_threads(a.threads)
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        torch = common.torch_ddp_init(comm, a.threads)
         net = build_torch(model)
         ddp = torch.nn.parallel.DistributedDataParallel(net)
         tstep = torch_step_fn(ddp, ddp.parameters(), torch.from_numpy(x), torch.from_numpy(t))

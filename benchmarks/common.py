@@ -224,6 +224,29 @@ def write_json(name: str, obj) -> str:
     return path
 
 
+def torch_ddp_init(comm, threads):
+    """torch.distributed (gloo) over the ranks Comm already sees: rank 0 picks a free port, MPI
+    tells the others; on one host gloo talks over loopback. Returns the torch module."""
+    import socket
+    MPI, rank, world = comm.MPI, comm.rank, comm.size
+    port = None
+    if rank == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    port = comm.comm.bcast(port, root=0)
+    one_host = len(set(comm.comm.allgather(MPI.Get_processor_name()))) == 1
+    os.environ.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                      MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    if one_host:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    import torch
+    import torch.distributed as dist
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    return torch
+
+
 def print0(rank, *args):
     if rank == 0:
         print(*args, flush=True)

@@ -88,6 +88,8 @@ def plan(a):
         ("memory", [py, "bench_memory.py", *(["--steps", "200", "--every", "50"] if a.quick else [])], {}),
         # the transformer: writes results/gpt_*.json itself (figures in benchmarks/README.md)
         ("gpt", [py, "bench_gpt.py", "all", *(["--windows", "2", "--max-windows", "3", "--iters", "50"] if a.quick else [])], {}),
+        ("gpt_ddp", [*mpi, py, "bench_gpt.py", "ddp", "--no-wait",
+                     *(["--windows", "2", "--max-windows", "3"] if a.quick else [])], {}),
     ]
     pin = openblas_pinned() if a.openblas_variant else None
     if pin:
@@ -141,7 +143,11 @@ def collect(label):
         if fn.endswith(".json") and (fn.startswith("mlp_") or fn in ("allreduce.json", "memory.json")):
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)
-    order = ["mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "allreduce", "memory"]
+        elif fn in ("gpt_throughput.json", "gpt_ddp.json"):     # bench_gpt.py's: {"args", "result"}
+            with open(os.path.join(common.RESULTS, fn)) as f:
+                runs[fn[:-5]] = json.load(f)["result"]
+    order = ["mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "gpt_throughput",
+             "gpt_ddp", "allreduce", "memory"]
     runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     env = next((r["env"] for k, r in runs.items() if k == "mlp_single"), None) or \
         next((r["env"] for r in runs.values()), {})
@@ -169,6 +175,11 @@ def summary(res):
             ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
             tgt = f">={r['target_ratio']}x" if "target_ratio" in r else ""
             out.append(f"{key + ' (' + unit + ')':34s} {val(s[0]):14.1f} {peer:>14s} {ratio:>7s} {tgt:>7s}")
+        elif key.startswith("gpt_"):
+            o, p = (s["median"] for s in r["sides"].values())
+            what = "1 process" if key == "gpt_throughput" else f"{r['world_size']} ranks"
+            tgt = ">=0.8x" if key == "gpt_throughput" else ""
+            out.append(f"{'gpt ' + what + ' (tokens/s)':34s} {o:14.0f} {p:14.0f} {r['ratio']:6.2f}x {tgt:>7s}")
         elif key == "allreduce":
             m = r["mlp_grads"]
             out.append(f"{'allreduce MLP grads (us)':34s} {m['ddp_scratch_us']:14.0f} {m['mpi4py_us']:14.0f} "
@@ -244,6 +255,25 @@ def report(res):
                   "| call | ms |", "|---|---|"]
             L += [f"| {p['call']} | {p['ms']:.3f} |" for p in r["profile"]]
             L += [f"| **sum** | **{sum(p['ms'] for p in r['profile']):.3f}** |", ""]
+    gpt = [(k, runs[k]) for k in ("gpt_throughput", "gpt_ddp") if k in runs]
+    if gpt:
+        L += ["## Transformer train step, 1 process and data-parallel", "",
+              "GPT 4 layers, 4 heads, d_model 128, context 64, vocabulary 65, float32, AdamW (decay on "
+              "matrices), clip at norm 1; torch is nanoGPT's model (scaled_dot_product_attention) holding "
+              "the same initial weights, on the same batches (bench_gpt.py).", "",
+              "| run | ddp_scratch tokens/s | torch tokens/s | ratio | target | clean rounds | first loss ours / torch |",
+              "|---|---|---|---|---|---|---|"]
+        for k, r in gpt:
+            (on, o), (pn, p) = r["sides"].items()
+            shape = ("1 process, batch 32, 2 threads vs torch eager" if k == "gpt_throughput" else
+                     f"{r['world_size']} ranks, batch {r['batch_per_rank']} per rank, {r['threads_per_rank']} "
+                     "thread per rank, vs torch DDP (gloo)")
+            c = r["check"]
+            L.append(f"| {shape} | {o['median']:,.0f} | {p['median']:,.0f} | **{r['ratio']:.2f}x** | "
+                     f"{'>= 0.8x' if k == 'gpt_throughput' else '(none set)'} | {r['clean_rounds']} | "
+                     f"{c['first_loss_ddp_scratch']:.6f} / {c['first_loss_torch']:.6f} |")
+        L += ["", "Ratios are medians of per-round ratios of adjacent windows. Peak memory and the nanoGPT "
+              "loss anchor: `results/gpt_memory.json`, `results/gpt_anchor.json` (benchmarks/README.md).", ""]
     if "allreduce" in runs:
         r = runs["allreduce"]
         m = r["mlp_grads"]

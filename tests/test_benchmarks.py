@@ -1,0 +1,34 @@
+"""The 2-rank benchmarks stay runnable and keep comparing like with like: one short window each,
+with torch DDP (gloo) as the peer, must start from the same loss and end with the same
+parameters as ddp_scratch (float32 rounding). Speed is not judged here (benchmarks/ does that)."""
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT, mpiexec, require_torch, run_group
+
+SHORT = ["--windows", "1", "--max-windows", "1", "--steps", "2", "--warmup", "1"]
+
+
+@pytest.mark.parametrize("script,out,sides", [
+    ("bench_mlp.py", "mlp_ddp.json", ("ddp_scratch", "torch_ddp_gloo")),
+    ("bench_gpt.py", "gpt_ddp.json", ("ddp_scratch", "torch_ddp_gloo")),
+])
+def test_two_rank_benchmark_against_torch_ddp(script, out, sides, tmp_path):
+    require_torch()
+    extra = ["--no-wait"] if script == "bench_gpt.py" else []
+    cmd = [mpiexec(), "-n", "2", sys.executable, os.path.join(ROOT, "benchmarks", script), "ddp", *SHORT, *extra]
+    env = dict(os.environ, BENCH_RESULTS_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    r = run_group(cmd, timeout=300, cwd=ROOT, env=env)
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(tmp_path / out) as f:
+        res = json.load(f)
+    res = res.get("result", res)
+    assert res["world_size"] == 2 and set(sides) <= set(res["sides"])
+    c = res["check"]
+    assert c["rel_diff"] < 1e-5, c                  # same weights, same batches: same first loss
+    assert c["param_max_abs_diff_after"] < 1e-4, c  # and the same training, up to float32 rounding
+    assert res["ratio"] > 0
