@@ -406,10 +406,15 @@ class NcclAllReduce:
 
     def __init__(self, comm, nccl=None):
         self.nccl = nccl or load_nccl()
-        n_gpu = B.xp.cuda.runtime.getDeviceCount()
-        if comm.local_size > n_gpu:
-            raise UserError(f"comm.backend: 'nccl' needs one GPU per rank, but {comm.local_size} ranks on this "
-                            f"node share {n_gpu} GPU(s); start at most {n_gpu} rank(s) per node or use comm.backend=mpi")
+        # the device each rank drives, by node and PCI bus id (CUDA_VISIBLE_DEVICES may renumber them)
+        import socket
+        here = (socket.gethostname(), B.xp.cuda.Device().pci_bus_id)
+        where = comm.allgather(here, "GPU placement check")
+        shared = next(([r for r, w in enumerate(where) if w == x] for x in where if where.count(x) > 1), None)
+        if shared:   # every rank sees the same list and stops here alike
+            raise UserError(f"comm.backend: 'nccl' needs one GPU per rank, but ranks {shared} all drive GPU "
+                            f"{where[shared[0]][1]} on {where[shared[0]][0]}; start at most one rank per GPU "
+                            "(--gpus-per-task=1) or use comm.backend=mpi")
         uid = nccl_unique_id(comm, self.nccl)
         # every rank must call in; one that never does is reported like a missing collective
         comm._enter("NCCL communicator set-up", max(comm.timeout_s, 600.0))

@@ -3,7 +3,8 @@
 Runs where CuPy's NCCL bindings import (the `gpu` extra plus nvidia-nccl-cu12). The unique-id
 hand-over needs no GPU: NCCL's own get_unique_id on rank 0, carried by MPI. The all-reduce and
 the training equivalence need one GPU per rank (NCCL refuses two ranks on one device), so they
-skip on machines with fewer GPUs than ranks, unless DDP_REQUIRE_GPU=1 makes that a failure.
+skip on machines with fewer GPUs than ranks (DDP_REQUIRE_GPU=1 makes a machine with none a
+failure). On one GPU, two ranks must be refused with a clear error instead.
 """
 import os
 import tempfile
@@ -30,11 +31,10 @@ def _need_gpu_per_rank():
     world = MPI.COMM_WORLD
     local = world.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
     have = min(world.allgather(_gpus()))
-    if have < local:
-        msg = f"NCCL needs one GPU per rank: {local} ranks on a node with {have} GPU(s)"
-        if os.environ.get("DDP_REQUIRE_GPU") == "1":
-            pytest.fail(msg + " (DDP_REQUIRE_GPU=1)")
-        pytest.skip(msg)
+    if have == 0 and os.environ.get("DDP_REQUIRE_GPU") == "1":
+        pytest.fail("no CUDA device visible (DDP_REQUIRE_GPU=1)")
+    if have < local:   # a one-GPU machine cannot run a 2-rank NCCL world at all
+        pytest.skip(f"NCCL needs one GPU per rank: {local} ranks on a node with {have} GPU(s)")
 
 
 @pytest.mark.mpi(min_size=2)
@@ -46,6 +46,21 @@ def test_unique_id_from_rank_0_reaches_every_rank():
     assert len(ids[0]) == 128 and any(ids[0])
     assert all(i == ids[0] for i in ids)
     assert again != ids[0]          # a fresh bootstrap address each time
+
+
+@pytest.mark.mpi(min_size=2)
+def test_ranks_sharing_a_gpu_are_refused_by_name():
+    """The single-GPU case (the device tool's machines): a clear error on every rank, no NCCL hang."""
+    from ddp_scratch.errors import UserError
+    if min(MPI.COMM_WORLD.allgather(_gpus())) != 1:
+        pytest.skip("needs exactly one GPU visible to every rank")
+    comm = Comm(timeout_s=60)
+    B.use("cupy", device=comm.local_rank)
+    try:
+        with pytest.raises(UserError, match=r"one GPU per rank, but ranks \[0, 1\] all drive GPU"):
+            comm.use_nccl()
+    finally:
+        B.use("numpy")
 
 
 @pytest.mark.mpi(min_size=2)
