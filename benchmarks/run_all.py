@@ -239,6 +239,18 @@ def report(res):
             L += [f"ddp_scratch with comm.overlap=true (bucketed Iallreduce during backward, 25 MiB buckets, "
                   f"the first 1 MiB: the `ddp_scratch_overlap` row) runs at **{r['overlap_vs_blocking']:.3f}x** "
                   "the blocking all-reduce's speed (median of paired windows)."]
+            w = r.get("comm_wait_ms_per_step")
+            if w:
+                L += [f"Waiting for gradients after backward (slowest rank, mean per step): {w['ddp_scratch']:.2f} ms "
+                      f"blocking, {w['ddp_scratch_overlap']:.2f} ms overlapped ({100 * r['comm_wait_removed_fraction']:.0f}% "
+                      f"less), but the step time saved is **{100 * r['comm_hidden_fraction']:.0f}% of the blocking "
+                      "all-reduce's time (net communication hidden)**: the wait shrinks because MPICH does the "
+                      "all-reduce's copying inside the progress pokes during backward, on the same core, so the "
+                      "work moves rather than overlaps. Overlap pays only where the all-reduce "
+                      "progresses while backward computes: a spare core or an MPI progress thread, a GPU "
+                      "computing while the host or NCCL communicates; on these 2 cores every core computes and "
+                      "MPICH advances a non-blocking all-reduce only inside MPI calls, so comm.overlap stays off "
+                      "by default."]
         if "vs_baseline" in r:
             L += [f"Same windows, ddp_scratch from `{r['baseline_tree']}` (the `{'ddp_scratch@baseline'}` row): "
                   f"this tree is **{r['vs_baseline']:.3f}x** its speed (median of paired windows)."]

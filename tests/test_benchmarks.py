@@ -18,7 +18,7 @@ SHORT = ["--windows", "1", "--max-windows", "1", "--steps", "2", "--warmup", "1"
 ])
 def test_two_rank_benchmark_against_torch_ddp(script, out, sides, tmp_path):
     require_torch()
-    extra = ["--no-wait"] if script == "bench_gpt.py" else []
+    extra = ["--no-wait"] if script == "bench_gpt.py" else ["--overlap"]
     cmd = [mpiexec(), "-n", "2", sys.executable, os.path.join(ROOT, "benchmarks", script), "ddp", *SHORT, *extra]
     env = dict(os.environ, BENCH_RESULTS_DIR=str(tmp_path), OMP_NUM_THREADS="1")
     r = run_group(cmd, timeout=300, cwd=ROOT, env=env)
@@ -32,3 +32,6 @@ def test_two_rank_benchmark_against_torch_ddp(script, out, sides, tmp_path):
     assert c["rel_diff"] < 1e-5, c                  # same weights, same batches: same first loss
     assert c["param_max_abs_diff_after"] < 1e-4, c  # and the same training, up to float32 rounding
     assert res["ratio"] > 0
+    if script == "bench_mlp.py":     # the overlapped side trained the same way, and its waits were timed
+        assert res["overlap_vs_blocking"] > 0 and res["comm_wait_ms_per_step"]["ddp_scratch_overlap"] >= 0
+        assert -10 < res["comm_hidden_fraction"] < 1.0
