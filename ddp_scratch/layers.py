@@ -48,9 +48,12 @@ class Activation(Layer):
 
     def forward(self, x):
         out = self.buf("y", x.shape) if self.saves == "x" else None
-        y = self.fwd(x, out)
+        y = self.fwd(x, out, self._scratch(x.shape))
         self.saved = x if self.saves == "x" else y
         return y
 
     def backward(self, dy):
-        return self.bwd(dy, self.saved)
+        return self.bwd(dy, self.saved, self._scratch(dy.shape))
+
+    def _scratch(self, shape):
+        return lambda key, dtype=None: self.buf(key, shape, dtype)

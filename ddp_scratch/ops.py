@@ -32,15 +32,18 @@ def linear_backward(dy, x, W, dW_param, db_param, dx_out=None, work=None):
 # ----------------------------------------------------------------------------- activations
 # Each forward works in place on its input (the linear layer's private output buffer) where the
 # backward can be written in terms of the output y alone; GELU needs x, so it writes to `out`.
+# `ws(key, dtype=None)` hands out scratch arrays of the input's shape that the caller keeps
+# between steps (Layer.buf): no activation allocates an array per step. A workspace a forward
+# fills for its backward (GELU's tanh) is read back under the same key.
 
-def relu_forward(x):
+def relu_forward(x, ws=None):
     # against a row of zeros, not the scalar 0: NumPy's array-array maximum is vectorised, the
     # array-scalar one is ~3x slower
     return B.xp.maximum(x, _zeros_row(x), out=x)
 
 
-def relu_backward(dy, y):
-    dy *= (y > 0)
+def relu_backward(dy, y, ws):
+    dy *= B.xp.greater(y, 0, out=ws("mask", bool))      # a bool mask: as fast as y > 0, no new array
     return dy
 
 
@@ -56,84 +59,142 @@ def _zeros_row(x):
     return z
 
 
-def leaky_relu_forward(x, slope=0.01):
-    B.xp.copyto(x, x * slope, where=x < 0)
-    return x
+LEAKY_SLOPE = 0.01
 
 
-def leaky_relu_backward(dy, y, slope=0.01):
-    # for slope > 0, sign(y) == sign(x)
-    dy *= B.xp.where(y > 0, 1.0, slope).astype(dy.dtype, copy=False)
+def leaky_relu_forward(x, ws):
+    # for 0 < slope < 1: leaky(x) = max(x, slope x)
+    return B.xp.maximum(x, B.xp.multiply(x, LEAKY_SLOPE, out=ws("t")), out=x)
+
+
+def leaky_relu_backward(dy, y, ws):
+    # for slope > 0, sign(y) == sign(x): d = 1 where y > 0, else slope
+    d = B.xp.greater(y, 0, out=ws("t"))
+    d *= 1.0 - LEAKY_SLOPE
+    d += LEAKY_SLOPE
+    dy *= d
     return dy
 
 
-def sigmoid_forward(x):
+def sigmoid_forward(x, ws):
+    """1 / (1 + e^-x), stable for large |x|: with e = exp(-|x|) it is 1/(1+e) for x >= 0 and
+    e/(1+e) for x < 0, i.e. (1/(1+e)) * (1 + [x<0] (e - 1))."""
     xp = B.xp
-    # stable for large |x|: exp of a non-positive number only
-    neg = x < 0
-    e = xp.exp(-xp.abs(x))
-    pos = 1.0 / (1.0 + e)
-    x[...] = pos
-    xp.copyto(x, e * pos, where=neg)
+    neg = xp.less(x, 0, out=ws("mask", bool))
+    e = xp.abs(x, out=ws("t"))
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)
+    xp.add(e, 1.0, out=x)
+    xp.reciprocal(x, out=x)
+    e -= 1.0
+    e *= neg
+    e += 1.0
+    x *= e
     return x
 
 
-def sigmoid_backward(dy, y):
-    dy *= y * (1.0 - y)
+def sigmoid_backward(dy, y, ws):
+    d = B.xp.subtract(1.0, y, out=ws("t"))
+    d *= y
+    dy *= d
     return dy
 
 
-def tanh_forward(x):
+def tanh_forward(x, ws=None):
     return B.xp.tanh(x, out=x)
 
 
-def tanh_backward(dy, y):
-    dy *= 1.0 - y * y
+def tanh_backward(dy, y, ws):
+    d = B.xp.multiply(y, y, out=ws("t"))
+    B.xp.subtract(1.0, d, out=d)
+    dy *= d
     return dy
 
 
-def elu_forward(x, alpha=1.0):
+ELU_ALPHA = 1.0
+
+
+def elu_forward(x, ws):
+    # x for x > 0, alpha (e^x - 1) otherwise: max(x, 0) + alpha expm1(min(x, 0))
     xp = B.xp
-    xp.copyto(x, alpha * xp.expm1(xp.minimum(x, 0)), where=x < 0)
+    n = xp.minimum(x, _zeros_row(x), out=ws("t"))
+    xp.expm1(n, out=n)
+    n *= ELU_ALPHA
+    xp.maximum(x, _zeros_row(x), out=x)
+    x += n
     return x
 
 
-def elu_backward(dy, y, alpha=1.0):
-    # d/dx = 1 for x > 0, alpha * e^x = y + alpha otherwise
-    dy *= B.xp.where(y > 0, 1.0, y + alpha).astype(dy.dtype, copy=False)
+def elu_backward(dy, y, ws):
+    # d/dx = 1 for x > 0 (y > 0), alpha e^x = y + alpha otherwise: min(y, 0) + alpha + [y>0] (1 - alpha)
+    xp = B.xp
+    d = xp.minimum(y, _zeros_row(y), out=ws("t"))
+    d += ELU_ALPHA
+    g = xp.greater(y, 0, out=ws("u"))
+    g *= 1.0 - ELU_ALPHA
+    d += g
+    dy *= d
     return dy
 
 
-_GELU_C = math.sqrt(2.0 / math.pi)
+# GELU, tanh approximation (as GPT-2 and torch's approximate='tanh'):
+#   g = 0.5 h (1 + t),  t = tanh(c (h + a h^3)),  c = sqrt(2/pi), a = 0.044715
+# Forward keeps t instead of g: backward then needs no tanh, and g (for the next layer's dW) is
+# two multiplies away, so the GPT keeps the same 4C per row either way.
+_C = math.sqrt(2.0 / math.pi)
+_A = 0.044715
 
 
-def gelu_forward(x, out):
-    """GELU, tanh approximation (as GPT-2 and torch's approximate='tanh')."""
+def gelu_forward(g, t, h):
+    """h (N,D) -> g (N,D); saves t (N,D). Written without temporaries."""
     xp = B.xp
-    u = _GELU_C * (x + 0.044715 * x ** 3)
-    xp.tanh(u, out=out)
-    out += 1.0
-    out *= 0.5 * x
-    return out
+    xp.multiply(h, h, out=t)
+    t *= _A * _C
+    t += _C
+    t *= h                                          # u
+    xp.tanh(t, out=t)
+    gelu_from_tanh(g, h, t)
+    return g
 
 
-def gelu_backward(dy, x):
+def gelu_from_tanh(g, h, t):
     xp = B.xp
-    t = xp.tanh(_GELU_C * (x + 0.044715 * x ** 3))
-    du = _GELU_C * (1.0 + 3 * 0.044715 * x * x)
-    # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) du
-    dy *= 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
-    return dy
+    xp.add(t, 1.0, out=g)
+    g *= h
+    g *= 0.5
+    return g
 
 
-# name -> (forward(x, out) -> y, backward(dy, saved) -> dx, what backward needs: "y" or "x")
+def gelu_backward(dg, h, t, w):
+    """dh = dg * (0.5 (1 + t) + 0.5 h (1 - t^2) c (1 + 3a h^2)), in place in dg; w (N,D) scratch.
+
+    Factored as (1 + t) (0.5 + w (1 - t)) with w = 0.5 c h (1 + 3a h^2): 11 passes, no tanh.
+    h is overwritten: it is spent once w holds its polynomial, and reusing it saves a scratch."""
+    xp = B.xp
+    xp.multiply(h, h, out=w)
+    w *= 3 * _A
+    w += 1.0
+    w *= h
+    w *= 0.5 * _C
+    xp.subtract(1.0, t, out=h)
+    w *= h
+    w += 0.5
+    xp.add(t, 1.0, out=h)
+    w *= h
+    dg *= w
+    return dg
+
+
+# name -> (forward(x, out, ws) -> y, backward(dy, saved, ws) -> dx, what backward needs: "y" or "x")
 ACTIVATIONS = {
-    "relu": (lambda x, out: relu_forward(x), relu_backward, "y"),
-    "leaky_relu": (lambda x, out: leaky_relu_forward(x), leaky_relu_backward, "y"),
-    "sigmoid": (lambda x, out: sigmoid_forward(x), sigmoid_backward, "y"),
-    "tanh": (lambda x, out: tanh_forward(x), tanh_backward, "y"),
-    "elu": (lambda x, out: elu_forward(x), elu_backward, "y"),
-    "gelu": (gelu_forward, gelu_backward, "x"),
+    "relu": (lambda x, out, ws: relu_forward(x), relu_backward, "y"),
+    "leaky_relu": (lambda x, out, ws: leaky_relu_forward(x, ws), leaky_relu_backward, "y"),
+    "sigmoid": (lambda x, out, ws: sigmoid_forward(x, ws), sigmoid_backward, "y"),
+    "tanh": (lambda x, out, ws: tanh_forward(x), tanh_backward, "y"),
+    "elu": (lambda x, out, ws: elu_forward(x, ws), elu_backward, "y"),
+    # GELU keeps its input h and the tanh t; its backward overwrites h (a spent linear output)
+    "gelu": (lambda h, out, ws: gelu_forward(out, ws("gelu_t"), h),
+             lambda dg, h, ws: gelu_backward(dg, h, ws("gelu_t"), ws("t")), "x"),
 }
 
 

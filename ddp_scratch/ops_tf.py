@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from . import backend as B
+from .ops import gelu_backward, gelu_forward, gelu_from_tanh  # noqa: F401  (re-exported for gpt.py)
 
 # ----------------------------------------------------------------------------- embedding
 # out[b, t] = wte[idx[b, t]] + wpe[t]
@@ -179,52 +180,7 @@ def attention_backward(dqkv, dy, qkv, att, H, datt, drop=None, work=None):
 
 
 # ----------------------------------------------------------------------------- GELU
-# g = 0.5 h (1 + t), t = tanh(u), u = c (h + a h^3), c = sqrt(2/pi), a = 0.044715 (GPT-2's GELU)
-# Forward keeps t instead of g: backward then needs no tanh, and g (for the next layer's dW) is
-# two multiplies away, so the same 4C per row is kept either way.
-
-_C = math.sqrt(2.0 / math.pi)
-_A = 0.044715
-
-
-def gelu_forward(g, t, h):
-    """h (N,4C) -> g (N,4C); saves t (N,4C). Written without temporaries."""
-    xp = B.xp
-    xp.multiply(h, h, out=t)
-    t *= _A * _C
-    t += _C
-    t *= h                                          # u
-    xp.tanh(t, out=t)
-    gelu_from_tanh(g, h, t)
-    return g
-
-
-def gelu_from_tanh(g, h, t):
-    xp = B.xp
-    xp.add(t, 1.0, out=g)
-    g *= h
-    g *= 0.5
-    return g
-
-
-def gelu_backward(dg, h, t, w):
-    """dh = dg * (0.5 (1 + t) + 0.5 h (1 - t^2) c (1 + 3a h^2)), in place in dg; w (N,4C) scratch.
-
-    Factored as (1 + t) (0.5 + w (1 - t)) with w = 0.5 c h (1 + 3a h^2): 11 passes, no tanh.
-    h is overwritten: it is spent once w holds its polynomial, and reusing it saves a scratch."""
-    xp = B.xp
-    xp.multiply(h, h, out=w)
-    w *= 3 * _A
-    w += 1.0
-    w *= h
-    w *= 0.5 * _C
-    xp.subtract(1.0, t, out=h)
-    w *= h
-    w += 0.5
-    xp.add(t, 1.0, out=h)
-    w *= h
-    dg *= w
-    return dg
+# gelu_forward, gelu_from_tanh, gelu_backward live in ops.py with the other activations.
 
 
 # ----------------------------------------------------------------------------- dropout

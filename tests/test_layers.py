@@ -30,12 +30,16 @@ def test_activation_backward_finite_differences(act):
     x[0, 0] = 1e-3      # near the kink of relu-like functions, still differentiable at +-EPS
     dy = rng.normal(size=x.shape)
 
+    ws = {}       # the layer's workspaces: kept from forward to backward, as Layer.buf does
+
+    def scratch(key, dtype=None):
+        return ws.setdefault(key, np.full(x.shape, np.nan).astype(dtype or x.dtype))
+
     def f():
-        return float((fwd(x.copy(), np.empty_like(x)) * dy).sum())
-    y = fwd(x.copy(), np.empty_like(x))
+        return float((fwd(x.copy(), np.empty_like(x), lambda k, d=None: np.empty(x.shape, d or x.dtype)) * dy).sum())
     xin = x.copy()
-    y = fwd(xin, np.empty_like(x))
-    dx = bwd(dy.copy(), xin if saves == "x" else y)
+    y = fwd(xin, np.empty_like(x), scratch)
+    dx = bwd(dy.copy(), xin if saves == "x" else y, scratch)
     err = rel_err(dx, numgrad(f, x))
     print(f"{act}: max rel err {err:.2e}")
     assert err < 1e-6
@@ -162,3 +166,42 @@ def test_init_is_seeded_and_schemes_differ():
     xa = MLP(400, 10, [300], "tanh", init="xavier", dtype="float64").layers[0].W.data
     assert he.std() == pytest.approx(np.sqrt(2 / 400), rel=0.05)
     assert xa.std() == pytest.approx(np.sqrt(2 / 700), rel=0.05)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("optim", ["sgd", "adamw", "rmsprop"])
+def test_mlp_train_step_allocates_no_arrays(act, optim):
+    """The hot path reuses its buffers: after warm-up, two whole train steps (forward, backward,
+    finish, optimizer) leave no live bytes behind and never hold a temporary as large as one
+    activation (256 x 1024 float64 = 2 MiB; a bool mask of one is 256 KiB). NumPy reports every
+    array buffer to tracemalloc; what remains is its ufunc iterator buffer (8192 elements)."""
+    import tracemalloc
+
+    from ddp_scratch.optim import SGD, Adam, RMSProp
+    m = MLP(100, 10, [1024, 1024], act, dtype="float64", seed=0)
+    opt = {"sgd": lambda s: SGD(s, 0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
+           "adamw": lambda s: Adam(s, 1e-3, weight_decay=0.01, decoupled=True),
+           "rmsprop": lambda s: RMSProp(s, 1e-3, momentum=0.9, centered=True)}[optim](m.space)
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((256, 100)), rng.integers(0, 10, 256)
+
+    def step():
+        m.space.zero_grad()
+        m.loss(x, t, 1 / 256)
+        m.backward()
+        m.space.finish_grads()
+        opt.step(1e-3)
+    for _ in range(3):
+        step()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        step()
+        step()
+        live, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"{act}/{optim}: temporaries peak {(peak - base) / 1024:.1f} KiB, live {live - base} B")
+    assert live - base < 1024
+    assert peak - base < 128 * 1024
