@@ -241,7 +241,8 @@ class GPT:
             blk.backward(dres, self)
         if self.d_emb is not None:
             dres *= self.d_emb.reshape(N, C)
-        embedding_backward(dres.reshape(Bn, T, C), self.idx, self.wte, self.wpe)  # adds the input use
+        embedding_backward(dres.reshape(Bn, T, C), self.idx, self.wte, self.wpe,   # adds the input use
+                           tmp("dln", (N, C)))                                      # dln is spent: scratch
 
     def predict(self, x):
         """x (B,T) ids -> logits (B,T,V), no dropout."""

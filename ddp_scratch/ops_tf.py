@@ -21,34 +21,36 @@ from .ops import gelu_backward, gelu_forward, gelu_from_tanh  # noqa: F401  (re-
 
 def embedding_forward(out, idx, wte, wpe):
     """out (B,T,C); idx (B,T) int; wte (V,C); wpe (block_size,C), rows 0..T-1 used."""
-    B.xp.take(wte, idx, axis=0, out=out)
+    # NumPy's take buffers its whole output behind `out` in its default mode='raise'; ids are in
+    # range by construction (the tokenizer), so 'clip' writes straight into out. CuPy has no mode.
+    B.xp.take(wte, idx, axis=0, out=out, **({} if B.on_gpu() else {"mode": "clip"}))
     out += wpe[:idx.shape[1]]
     return out
 
 
-def embedding_backward(dout, idx, wte, wpe):
+def embedding_backward(dout, idx, wte, wpe, work=None):
     """dwte[v] += sum of the dout rows whose token is v; dwpe[t] += sum over the batch of dout[:, t].
 
     Written straight into the views (a scatter, and a partial slice when T < block_size), so the
-    Param's readiness hook is called here, as acc() would."""
+    Param's readiness hook is called here, as acc() would. `work` (N,C) is scratch."""
     xp, T = B.xp, idx.shape[1]
     if wpe.fresh:
         wpe.grad[T:] = 0
         xp.sum(dout, axis=0, out=wpe.grad[:T])
         wpe.fresh = False
     else:
-        wpe.grad[:T] += dout.sum(axis=0)
+        wpe.grad[:T] += dout.sum(axis=0)            # (T,C): once per step and small
     if wte.fresh:
         wte.grad.fill(0)
         wte.fresh = False
-    scatter_add_rows(wte.grad, idx.ravel(), dout.reshape(-1, dout.shape[-1]))
+    scatter_add_rows(wte.grad, idx.ravel(), dout.reshape(-1, dout.shape[-1]), work)
     for p in (wpe, wte):
         if getattr(p, "hook", None) is not None:
             p.hook(p)
 
 
-def scatter_add_rows(dst, index, rows):
-    """dst[index[i]] += rows[i], repeated indices summed."""
+def scatter_add_rows(dst, index, rows, work=None):
+    """dst[index[i]] += rows[i], repeated indices summed; `work` (like rows) holds the sorted rows."""
     if B.on_gpu():
         import cupyx
         cupyx.scatter_add(dst, index, rows)
@@ -57,7 +59,9 @@ def scatter_add_rows(dst, index, rows):
     order = np.argsort(index, kind="stable")
     s = index[order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    dst[s[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+    srt = np.take(rows, order, axis=0, out=work, mode="clip") if work is not None else rows[order]
+    # (distinct ids, C): at most the vocabulary's rows, and written once
+    dst[s[starts]] += np.add.reduceat(srt, starts, axis=0)
 
 
 def _rowdot(a, b, out):
@@ -189,14 +193,31 @@ def attention_backward(dqkv, dy, qkv, att, H, datt, drop=None, work=None):
 # same masks as one process would.
 
 
+_UNIFORM = {}
+
+
+def _uniform_scratch(n):
+    """A reused float64 host buffer for n uniform draws (the largest mask's size, kept)."""
+    buf = _UNIFORM.get("buf")
+    if buf is None or buf.size < n:
+        buf = _UNIFORM["buf"] = np.empty(n, np.float64)
+    return buf[:n]
+
+
 def dropout_mask(out, p, seed, step, site, row0=0):
     """out (R, ...) <- 0 with probability p, else 1/(1-p), for global rows row0 .. row0+R-1."""
     per_row = out[0].size if out.shape[0] else 0
     start, n = row0 * per_row, out.size
     bg = np.random.Philox(key=[seed & (2**64 - 1), site], counter=[0, 0, step, 0])
     bg.advance(start // 4)                          # one counter step = four 64-bit draws
-    raw = bg.random_raw(start % 4 + n)[start % 4:]
-    keep = raw >= np.uint64(min(int(p * 2.0 ** 64), 2**64 - 1))
-    out[...] = B.xp.asarray((keep * (1.0 / (1.0 - p))).reshape(out.shape), dtype=out.dtype)
+    if start % 4:
+        bg.random_raw(start % 4)                    # the draws before this rank's first element
+    u = np.random.Generator(bg).random(out=_uniform_scratch(n))    # one 64-bit draw per element
+    if B.on_gpu() or not out.flags.c_contiguous:
+        out[...] = B.xp.asarray(((u >= p) * (1.0 / (1.0 - p))).reshape(out.shape), dtype=out.dtype)
+        return out
+    flat = out.reshape(-1)                          # a view: no array is made per step
+    np.greater_equal(u, p, out=flat)
+    flat *= 1.0 / (1.0 - p)
     return out
 

@@ -421,3 +421,38 @@ def test_bad_prompt_character_is_one_line_and_exit_2(addition_run):
     assert r.stderr.count("\n") == 1 and "'x'" in r.stderr and "vocabulary" in r.stderr
     r = run_launch("sample", addition_run[0] / "summary.json")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_gpt_train_step_allocates_no_activation_sized_arrays():
+    """Forward, backward (dropout on) and AdamW reuse their buffers: over two steps after warm-up
+    no temporary reaches the size of one (N,C) activation (2048 x 128 float32 = 1 MiB); what is
+    left are per-row statistics (N or B*H*T values) and NumPy's iterator buffers."""
+    import tracemalloc
+
+    from ddp_scratch.gpt import GPT
+    from ddp_scratch.optim import Adam
+    m = GPT(65, dtype="float32", seed=0, n_layer=2, n_head=4, d_model=128, block_size=64, dropout=0.1)
+    opt = Adam(m.space, 1e-3, betas=(0.9, 0.99), weight_decay=0.1, decoupled=True)
+    rng = np.random.default_rng(0)
+    x, t = rng.integers(0, 65, (32, 64)), rng.integers(0, 65, (32, 64))
+
+    def step():
+        m.space.zero_grad()
+        m.loss(x, t, 1 / t.size)
+        m.backward()
+        m.space.finish_grads()
+        opt.step(1e-3)
+    for _ in range(3):
+        step()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        step()
+        step()
+        live, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"GPT step: temporaries peak {(peak - base) / 1024:.1f} KiB, live {live - base} B")
+    assert live - base < 16 * 1024          # a few array views replaced each step, not accumulated
+    assert peak - base < 256 * 1024
