@@ -45,6 +45,24 @@ def numgrad(f, x, eps=1e-6):
     return g
 
 
+def step_memory(step, warmup=3, steps=2):
+    """(live, peak) bytes that `steps` calls of step() add under tracemalloc after `warmup` calls
+    (NumPy reports every array buffer to tracemalloc, so a temporary array shows in the peak)."""
+    import tracemalloc
+    for _ in range(warmup):
+        step()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(steps):
+            step()
+        live, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return live - base, peak - base
+
+
 def mpiexec():
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return here if os.path.exists(here) else "mpiexec"

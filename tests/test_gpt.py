@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import numgrad as _numgrad, FIXTURES, require_torch, run_launch
+from conftest import numgrad as _numgrad, FIXTURES, require_torch, run_launch, step_memory
 from ddp_scratch import backend as B
 from ddp_scratch import ops, ops_tf
 from ddp_scratch.flat import ParamSpace
@@ -427,8 +427,6 @@ def test_gpt_train_step_allocates_no_activation_sized_arrays():
     """Forward, backward (dropout on) and AdamW reuse their buffers: over two steps after warm-up
     no temporary reaches the size of one (N,C) activation (2048 x 128 float32 = 1 MiB); what is
     left are per-row statistics (N or B*H*T values) and NumPy's iterator buffers."""
-    import tracemalloc
-
     from ddp_scratch.gpt import GPT
     from ddp_scratch.optim import Adam
     m = GPT(65, dtype="float32", seed=0, n_layer=2, n_head=4, d_model=128, block_size=64, dropout=0.1)
@@ -442,17 +440,7 @@ def test_gpt_train_step_allocates_no_activation_sized_arrays():
         m.backward()
         m.space.finish_grads()
         opt.step(1e-3)
-    for _ in range(3):
-        step()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        step()
-        step()
-        live, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    print(f"GPT step: temporaries peak {(peak - base) / 1024:.1f} KiB, live {live - base} B")
-    assert live - base < 16 * 1024          # a few array views replaced each step, not accumulated
-    assert peak - base < 256 * 1024
+    live, peak = step_memory(step)
+    print(f"GPT step: temporaries peak {(peak) / 1024:.1f} KiB, live {live} B")
+    assert live < 16 * 1024          # a few array views replaced each step, not accumulated
+    assert peak < 256 * 1024

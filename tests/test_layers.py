@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import numgrad as _numgrad, FIXTURES, require_torch
+from conftest import numgrad as _numgrad, FIXTURES, require_torch, step_memory
 from ddp_scratch import ops
 from ddp_scratch.flat import ParamSpace
 from ddp_scratch.models import MLP
@@ -175,8 +175,6 @@ def test_mlp_train_step_allocates_no_arrays(act, optim):
     finish, optimizer) leave no live bytes behind and never hold a temporary as large as one
     activation (256 x 1024 float64 = 2 MiB; a bool mask of one is 256 KiB). NumPy reports every
     array buffer to tracemalloc; what remains is its ufunc iterator buffer (8192 elements)."""
-    import tracemalloc
-
     from ddp_scratch.optim import SGD, Adam, RMSProp
     m = MLP(100, 10, [1024, 1024], act, dtype="float64", seed=0)
     opt = {"sgd": lambda s: SGD(s, 0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
@@ -191,17 +189,7 @@ def test_mlp_train_step_allocates_no_arrays(act, optim):
         m.backward()
         m.space.finish_grads()
         opt.step(1e-3)
-    for _ in range(3):
-        step()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        step()
-        step()
-        live, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    print(f"{act}/{optim}: temporaries peak {(peak - base) / 1024:.1f} KiB, live {live - base} B")
-    assert live - base < 1024
-    assert peak - base < 128 * 1024
+    live, peak = step_memory(step)
+    print(f"{act}/{optim}: temporaries peak {(peak) / 1024:.1f} KiB, live {live} B")
+    assert live < 1024
+    assert peak < 128 * 1024
