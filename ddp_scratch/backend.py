@@ -48,6 +48,15 @@ def asarray(a, dtype=None):
     return xp.asarray(a, dtype=dtype)
 
 
+def take_into(a, idx, out, axis=None):
+    """a.take(idx, axis) written into `out`. NumPy's take copies its whole result through a
+    temporary behind `out` in its default mode='raise'; callers pass indices that are in range by
+    construction, so 'clip' lets it write straight into `out`. CuPy's take has no mode."""
+    if name == "numpy":
+        return numpy.take(a, idx, axis=axis, out=out, mode="clip")
+    return xp.take(a, idx, axis=axis, out=out)
+
+
 def synchronize():
     """Wait for queued device work: before reading a timer and before any MPI call on device memory."""
     if name == "cupy":

@@ -196,8 +196,8 @@ class ClassificationTask:
             self._order_epoch = epoch
         X, y = self.dev["train"]
         idx = self._order[i]
-        B.xp.take(X, idx, axis=0, out=self._xb)
-        B.xp.take(y, idx, axis=0, out=self._yb)
+        B.take_into(X, idx, self._xb, axis=0)
+        B.take_into(y, idx, self._yb, axis=0)
         return self._xb, self._yb, self.batch_size
 
     def items_per_step(self):

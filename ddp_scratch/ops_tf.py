@@ -21,9 +21,7 @@ from .ops import gelu_backward, gelu_forward, gelu_from_tanh  # noqa: F401  (re-
 
 def embedding_forward(out, idx, wte, wpe):
     """out (B,T,C); idx (B,T) int; wte (V,C); wpe (block_size,C), rows 0..T-1 used."""
-    # NumPy's take buffers its whole output behind `out` in its default mode='raise'; ids are in
-    # range by construction (the tokenizer), so 'clip' writes straight into out. CuPy has no mode.
-    B.xp.take(wte, idx, axis=0, out=out, **({} if B.on_gpu() else {"mode": "clip"}))
+    B.take_into(wte, idx, out, axis=0)              # ids are in range: the tokenizer made them
     out += wpe[:idx.shape[1]]
     return out
 
@@ -59,7 +57,7 @@ def scatter_add_rows(dst, index, rows, work=None):
     order = np.argsort(index, kind="stable")
     s = index[order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    srt = np.take(rows, order, axis=0, out=work, mode="clip") if work is not None else rows[order]
+    srt = B.take_into(rows, order, work, axis=0) if work is not None else rows[order]
     # (distinct ids, C): at most the vocabulary's rows, and written once
     dst[s[starts]] += np.add.reduceat(srt, starts, axis=0)
 
