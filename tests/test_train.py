@@ -75,3 +75,25 @@ def test_wandb_offline_logging_from_rank_0(tmp_path, launch, extra):
     assert r.returncode == 0, r.stderr
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "exactly one (rank 0) offline run"
+
+
+def test_trainer_step_allocates_no_arrays(tmp_path):
+    """Trainer.train_step as the loop runs it (batch gather into its buffers, forward, backward,
+    gradient statistics, clipping, optimizer): no temporary as large as one batch of inputs
+    (256 x 784 float32 = 784 KiB) or one activation, nothing left behind."""
+    from conftest import step_memory
+    from ddp_scratch.comm import Comm
+    from ddp_scratch.config import load_config
+    from ddp_scratch.train import Options, Trainer
+    cfg = load_config(None, ["data.name=synthetic", "data.n_samples=2048", "model.hidden=[1024,1024]",
+                             "train.batch_size=256", "train.grad_clip=1.0", "optim.name=adamw",
+                             "logging.progress=false"])
+    tr = Trainer(cfg, Options(out=str(tmp_path), quiet=True), comm=Comm(serial=True))
+    i = [0]
+
+    def step():
+        tr.train_step(0, i[0] % 4)
+        i[0] += 1
+    live, peak = step_memory(step)
+    print(f"Trainer.train_step: temporaries peak {peak / 1024:.1f} KiB, live {live} B")
+    assert live < 4096 and peak < 256 * 1024
