@@ -63,6 +63,13 @@ def synchronize():
         xp.cuda.get_current_stream().synchronize()
 
 
+def device_memory_bytes():
+    """Device memory held by CuPy's pool (it keeps freed blocks: the run's high-water mark), or None."""
+    if name == "cupy":
+        return int(xp.get_default_memory_pool().total_bytes())
+    return None
+
+
 def device_name() -> str:
     if name == "cupy":
         return xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()

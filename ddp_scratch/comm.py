@@ -160,7 +160,7 @@ class Comm:
     # ------------------------------------------------------------------ collectives
     def _device_call(self, buf, fn):
         """Run fn on a buffer MPI can read: device memory if CUDA-aware, else a host copy."""
-        if not B.on_gpu():
+        if not B.on_gpu() or isinstance(buf, np.ndarray):   # host buffers (e.g. evaluation sums) as is
             return fn(buf)
         B.synchronize()
         if self.cuda_aware:
@@ -176,13 +176,17 @@ class Comm:
         if self.size > 1 and self.nccl is None:
             self.nccl = NcclAllReduce(self)
 
+    @staticmethod
+    def _on_device(buf):
+        return B.on_gpu() and not isinstance(buf, np.ndarray)
+
     def all_reduce_sum_(self, buf, what="all-reduce"):
         """In-place SUM over ranks of a contiguous buffer."""
         if self.size == 1:
             return buf
         self._enter(what)
         try:
-            if self.nccl is not None and B.on_gpu():
+            if self.nccl is not None and self._on_device(buf):
                 self.nccl.all_reduce_(buf)
                 B.synchronize()          # inside the watchdog's window, and honest timings
             else:
@@ -221,7 +225,7 @@ class Comm:
             return buf
         self._enter(what)
         try:
-            if self.nccl is not None and B.on_gpu():
+            if self.nccl is not None and self._on_device(buf):
                 self.nccl.broadcast_(buf, root)
                 B.synchronize()
             else:

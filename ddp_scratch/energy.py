@@ -107,7 +107,10 @@ class RaplReader:
 class NvmlReader:
     """One GPU's cumulative energy via a pynvml-like object (mJ)."""
 
-    def __init__(self, nvml: Any = None, device_index: int = 0):
+    def __init__(self, nvml: Any = None, device_index: int | str = 0):
+        """device_index: an NVML index, or a PCI bus id ('0000:3B:00.0', as CuPy's Device gives):
+        NVML numbers all GPUs of the node and ignores CUDA_VISIBLE_DEVICES, so a rank that sees
+        one GPU as CUDA device 0 must name it by bus id to read its own counter."""
         self.nvml, self.handle, self.reason = nvml, None, ""
         self.device_index = device_index
         try:
@@ -115,7 +118,10 @@ class NvmlReader:
                 import pynvml  # package nvidia-ml-py; optional
                 self.nvml = pynvml
             self.nvml.nvmlInit()
-            self.handle = self.nvml.nvmlDeviceGetHandleByIndex(device_index)
+            if isinstance(device_index, str):
+                self.handle = self.nvml.nvmlDeviceGetHandleByPciBusId(device_index)
+            else:
+                self.handle = self.nvml.nvmlDeviceGetHandleByIndex(device_index)
             # Pre-Volta GPUs raise NotSupported here; probe once so that
             # available() means "read() will work".
             self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
@@ -178,7 +184,7 @@ class EnergyMeter:
 
     SOURCES = ("auto", "rapl", "nvml", "estimate", "tdp")
 
-    def __init__(self, source: str = "auto", device_index: int = 0, *,
+    def __init__(self, source: str = "auto", device_index: int | str = 0, *,
                  dtype: Any = "float32", tdp_watts: float | None = None,
                  rapl_root: str = "/sys/class/powercap", nvml: Any = None,
                  auto_order: tuple[str, ...] = ("nvml", "rapl")):

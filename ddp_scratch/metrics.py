@@ -128,6 +128,8 @@ def scaling_metrics(comm, timed, s, energy, n_params, steps_per_epoch):
 
     timed: the per-step rows after warm-up; s: the run's summary so far; energy: EnergyMeter.stop()."""
     out = {"timing": reduce_timing(comm, timed), "peak_mem_bytes": reduce_max_min(comm, peak_rss_bytes())}
+    if B.on_gpu():   # peak_mem_bytes is the host process; the model lives here
+        out["gpu_mem_bytes"] = reduce_max_min(comm, B.device_memory_bytes())
     step_s = out["timing"].get("step_time_s", {}).get("median")
     fps = s["flops_per_step"] / step_s if step_s else 0.0
     out["flops_per_s_timed"] = fps
@@ -156,7 +158,8 @@ def energy_meter(cfg, comm):
     from .energy import EnergyMeter
     try:
         if B.on_gpu():
-            m = EnergyMeter("auto", device_index=B.xp.cuda.Device().id, dtype=cfg.train.dtype, auto_order=("nvml",))
+            m = EnergyMeter("auto", device_index=B.xp.cuda.Device().pci_bus_id, dtype=cfg.train.dtype,
+                            auto_order=("nvml",))
         else:
             m = EnergyMeter("auto", dtype=cfg.train.dtype, auto_order=("rapl",) if comm.local_rank == 0 else ())
     except Exception:

@@ -243,6 +243,7 @@ class Trainer:
             t0 = time.perf_counter()
             with np.errstate(over="ignore", invalid="ignore"):   # non-finite values are handled by policy
                 stats, c_s, m_s = self.train_step(epoch, i)
+            B.synchronize()              # the optimizer's kernels belong to this step's time
             dt = time.perf_counter() - t0
             train_s += dt
             times.add(c_s, m_s, dt)

@@ -91,6 +91,9 @@ class FakeNvml:
     def nvmlDeviceGetHandleByIndex(self, i):
         return ("handle", i)
 
+    def nvmlDeviceGetHandleByPciBusId(self, bus):   # pynvml (nvidia-ml-py) 13: the _v2 call, str accepted
+        return ("bus", bus)
+
     def nvmlDeviceGetTotalEnergyConsumption(self, h):
         if self.fail == "energy":
             raise RuntimeError("Not Supported")
@@ -110,6 +113,12 @@ def test_nvml_reader_with_fake():
     assert r.read() == 12_345
     assert r.name() == "Fake GPU"
     assert r.power_limit_watts() == pytest.approx(350.0)
+
+
+def test_nvml_reader_by_pci_bus_id():
+    """A rank whose one visible GPU is CUDA device 0 reads that GPU's counter, not NVML's GPU 0."""
+    r = NvmlReader(FakeNvml(), device_index="0000:3B:00.0")
+    assert r.available() and r.handle == ("bus", "0000:3B:00.0")
 
 
 @pytest.mark.parametrize("fail", ["init", "energy"])
