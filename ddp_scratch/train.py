@@ -83,7 +83,18 @@ class Trainer:
         # Every rank reaches this point, so they can agree before any rank enters a training
         # collective alone; the lowest failing rank reports, the others leave quietly.
         # (ranks reach it after loading data at their own pace: a generous limit, not comm.timeout_s)
-        failed = self.comm.allgather(err is not None, "start-up agreement", max(self.comm.timeout_s, 600.0))
+        self._agree(err, "start-up agreement")
+        # Collectives only once every rank is known to be here (a rank that failed above must not
+        # leave the others inside a broadcast while it waits in the agreement).
+        err = None
+        try:
+            self._setup_shared()
+        except UserError as e:
+            err = e
+        self._agree(err, "communication set-up agreement")
+
+    def _agree(self, err, what):
+        failed = self.comm.allgather(err is not None, what, max(self.comm.timeout_s, 600.0))
         if any(failed):
             if err is not None and failed.index(True) == self.comm.rank:
                 raise err
@@ -93,8 +104,6 @@ class Trainer:
     def _setup(self):
         cfg, comm = self.cfg, self.comm
         B.use(cfg.backend, device=comm.local_rank)
-        if cfg.comm.backend == "nccl":
-            comm.use_nccl()
         if cfg.train.batch_size < comm.size:
             raise ConfigError(f"train.batch_size: the global batch ({cfg.train.batch_size}) must be at least "
                               f"the number of ranks ({comm.size})")
@@ -114,10 +123,15 @@ class Trainer:
         self.fp = cfg.fingerprint()
         if self.opts.resume and os.path.exists(self.ckpt_path):
             self._load_checkpoint()
-        self.comm.broadcast_(self.space.params, what="initial parameter broadcast")
-        c = cfg.comm
-        self.overlap = self.comm.overlapped(self.space, c.bucket_mb, c.first_bucket_mb) if c.overlap else None
         self.resumed_from = self.step
+
+    def _setup_shared(self):
+        """The collective part of the set-up: NCCL, identical starting parameters, the reducer."""
+        c = self.cfg.comm
+        if c.backend == "nccl":
+            self.comm.use_nccl()
+        self.comm.broadcast_(self.space.params, what="initial parameter broadcast")
+        self.overlap = self.comm.overlapped(self.space, c.bucket_mb, c.first_bucket_mb) if c.overlap else None
 
     def _load_checkpoint(self):
         arrays, meta = ckpt.load(self.ckpt_path)
