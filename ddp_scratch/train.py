@@ -75,23 +75,18 @@ class Trainer:
         self._install_signals()          # early: a preemption during start-up must not kill us
         self.ckpt_path = os.path.join(opts.out, "checkpoint.npz")
         self.summary_path = os.path.join(opts.out, "summary.json")
-        err = None
-        try:
-            self._setup()
-        except UserError as e:
-            err = e
-        # Every rank reaches this point, so they can agree before any rank enters a training
-        # collective alone; the lowest failing rank reports, the others leave quietly.
-        # (ranks reach it after loading data at their own pace: a generous limit, not comm.timeout_s)
-        self._agree(err, "start-up agreement")
-        # Collectives only once every rank is known to be here (a rank that failed above must not
-        # leave the others inside a broadcast while it waits in the agreement).
-        err = None
-        try:
-            self._setup_shared()
-        except UserError as e:
-            err = e
-        self._agree(err, "communication set-up agreement")
+        # Every rank reaches each agreement, so no rank enters a collective alone; the lowest
+        # failing rank reports, the others leave quietly. First the local set-up (data loading at
+        # each rank's own pace: the agreement gets a generous limit, not comm.timeout_s), then the
+        # collective one (NCCL, identical starting parameters): a rank that failed the first must
+        # not leave the others inside a broadcast while it waits in the agreement.
+        for setup, what in ((self._setup, "start-up agreement"), (self._setup_shared, "communication set-up agreement")):
+            err = None
+            try:
+                setup()
+            except UserError as e:
+                err = e
+            self._agree(err, what)
 
     def _agree(self, err, what):
         failed = self.comm.allgather(err is not None, what, max(self.comm.timeout_s, 600.0))
