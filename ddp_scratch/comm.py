@@ -158,9 +158,13 @@ class Comm:
         self._busy = None
 
     # ------------------------------------------------------------------ collectives
+    @staticmethod
+    def _on_device(buf):
+        return B.on_gpu() and not isinstance(buf, np.ndarray)
+
     def _device_call(self, buf, fn):
         """Run fn on a buffer MPI can read: device memory if CUDA-aware, else a host copy."""
-        if not B.on_gpu() or isinstance(buf, np.ndarray):   # host buffers (e.g. evaluation sums) as is
+        if not self._on_device(buf):     # host buffers (e.g. evaluation sums, also in a GPU run) as is
             return fn(buf)
         B.synchronize()
         if self.cuda_aware:
@@ -175,10 +179,6 @@ class Comm:
         """Sum device buffers through NCCL from now on (after backend.use('cupy') picked the GPU)."""
         if self.size > 1 and self.nccl is None:
             self.nccl = NcclAllReduce(self)
-
-    @staticmethod
-    def _on_device(buf):
-        return B.on_gpu() and not isinstance(buf, np.ndarray)
 
     def all_reduce_sum_(self, buf, what="all-reduce"):
         """In-place SUM over ranks of a contiguous buffer."""
