@@ -23,9 +23,9 @@ from . import backend as B
 from . import ops
 from .errors import ConfigError
 from .flat import N_EXTRAS, ParamSpace
+from .ops import gelu_backward, gelu_forward, gelu_from_tanh
 from .ops_tf import (attention_backward, attention_forward, causal_bias, dropout_mask,
-                     embedding_backward, embedding_forward, gelu_backward, gelu_forward,
-                     gelu_from_tanh, layernorm_backward, layernorm_forward)
+                     embedding_backward, embedding_forward, layernorm_backward, layernorm_forward)
 
 
 class Pool:

@@ -36,7 +36,7 @@ def linear_backward(dy, x, W, dW_param, db_param, dx_out=None, work=None):
 # between steps (Layer.buf): no activation allocates an array per step. A workspace a forward
 # fills for its backward (GELU's tanh) is read back under the same key.
 
-def relu_forward(x, ws=None):
+def relu_forward(x):
     # against a row of zeros, not the scalar 0: NumPy's array-array maximum is vectorised, the
     # array-scalar one is ~3x slower
     return B.xp.maximum(x, _zeros_row(x), out=x)
@@ -100,7 +100,7 @@ def sigmoid_backward(dy, y, ws):
     return dy
 
 
-def tanh_forward(x, ws=None):
+def tanh_forward(x):
     return B.xp.tanh(x, out=x)
 
 

@@ -13,7 +13,6 @@ import math
 import numpy as np
 
 from . import backend as B
-from .ops import gelu_backward, gelu_forward, gelu_from_tanh  # noqa: F401  (re-exported for gpt.py)
 
 # ----------------------------------------------------------------------------- embedding
 # out[b, t] = wte[idx[b, t]] + wpe[t]

@@ -139,14 +139,14 @@ def test_mlp_block():
 
     def fwd():
         h = ops.linear_forward(x, P["fc.w"].data, P["fc.b"].data, np.empty((N, 4 * C)))
-        g = ops_tf.gelu_forward(np.empty((N, 4 * C)), t, h)
+        g = ops.gelu_forward(np.empty((N, 4 * C)), t, h)
         return h, ops.linear_forward(g, P["fc2.w"].data, P["fc2.b"].data, np.empty((N, C)))
     f = lambda: float((fwd()[1] * R).sum())  # noqa: E731
     h, _ = fwd()
     sp.zero_grad()
-    g = ops_tf.gelu_from_tanh(np.empty((N, 4 * C)), h, t)
+    g = ops.gelu_from_tanh(np.empty((N, 4 * C)), h, t)
     dg = ops.linear_backward(R.copy(), g, P["fc2.w"].data, P["fc2.w"], P["fc2.b"], np.empty((N, 4 * C)))
-    dh = ops_tf.gelu_backward(dg, h, t, np.empty((N, 4 * C)))
+    dh = ops.gelu_backward(dg, h, t, np.empty((N, 4 * C)))
     dx = ops.linear_backward(dh, x, P["fc.w"].data, P["fc.w"], P["fc.b"], np.empty((N, C)))
     check("fd dx", dx, numgrad(f, x), 1e-8)
     for n in P:
