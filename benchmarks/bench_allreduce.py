@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import time
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -44,9 +43,9 @@ def main():
     a = parse()
     common.set_threads(1)
     import numpy as np
-    from ddp_scratch.comm import Comm
-    from ddp_scratch.flat import zeros
-    from ddp_scratch.models import MLP
+    from ddp_scratch.parallel.world import Comm
+    from ddp_scratch.nn.flat import zeros
+    from ddp_scratch.nn.mlp import MLP
     comm = Comm()
     MPI, mpi, rank, world = comm.MPI, comm.comm, comm.rank, comm.size
     if world < 2:
@@ -105,7 +104,7 @@ def main():
     space.grads_full.fill(0)
     # Both sides on the very same buffer: where a buffer sits decides how much of it the kernel
     # backs with huge pages, which moves an all-reduce of this size by up to 1.5x (flat.zeros).
-    t, reps = measure(lambda: comm.all_reduce_gradients(space),
+    t, reps = measure(lambda: comm.all_reduce_gradients(space.grads_full),
                       lambda: mpi.Allreduce(MPI.IN_PLACE, space.grads_full, op=MPI.SUM))
     mlp = row(space.grads_full.nbytes, t, reps)
     mlp["elements"] = int(space.grads_full.size)
@@ -116,8 +115,7 @@ def main():
     nbytes = a.min_bytes
     while nbytes <= a.max_bytes:
         buf = zeros(nbytes // 4, np.float32)     # placed as ddp_scratch places its flat buffers
-        stand_in = types.SimpleNamespace(grads_full=buf)
-        t, reps = measure(lambda: comm.all_reduce_gradients(stand_in),
+        t, reps = measure(lambda: comm.all_reduce_gradients(buf),
                           lambda: mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), a.sweep_windows)
         sweep.append(row(nbytes, t, reps))
         nbytes *= 4

@@ -53,8 +53,8 @@ def parse():
 # ----------------------------------------------------------------------------- the two sides
 
 def build_ours(batch):
-    from ddp_scratch.gpt import GPT
-    from ddp_scratch.optim import Adam
+    from ddp_scratch.nn.gpt import GPT
+    from ddp_scratch.nn.optim import Adam
     model = GPT(V, dtype="float32", seed=0, **SHAPE)
     return model, Adam(model.space, LR, betas=(0.9, 0.99), weight_decay=WD, decoupled=True)
 
@@ -72,7 +72,7 @@ def ours_step_fn(model, opt, x, t, lr=None, comm=None):
         model.backward()
         space.finish_grads()
         if comm is not None:
-            comm.all_reduce_gradients(space)
+            comm.all_reduce_gradients(space.grads_full)
         g = space.grads
         n = math.sqrt(float(B.xp.dot(g, g)))
         if n > CLIP:
@@ -197,7 +197,7 @@ def run_ddp(a):
     """Ranks under mpiexec, each its own batch: ours with Comm's all-reduce vs torch DDP (gloo)."""
     import numpy as np
     from bench_mlp import interleaved, paired_ratio
-    from ddp_scratch.comm import Comm
+    from ddp_scratch.parallel.world import Comm
     comm = Comm()
     world = comm.size
     if world < 2:
@@ -265,10 +265,10 @@ def run_anchor(a):
 
     import numpy as np
     import torch
-    from ddp_scratch.comm import Comm
+    from ddp_scratch.parallel.world import Comm
     from ddp_scratch.config import load_config
-    from ddp_scratch.optim import lr_at
-    from ddp_scratch.train import Options, Trainer
+    from ddp_scratch.nn.optim import lr_at
+    from ddp_scratch.run.trainer import Options, Trainer
     torch.set_num_threads(a.threads)
     cfg = load_config(os.path.join(common.ROOT, "experiments", "gpt_char.yaml"),
                       [f"data.path={a.text}", f"train.max_steps={a.iters}", f"train.eval_every={a.iters}",

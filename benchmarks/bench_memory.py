@@ -45,8 +45,8 @@ def main():
     import tracemalloc
 
     import numpy as np
-    from ddp_scratch.models import MLP
-    from ddp_scratch.optim import SGD
+    from ddp_scratch.nn.mlp import MLP
+    from ddp_scratch.nn.optim import SGD
     rss0 = common.rss_bytes()
     model = MLP(784, 10, [1024, 1024], "relu", dtype="float32", seed=0)
     opt = SGD(model.space, 0.01, momentum=0.9)

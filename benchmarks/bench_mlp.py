@@ -53,10 +53,20 @@ def parse():
 
 # ----------------------------------------------------------------------------- the two sides
 
-def build_scratch(pkg="ddp_scratch"):
+def _module(pkg, *names):
+    """The first of `names` that `pkg` has (a baseline tree may predate the package's rooms)."""
     import importlib
-    MLP = importlib.import_module(f"{pkg}.models").MLP
-    SGD = importlib.import_module(f"{pkg}.optim").SGD
+    for name in names:
+        try:
+            return importlib.import_module(f"{pkg}.{name}")
+        except ModuleNotFoundError:
+            if name == names[-1]:
+                raise
+
+
+def build_scratch(pkg="ddp_scratch"):
+    MLP = _module(pkg, "nn.mlp", "models").MLP
+    SGD = _module(pkg, "nn.optim", "optim").SGD
     model = MLP(DIMS[0], DIMS[-1], list(DIMS[1:-1]), "relu", dtype="float32", seed=0)
     return model, SGD(model.space, LR, momentum=MOMENTUM)
 
@@ -95,7 +105,7 @@ def scratch_step_fn(model, opt, x, t, scale, comm=None, overlap=None, waited=Non
         if overlap is not None:
             comm.all_reduce_overlapped_finish(overlap)
         elif comm is not None:
-            comm.all_reduce_gradients(space)
+            comm.all_reduce_gradients(space.grads_full)
         if waited is not None and count:
             waited[0] += time.perf_counter() - t0
             waited[1] += 1
@@ -258,7 +268,7 @@ def run_single(a):
 
 def run_ddp(a):
     import numpy as np
-    from ddp_scratch.comm import Comm
+    from ddp_scratch.parallel.world import Comm
     comm = Comm()
     MPI, world, rank = comm.MPI, comm.size, comm.rank
     if world < 2:

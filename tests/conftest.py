@@ -14,6 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+FASHION = "/usr/share/datasets/fashion-mnist"     # Debian's dataset-fashion-mnist (real IDX files)
 sys.path.insert(0, ROOT)
 
 
@@ -90,6 +91,38 @@ def run_group(cmd, timeout, **kw):
         p.communicate()
         raise
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def need_fashion():
+    if not os.path.isdir(FASHION):
+        if os.environ.get("DDP_REQUIRE_FASHION") == "1":
+            pytest.fail(f"{FASHION} missing (apt-get install dataset-fashion-mnist)")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    return FASHION
+
+
+def write_idx(path, arr, magic_type=0x08, gz=False, cut=0):
+    """An MNIST-format IDX file of `arr` (uint8), optionally gzipped or cut short by `cut` bytes."""
+    import gzip
+    import numpy as np
+    arr = np.asarray(arr, dtype=np.uint8)
+    raw = bytes([0, 0, magic_type, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape) + arr.tobytes()
+    if cut:
+        raw = raw[:-cut]
+    with open(path, "wb") as f:
+        f.write(gzip.compress(raw) if gz else raw)
+
+
+def make_mnist_dir(d, n_train=20, n_test=10, gz=False):
+    """A folder of the four MNIST IDX files with random images and labels 0..9."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    sfx = ".gz" if gz else ""
+    write_idx(d / f"train-images-idx3-ubyte{sfx}", rng.integers(0, 256, (n_train, 28, 28)), gz=gz)
+    write_idx(d / f"train-labels-idx1-ubyte{sfx}", rng.integers(0, 10, n_train), gz=gz)
+    write_idx(d / f"t10k-images-idx3-ubyte{sfx}", rng.integers(0, 256, (n_test, 28, 28)), gz=gz)
+    write_idx(d / f"t10k-labels-idx1-ubyte{sfx}", rng.integers(0, 10, n_test), gz=gz)
+    return d
 
 
 @pytest.fixture

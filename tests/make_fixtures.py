@@ -9,7 +9,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from ddp_scratch.models import MLP  # noqa: E402
+from ddp_scratch.nn.mlp import MLP  # noqa: E402
 from oracle_mlp import ACTS, OPTIMS, mlp_inputs, optim_grads, torch_mlp_grads, torch_optim_trajectory  # noqa: E402
 
 torch.set_default_dtype(torch.float64)

@@ -69,7 +69,7 @@ def make_gpt_fixture(path=FIXTURE):
     import torch
     torch.set_default_dtype(torch.float64)
     sys.path.insert(0, os.path.dirname(HERE))
-    from ddp_scratch.gpt import GPT
+    from ddp_scratch.nn.gpt import GPT
     m = GPT(dtype="float64", seed=3, **CONFIG)
     rng = np.random.default_rng(7)
     # randomise the LayerNorm gains/biases too, so their gradients are not checked only at 1 and 0

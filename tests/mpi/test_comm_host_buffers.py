@@ -6,7 +6,7 @@ import pytest
 from mpi4py import MPI
 
 from ddp_scratch import backend as B
-from ddp_scratch.comm import Comm
+from ddp_scratch.parallel.world import Comm
 
 
 class NoDevice:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from ddp_scratch.comm import Comm
+from ddp_scratch.parallel.world import Comm
 from ddp_scratch.config import load_config
-from ddp_scratch.train import Options, Trainer
+from ddp_scratch.run.trainer import Options, Trainer
 
 OPTIMS = {
     "sgd_momentum": ["optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9", "optim.weight_decay=0.001"],

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from ddp_scratch.comm import Comm
+from ddp_scratch.parallel.world import Comm
 from ddp_scratch.config import load_config
-from ddp_scratch.data import rank_bounds
-from ddp_scratch.gpt import GPT
-from ddp_scratch.train import Options, Trainer
+from ddp_scratch.data.sharding import rank_bounds
+from ddp_scratch.nn.gpt import GPT
+from ddp_scratch.run.trainer import Options, Trainer
 
 BASE = ["model.name=gpt", "model.n_layer=2", "model.n_head=2", "model.d_model=16", "model.block_size=16",
         "train.dtype=float64", "train.epochs=0", "train.max_steps=6", "train.steps_per_epoch=3",

@@ -16,7 +16,8 @@ from mpi4py import MPI
 nccl = pytest.importorskip("cupy.cuda.nccl", reason="CuPy's NCCL bindings are not installed")
 
 from ddp_scratch import backend as B  # noqa: E402
-from ddp_scratch.comm import Comm, nccl_unique_id  # noqa: E402
+from ddp_scratch.parallel.nccl import nccl_unique_id  # noqa: E402
+from ddp_scratch.parallel.world import Comm  # noqa: E402
 
 
 def _gpus():
@@ -82,7 +83,7 @@ def test_nccl_all_reduce_and_broadcast_on_device():
 
 def _train(overrides, comm, backend):
     from ddp_scratch.config import load_config
-    from ddp_scratch.train import Options, Trainer
+    from ddp_scratch.run.trainer import Options, Trainer
     cfg = load_config(None, ["train.dtype=float64", "train.batch_size=50", "train.max_steps=12", "train.epochs=5",
                              "data.tail=pad", "model.hidden=[32,16]", "logging.progress=false",
                              "optim.name=adamw", "optim.lr=0.003", f"backend={backend}", *overrides])

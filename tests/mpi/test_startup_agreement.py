@@ -7,10 +7,10 @@ import time
 import pytest
 from mpi4py import MPI
 
-from ddp_scratch.comm import Comm
+from ddp_scratch.parallel.world import Comm
 from ddp_scratch.config import load_config
 from ddp_scratch.errors import UserError
-from ddp_scratch.train import Options, Trainer
+from ddp_scratch.run.trainer import Options, Trainer
 
 
 class FailsOnRank1(Trainer):

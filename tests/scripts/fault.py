@@ -9,7 +9,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from ddp_scratch import cli, train  # noqa: E402
+from ddp_scratch.cli import main as cli  # noqa: E402
+from ddp_scratch.run import trainer as train  # noqa: E402
 
 kind, rank, at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 argv = sys.argv[sys.argv.index("--") + 1:]

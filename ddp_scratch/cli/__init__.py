@@ -1,0 +1,1 @@
+"""The command line and everything that spawns processes or jobs (mpiexec, sweeps, submitit)."""

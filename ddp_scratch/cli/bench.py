@@ -1,0 +1,54 @@
+"""`launch.py bench-comm`: the all-reduce micro-benchmark under mpiexec, then its fit and projection."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from ..errors import UserError
+from .local import LAUNCH_PY, find_mpiexec
+
+
+def cmd_bench_comm(a):
+    from ..study.bench_comm import analyse
+    if a.ranks < 2:
+        raise UserError("bench-comm -n: an all-reduce needs at least 2 ranks")
+    if (a.alpha_us is None) != (a.bandwidth_gbps is None):
+        raise UserError("bench-comm: give both --alpha-us and --bandwidth-gbps, or neither")
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        raise UserError("bench-comm: no mpiexec found (pip install mpich)")
+    os.makedirs(a.out, exist_ok=True)
+    raw = os.path.join(a.out, "bench_comm_raw.json")
+    rc = subprocess.run([mpiexec, "-n", str(a.ranks), sys.executable, "-m", "ddp_scratch.study.bench_comm", raw],
+                        cwd=os.path.dirname(LAUNCH_PY)).returncode
+    if rc != 0:
+        raise UserError(f"bench-comm: the measurement failed with exit status {rc}")
+    with open(raw) as f:
+        meas = json.load(f)["measured"]
+    compute = {}
+    for path in filter(None, a.configs.split(",")):
+        compute[os.path.splitext(os.path.basename(path))[0]] = _step_compute(path, tempfile.mkdtemp())
+    alpha = a.alpha_us * 1e-6 if a.alpha_us is not None else None
+    beta = 1 / (a.bandwidth_gbps * 1e9) if a.bandwidth_gbps is not None else None
+    res = analyse(meas, a.ranks, a.out, alpha, beta, compute)
+    f = res["fit"]
+    print(f"fit: alpha {f['alpha_s'] * 1e6:.2f} us, bandwidth {f['bandwidth_GBps'] or 0:.2f} GB/s, r2 {f['r2']:.3f}")
+    for name, p in res["projections"].items():
+        eff = ", ".join(f"{r['world_size']}: {r['efficiency']:.2f}" for r in p["weak"])
+        print(f"{name} (compute {p['compute_s'] * 1e3:.2f} ms/step, {p['grad_bytes'] / 1e6:.1f} MB grads) "
+              f"weak efficiency {eff}")
+    print(f"-> {a.out}/bench_comm.json, {a.out}/bench_comm.png")
+    return 0
+
+
+def _step_compute(config, out):
+    """Median compute seconds of a training step on one rank here, and the gradient bytes."""
+    from ..config import load_config
+    from ..parallel.world import Comm
+    from ..run.trainer import Options, Trainer
+    cfg = load_config(config, ["train.max_steps=12", "train.epochs=0", "logging.progress=false",
+                               "train.timing_skip=2", "train.checkpoint_every=0"])
+    tr = Trainer(cfg, Options(out=out, quiet=True, overwrite=True), comm=Comm(serial=True))
+    s = tr.run()
+    return s["timing"]["compute_s"]["median"], tr.space.n_params * tr.space.params.itemsize

@@ -1,0 +1,176 @@
+"""The command line behind launch.py: the parser, one handler per command, and the error policy.
+
+Errors from bad input become one line on stderr and exit status 2; an unexpected error in one
+rank of several aborts the whole MPI world. cli/ is the top of the house: it may import every
+room, and nothing outside it (but launch.py) imports cli/.
+"""
+import argparse
+import os
+import sys
+import textwrap
+
+from ..errors import UserError
+from .args import add_slurm_resource_args, add_train_args
+from .bench import cmd_bench_comm
+from .local import cmd_local, set_threads
+from .submit import add_submit_parser, submit
+from .train import cmd_train
+
+EXAMPLES = {
+    "train": """
+      python launch.py train experiments/mlp_digits.yaml --out runs/digits
+      mpiexec -n 2 python launch.py train experiments/mlp_digits.yaml --set train.batch_size=128
+      python launch.py train experiments/mlp_mnist.yaml --set data.path=~/mnist --out runs/mnist --resume""",
+    "submit": """
+      python launch.py submit experiments/mlp_digits.yaml --nodes 1 --tasks-per-node 2 --time 10 --out runs/s --wait
+      python launch.py submit experiments/mlp_mnist.yaml --nodes 2 --tasks-per-node 4 --gpus-per-node 4 \\
+          --set backend=cupy --partition gpu --account myproject --time 120
+      python launch.py submit experiments/mlp_digits.yaml --tasks-per-node 2 --local --wait""",
+    "local": """
+      python launch.py local -n 2 experiments/mlp_digits.yaml --out runs/digits2""",
+    "scaling": """
+      python launch.py scaling experiments/mlp_digits.yaml --mode weak --ranks 1,2 --out runs/weak
+      python launch.py scaling experiments/scaling_mlp_strong.yaml --mode strong --ranks 1,2,4 --repeats 3 --out runs/strong""",
+    "report": """
+      python launch.py report runs/weak""",
+    "bench-comm": """
+      python launch.py bench-comm -n 2 --out runs/comm
+      python launch.py bench-comm -n 2 --alpha-us 2 --bandwidth-gbps 25 --out runs/comm-ib   # project for InfiniBand""",
+    "download": """
+      python launch.py download mnist --to data/mnist
+      python launch.py download fashion-mnist --to data/fashion""",
+    "sample": """
+      python launch.py sample runs/gpt_char/checkpoint.npz --prompt "The " --tokens 300 --top-k 10 --seed 1
+      python launch.py sample runs/gpt_addition/checkpoint.npz --prompt "47+38=" --tokens 4 --temperature 0""",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line and exit 2, like every other bad input
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def build_parser():
+    ap = Parser(prog="launch.py", description="ddp_scratch: train hand-written networks data-parallel.",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    def cmd(name, help_):
+        return sub.add_parser(name, help=help_, description=help_,
+                              epilog="examples:" + textwrap.dedent(EXAMPLES.get(name, "")),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    add_train_args(cmd("train", "train one model in this process (one rank of mpiexec/srun, or alone)"))
+    p = cmd("local", "run `train` on N local ranks through mpiexec")
+    p.add_argument("-n", "--ranks", type=int, required=True, help="number of ranks")
+    add_train_args(p)
+    p = cmd("download", "fetch MNIST-format IDX files and verify their checksums")
+    p.add_argument("dataset", help="mnist or fashion-mnist")
+    p.add_argument("--to", required=True, help="destination folder")
+    p.add_argument("--base-url", default=None, help="mirror to fetch from (folder URL)")
+    p = cmd("scaling", "run a strong or weak scaling sweep and write the report")
+    p.add_argument("config")
+    p.add_argument("--mode", choices=["strong", "weak"], required=True)
+    p.add_argument("--ranks", required=True, help="comma-separated world sizes, e.g. 1,2,4")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per point")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
+    p.add_argument("--batch", type=int, default=None,
+                   help="strong: global batch; weak: per-rank batch (default train.batch_size)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p.add_argument("--slurm", action="store_true",
+                   help="run each point as a SLURM job through submitit (one task per rank)")
+    add_slurm_resource_args(p, tasks_per_node=0, time=30)
+    p = cmd("report", "rebuild a scaling report (CSV, plots, report.md) from DIR/runs/*.json")
+    p.add_argument("dir")
+    p = cmd("bench-comm", "all-reduce micro-benchmark, alpha-beta fit and projection to large worlds")
+    p.add_argument("-n", "--ranks", type=int, default=2)
+    p.add_argument("--out", required=True)
+    p.add_argument("--alpha-us", type=float, default=None, help="interconnect latency for the projection")
+    p.add_argument("--bandwidth-gbps", type=float, default=None, help="interconnect bandwidth (GB/s)")
+    p.add_argument("--configs", default="experiments/mlp_digits.yaml,experiments/gpt_addition.yaml",
+                   help="models whose step time and gradient size are projected")
+    add_submit_parser(cmd)
+    p = cmd("sample", "continue a prompt with a trained GPT checkpoint")
+    p.add_argument("checkpoint", help="OUT/checkpoint.npz of a gpt training run")
+    p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
+    p.add_argument("--tokens", type=int, default=200, metavar="N", help="characters to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest; 0 = all")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text (default 0)")
+    return ap
+
+
+def cmd_download(a):
+    from ..data.download import download
+    download(a.dataset, a.to, a.base_url)
+    return 0
+
+
+def cmd_scaling(a):
+    from .sweep import parse_ranks, sweep
+    if a.repeats < 1 or a.steps < 1 or a.warmup < 0:
+        raise UserError("scaling: --repeats and --steps must be >= 1 and --warmup >= 0")
+    launcher = None
+    if a.slurm:
+        from .submit import slurm_launcher
+        launcher = slurm_launcher(a)
+    sweep(a.config, a.mode, parse_ranks(a.ranks), a.out, a.repeats, a.steps, a.warmup, a.batch, a.overrides,
+          launcher=launcher)
+    return 0
+
+
+def cmd_report(a):
+    from ..study.report import write_report
+    if not os.path.isdir(os.path.join(a.dir, "runs")):
+        raise UserError(f"report: {a.dir}/runs not found (expected the output folder of a scaling sweep)")
+    try:
+        print(write_report(a.dir))
+    except ValueError as e:
+        raise UserError(f"report: {e}") from None
+    return 0
+
+
+def cmd_sample(a):
+    set_threads()
+    from ..run.sample import run_sample
+    return run_sample(a)
+
+
+HANDLERS = {"train": cmd_train, "local": cmd_local, "submit": submit, "download": cmd_download,
+            "scaling": cmd_scaling, "report": cmd_report, "bench-comm": cmd_bench_comm, "sample": cmd_sample}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.cmd](args)
+    except UserError as e:
+        from ..parallel.world import initialized_world, launcher_rank
+        rank, size, mpi = initialized_world()
+        # Errors raised before MPI starts (config, CLI) or agreed collectively are the same on
+        # every rank: say them once, from rank 0.
+        if (mpi is None and launcher_rank() != 0) or (getattr(e, "collective", False) and rank != 0):
+            return e.exit_code
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as e:
+        from ..parallel.world import abort_world, initialized_world
+        from ..run.trainer import Stopped
+        rank, size, _ = initialized_world()
+        if isinstance(e, Stopped):
+            if rank == 0:
+                print(str(e), file=sys.stderr, flush=True)
+            return e.code
+        if size > 1:    # the other ranks may sit in a collective: take the whole world down now
+            import traceback
+            traceback.print_exc()
+            print(f"error: rank {rank}: {type(e).__name__}: {e}; aborting all {size} ranks",
+                  file=sys.stderr, flush=True)
+            abort_world(1)
+        raise

@@ -1,0 +1,118 @@
+"""Strong and weak scaling sweeps: run one training per (ranks, repeat), reduce each to a run
+JSON (DIR/runs/*.json, the schema of study/report.py), then build the CSV, plots and report.
+
+Strong scaling keeps the global batch fixed (each of N ranks gets batch/N); weak scaling keeps the
+per-rank batch fixed (global batch = N x batch). Each point runs `warmup + steps` optimizer steps
+and only the last `steps` are timed.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from ..errors import UserError
+from ..fsutil import atomic_write_text
+from .local import LAUNCH_PY, find_mpiexec
+
+
+def parse_ranks(text):
+    try:
+        ranks = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--ranks: expected a comma-separated list of integers like 1,2,4, got {text!r}") from None
+    if not ranks or min(ranks) < 1:
+        raise UserError(f"--ranks: expected positive integers, got {text!r}")
+    return sorted(set(ranks))
+
+
+def point_overrides(mode, n, batch, steps, warmup):
+    gb = batch if mode == "strong" else batch * n
+    if gb < n:
+        raise UserError(f"--batch: strong scaling with {n} ranks needs a global batch >= {n}, got {batch}")
+    return gb, [f"train.batch_size={gb}", f"train.max_steps={steps + warmup}", f"train.timing_skip={warmup}",
+                "train.epochs=0", "train.checkpoint_every=0", "train.check_every=0", "logging.progress=false"]
+
+
+def run_json(summary, mode, config, n, repeat, gb):
+    """One run of the sweep in the schema study/report.py reads."""
+    t = summary.get("timing") or {}
+    if not t:
+        raise UserError(f"run with {n} ranks timed no steps (increase --steps)")
+    e = summary.get("energy") or {}
+    step_s = t["step_time_s"]["median"]
+    items = summary.get("tokens_per_s") is not None
+    per_item = summary.get("items_per_sample", 1)
+    return {
+        "mode": mode, "config": config, "model": summary["model"], "world_size": n, "repeat": repeat,
+        "global_batch": gb, "per_rank_batch": gb / n, "steps": t["steps_timed"],
+        "samples_per_s": gb / step_s,
+        "tokens_per_s": gb * per_item / step_s if items else None,
+        "step_time_s": t["step_time_s"], "compute_s": t["compute_s"], "comm_s": t["comm_s"], "wait_s": t["wait_s"],
+        "flops_per_s": summary.get("flops_per_s_timed", summary["flops_per_s"]), "mfu": summary.get("mfu"),
+        "peak_mem_bytes": summary["peak_mem_bytes"],
+        "energy": {"source": e.get("source", "none"), "joules_per_step": e.get("joules_per_step"),
+                   "joules_per_epoch": e.get("joules_per_epoch"), "ops_per_joule": e.get("ops_per_joule"),
+                   "mean_watts": e.get("mean_watts")},
+        "device": summary.get("device"), "backend": summary.get("backend"), "dtype": summary.get("dtype"),
+    }
+
+
+def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, overrides=(),
+          launcher=None, log=print):
+    """Run the sweep locally through mpiexec (or `launcher(n, argv) -> returncode`)."""
+    from ..config import load_config
+    cfg = load_config(config, overrides)
+    batch = batch or cfg.train.batch_size
+    name = os.path.splitext(os.path.basename(config))[0]
+    points = [(n, r) for n in ranks for r in range(repeats)]
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    mpiexec = find_mpiexec()
+    t0, done_s = time.time(), []
+    for k, (n, r) in enumerate(points):
+        gb, extra = point_overrides(mode, n, batch, steps, warmup)
+        pdir = os.path.join(out, "points", f"{mode}-n{n}-r{r}")
+        eta = (sum(done_s) / len(done_s)) * (len(points) - k) if done_s else None
+        log(f"[{k + 1}/{len(points)}] {mode} scaling of {name}: {n} rank(s), repeat {r + 1}/{repeats}, "
+            f"global batch {gb}" + (f", ETA {eta:.0f}s" if eta is not None else ""))
+        argv = [sys.executable, LAUNCH_PY, "train", config, "--out", pdir, "--overwrite", "--quiet"]
+        for o in [*overrides, *extra]:
+            argv += ["--set", o]
+        ts = time.time()
+        if launcher is not None:
+            rc = launcher(n, argv)
+        else:
+            if mpiexec is None and n > 1:
+                raise UserError("scaling: no mpiexec found (pip install mpich)")
+            rc = subprocess.run(([mpiexec, "-n", str(n)] if n > 1 else []) + argv).returncode
+        if rc != 0:
+            raise UserError(f"scaling: the run with {n} rank(s) failed with exit status {rc} (see above)")
+        done_s.append(time.time() - ts)
+        with open(os.path.join(pdir, "summary.json")) as f:
+            s = json.load(f)
+        rj = run_json(s, mode, name, n, r, gb)
+        atomic_write_text(os.path.join(out, "runs", f"{name}-{mode}-n{n}-r{r}.json"), json.dumps(rj, indent=1))
+    from ..study.report import write_report
+    path = write_report(out)
+    if cfg.logging.wandb:
+        _log_wandb(cfg, out, name, mode)
+    log(f"sweep done in {time.time() - t0:.0f}s: {path}")
+    return path
+
+
+def _log_wandb(cfg, out, name, mode):
+    """The aggregate table and the plots, as one W&B run (offline unless asked)."""
+    import csv
+    import glob
+    os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
+    try:
+        import wandb
+        run = wandb.init(project=cfg.logging.wandb_project, name=f"{name}-{mode}-scaling", dir=os.path.abspath(out),
+                         config=cfg.to_dict(), job_type="scaling")
+        with open(os.path.join(out, "scaling.csv")) as f:
+            rows = list(csv.reader(f))
+        run.log({"scaling": wandb.Table(columns=rows[0], data=rows[1:]),
+                 **{os.path.basename(p)[:-4]: wandb.Image(p) for p in glob.glob(os.path.join(out, "plots", "*.png"))}})
+        run.finish()
+    except Exception as e:      # logging never fails a finished sweep
+        print(f"warning: wandb logging of the sweep failed ({type(e).__name__}: {e})", flush=True)

@@ -1,0 +1,190 @@
+"""Image classification data: the embedded 8x8 digits, MNIST-format IDX files, synthetic
+clusters, and the task that hands each rank its rows of every global batch (see sharding.py)."""
+import gzip
+import math
+import os
+import zlib
+
+import numpy as np
+
+from .. import backend as B
+from ..errors import ConfigError, DataError
+from .sharding import epoch_order, rank_bounds
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ----------------------------------------------------------------------------- files
+
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path):
+    """An IDX file (MNIST format), raw or gzip, as a numpy array; DataError if malformed."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"data file {path} not found") from None
+    except OSError as e:
+        raise DataError(f"data file {path} cannot be read: {e.strerror}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error):
+            raise DataError(f"data file {path}: corrupt or truncated gzip stream") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] == 0:
+        raise DataError(f"data file {path}: bad IDX magic number {raw[:4].hex() or 'empty'} "
+                        "(expected 0000 08 0N: two zero bytes, a type code, the number of dimensions)")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"data file {path}: truncated IDX header")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(IDX_TYPES[raw[2]])
+    need = math.prod(dims) * dtype.itemsize
+    body = raw[4 + 4 * ndim:]
+    if len(body) != need:
+        what = "truncated" if len(body) < need else "has trailing bytes"
+        raise DataError(f"data file {path}: {what}: dimensions {dims} need {need} bytes of data, found {len(body)}")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def find_mnist_file(folder, stem):
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        p = os.path.join(folder, name)
+        if os.path.isfile(p):
+            return p
+    raise DataError(f"data.path {folder}: missing {stem} (or {stem}.gz); expected the four MNIST-format "
+                    f"IDX files {', '.join(MNIST_FILES.values())}")
+
+
+def load_mnist(folder):
+    if not os.path.isdir(folder):
+        raise DataError(f"data.path {folder}: not a folder (expected a folder of MNIST-format IDX files)")
+    out = {}
+    for split in ("train", "test"):
+        ipath = find_mnist_file(folder, MNIST_FILES[f"{split}_images"])
+        lpath = find_mnist_file(folder, MNIST_FILES[f"{split}_labels"])
+        images, labels = read_idx(ipath), read_idx(lpath)
+        if images.ndim != 3:
+            raise DataError(f"data file {ipath}: expected 3 dimensions (count, rows, cols), got {images.shape}")
+        if labels.ndim != 1:
+            raise DataError(f"data file {lpath}: expected 1 dimension (count), got {labels.shape}")
+        if len(images) != len(labels):
+            raise DataError(f"data files {ipath} and {lpath}: {len(images)} images but {len(labels)} labels")
+        if len(images) == 0:
+            raise DataError(f"data file {ipath}: holds no images")
+        out[split] = (images.reshape(len(images), -1).astype(np.float64) / 255.0, labels.astype(np.int64))
+    return out["train"], out["test"]
+
+
+def load_digits():
+    """The embedded 8x8 digits (1797 samples, 64 features scaled to [0, 1], labels 0..9)."""
+    with gzip.open(os.path.join(HERE, "datasets", "digits.csv.gz"), "rt") as f:
+        arr = np.loadtxt(f, delimiter=",")
+    return arr[:, :-1] / 16.0, arr[:, -1].astype(np.int64)
+
+
+def make_synthetic(n, d, classes, seed):
+    """Gaussian class clusters: learnable, any size, no file (benchmarks and scaling studies)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (classes, d))
+    y = rng.integers(0, classes, n)
+    X = centers[y] + rng.normal(0, 2.0, (n, d))
+    return X, y.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- task
+
+
+def _split(n, fractions, seed):
+    """Seeded split of range(n) into len(fractions)+1 parts (the remainder last)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    parts, start = [], 0
+    for f in fractions:
+        k = int(round(n * f))
+        parts.append(perm[start:start + k])
+        start += k
+    parts.append(perm[start:])
+    return parts
+
+
+class ClassificationTask:
+    """Rank-local mini-batches of a classification dataset, resident on the device."""
+    items = "samples"
+
+    def __init__(self, cfg, rank, world):
+        d, t = cfg.data, cfg.train
+        if d.name == "digits":
+            X, y = load_digits()
+            te, va, tr = _split(len(X), [d.test_fraction, d.val_fraction], d.seed)
+            splits = {"train": (X[tr], y[tr]), "val": (X[va], y[va]), "test": (X[te], y[te])}
+        elif d.name == "mnist":
+            (X, y), test = load_mnist(d.path)
+            va, tr = _split(len(X), [d.val_fraction], d.seed)
+            splits = {"train": (X[tr], y[tr]), "val": (X[va], y[va]), "test": test}
+        elif d.name == "synthetic":
+            X, y = make_synthetic(d.n_samples, d.n_features, d.n_classes, d.seed)
+            te, va, tr = _split(len(X), [d.test_fraction, d.val_fraction], d.seed)
+            splits = {"train": (X[tr], y[tr]), "val": (X[va], y[va]), "test": (X[te], y[te])}
+        else:
+            raise ConfigError(f"data.name: {d.name!r} is not a classification dataset")
+        Xtr = splits["train"][0]
+        if len(Xtr) == 0:
+            raise DataError("data: the training split is empty (check data.val_fraction / data.test_fraction)")
+        if d.normalize:   # one scalar mean/std from the training split, applied to every split
+            mu, sd = float(Xtr.mean()), float(Xtr.std()) or 1.0
+            splits = {k: ((X - mu) / sd, y) for k, (X, y) in splits.items()}
+        self.n_out = int(max(int(s[1].max()) for s in splits.values() if len(s[1])) + 1)
+        if d.name == "synthetic":
+            self.n_out = d.n_classes
+        self.d_in = Xtr.shape[1]
+        xp = B.xp
+        self.dev = {k: (xp.asarray(X.astype(t.dtype)), xp.asarray(y)) for k, (X, y) in splits.items()}
+        self.n_train = len(Xtr)
+        self.batch_size, self.seed, self.tail = t.batch_size, t.seed, d.tail
+        self.rank, self.world = rank, world
+        if self.batch_size > self.n_train:
+            raise ConfigError(f"train.batch_size: {self.batch_size} is larger than the training split "
+                              f"({self.n_train} samples)")
+        self.lo, self.hi = rank_bounds(self.batch_size, rank, world)
+        self.steps_per_epoch = len(epoch_order(self.n_train, self.batch_size, 0, 0, self.tail))
+        self._order_epoch, self._order = None, None
+        self._xb = xp.empty((self.hi - self.lo, self.d_in), dtype=t.dtype)
+        self._yb = xp.empty(self.hi - self.lo, dtype=np.int64)
+        self.eval_batch = t.eval_batch
+
+    def batch(self, epoch, i):
+        """Rank-local (x, targets) of global step i of `epoch`; normaliser = global batch size."""
+        if self._order_epoch != epoch:
+            order = epoch_order(self.n_train, self.batch_size, self.seed, epoch, self.tail)
+            self._order = B.xp.asarray(order[:, self.lo:self.hi])
+            self._order_epoch = epoch
+        X, y = self.dev["train"]
+        idx = self._order[i]
+        B.take_into(X, idx, self._xb, axis=0)
+        B.take_into(y, idx, self._yb, axis=0)
+        return self._xb, self._yb, self.batch_size
+
+    def items_per_step(self):
+        return self.batch_size
+
+    def evaluate(self, model, split, comm):
+        """Mean loss and accuracy over `split`, each rank scoring its own contiguous part."""
+        X, y = self.dev[split]
+        n = len(y)
+        if n == 0:
+            return {}
+        lo, hi = rank_bounds(n, comm.rank, comm.size)
+        tot = np.zeros(3)
+        for s in range(lo, hi, self.eval_batch):
+            e = min(hi, s + self.eval_batch)
+            loss, correct = model.loss(X[s:e], y[s:e], 1.0)
+            tot += (loss, correct, e - s)
+        comm.all_reduce_sum_(tot, f"{split} evaluation")
+        return {"loss": tot[0] / tot[2], "accuracy": tot[1] / tot[2]}

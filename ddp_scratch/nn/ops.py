@@ -1,0 +1,248 @@
+"""Pure forward/backward pairs. Each backward sits right under its forward.
+
+Conventions: shapes in comments use N = rows (batch, or batch*time), D_in/D_out = features,
+V = classes. A backward may overwrite the incoming gradient `dy` in place (it is a workspace that
+nobody reads afterwards) and returns the gradient with respect to the forward's input.
+"""
+import math
+
+from .. import backend as B
+
+# ----------------------------------------------------------------------------- linear
+# y = x @ W + b            x (N, D_in), W (D_in, D_out), b (D_out,) -> y (N, D_out)
+
+
+def linear_forward(x, W, b, out):
+    B.xp.matmul(x, W, out=out)
+    if b is not None:
+        out += b
+    return out
+
+
+def linear_backward(dy, x, W, dW_param, db_param, dx_out=None, work=None):
+    """dW += x^T dy; db += sum_N dy; returns dx = dy W^T (skipped when dx_out is None)."""
+    dW_param.acc_matmul(x.T, dy, work)
+    if db_param is not None:
+        db_param.acc_sum0(dy)
+    if dx_out is None:
+        return None
+    return B.xp.matmul(dy, W.T, out=dx_out)
+
+
+# ----------------------------------------------------------------------------- activations
+# Each forward works in place on its input (the linear layer's private output buffer) where the
+# backward can be written in terms of the output y alone; GELU needs x, so it writes to `out`.
+# `ws(key, dtype=None)` hands out scratch arrays of the input's shape that the caller keeps
+# between steps (Layer.buf): no activation allocates an array per step. A workspace a forward
+# fills for its backward (GELU's tanh) is read back under the same key.
+
+def relu_forward(x):
+    # against a row of zeros, not the scalar 0: NumPy's array-array maximum is vectorised, the
+    # array-scalar one is ~3x slower
+    return B.xp.maximum(x, _zeros_row(x), out=x)
+
+
+def relu_backward(dy, y, ws):
+    dy *= B.xp.greater(y, 0, out=ws("mask", bool))      # a bool mask: as fast as y > 0, no new array
+    return dy
+
+
+_ZEROS = {}
+
+
+def _zeros_row(x):
+    """A cached row of zeros (never written) matching x's last axis; broadcasts over the rows."""
+    key = (B.name, x.shape[-1], x.dtype.str)
+    z = _ZEROS.get(key)
+    if z is None:
+        z = _ZEROS[key] = B.xp.zeros(x.shape[-1], dtype=x.dtype)
+    return z
+
+
+LEAKY_SLOPE = 0.01
+
+
+def leaky_relu_forward(x, ws):
+    # for 0 < slope < 1: leaky(x) = max(x, slope x)
+    return B.xp.maximum(x, B.xp.multiply(x, LEAKY_SLOPE, out=ws("t")), out=x)
+
+
+def leaky_relu_backward(dy, y, ws):
+    # for slope > 0, sign(y) == sign(x): d = 1 where y > 0, else slope
+    d = B.xp.greater(y, 0, out=ws("t"))
+    d *= 1.0 - LEAKY_SLOPE
+    d += LEAKY_SLOPE
+    dy *= d
+    return dy
+
+
+def sigmoid_forward(x, ws):
+    """1 / (1 + e^-x), stable for large |x|: with e = exp(-|x|) it is 1/(1+e) for x >= 0 and
+    e/(1+e) for x < 0, i.e. (1/(1+e)) * (1 + [x<0] (e - 1))."""
+    xp = B.xp
+    neg = xp.less(x, 0, out=ws("mask", bool))
+    e = xp.abs(x, out=ws("t"))
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)
+    xp.add(e, 1.0, out=x)
+    xp.reciprocal(x, out=x)
+    e -= 1.0
+    e *= neg
+    e += 1.0
+    x *= e
+    return x
+
+
+def sigmoid_backward(dy, y, ws):
+    d = B.xp.subtract(1.0, y, out=ws("t"))
+    d *= y
+    dy *= d
+    return dy
+
+
+def tanh_forward(x):
+    return B.xp.tanh(x, out=x)
+
+
+def tanh_backward(dy, y, ws):
+    d = B.xp.multiply(y, y, out=ws("t"))
+    B.xp.subtract(1.0, d, out=d)
+    dy *= d
+    return dy
+
+
+ELU_ALPHA = 1.0
+
+
+def elu_forward(x, ws):
+    # x for x > 0, alpha (e^x - 1) otherwise: max(x, 0) + alpha expm1(min(x, 0))
+    xp = B.xp
+    n = xp.minimum(x, _zeros_row(x), out=ws("t"))
+    xp.expm1(n, out=n)
+    n *= ELU_ALPHA
+    xp.maximum(x, _zeros_row(x), out=x)
+    x += n
+    return x
+
+
+def elu_backward(dy, y, ws):
+    # d/dx = 1 for x > 0 (y > 0), alpha e^x = y + alpha otherwise: min(y, 0) + alpha + [y>0] (1 - alpha)
+    xp = B.xp
+    d = xp.minimum(y, _zeros_row(y), out=ws("t"))
+    d += ELU_ALPHA
+    g = xp.greater(y, 0, out=ws("u"))
+    g *= 1.0 - ELU_ALPHA
+    d += g
+    dy *= d
+    return dy
+
+
+# GELU, tanh approximation (as GPT-2 and torch's approximate='tanh'):
+#   g = 0.5 h (1 + t),  t = tanh(c (h + a h^3)),  c = sqrt(2/pi), a = 0.044715
+# Forward keeps t instead of g: backward then needs no tanh, and g (for the next layer's dW) is
+# two multiplies away, so the GPT keeps the same 4C per row either way.
+_C = math.sqrt(2.0 / math.pi)
+_A = 0.044715
+
+
+def gelu_forward(g, t, h):
+    """h (N,D) -> g (N,D); saves t (N,D). Written without temporaries."""
+    xp = B.xp
+    xp.multiply(h, h, out=t)
+    t *= _A * _C
+    t += _C
+    t *= h                                          # u
+    xp.tanh(t, out=t)
+    gelu_from_tanh(g, h, t)
+    return g
+
+
+def gelu_from_tanh(g, h, t):
+    xp = B.xp
+    xp.add(t, 1.0, out=g)
+    g *= h
+    g *= 0.5
+    return g
+
+
+def gelu_backward(dg, h, t, w):
+    """dh = dg * (0.5 (1 + t) + 0.5 h (1 - t^2) c (1 + 3a h^2)), in place in dg; w (N,D) scratch.
+
+    Factored as (1 + t) (0.5 + w (1 - t)) with w = 0.5 c h (1 + 3a h^2): 11 passes, no tanh.
+    h is overwritten: it is spent once w holds its polynomial, and reusing it saves a scratch."""
+    xp = B.xp
+    xp.multiply(h, h, out=w)
+    w *= 3 * _A
+    w += 1.0
+    w *= h
+    w *= 0.5 * _C
+    xp.subtract(1.0, t, out=h)
+    w *= h
+    w += 0.5
+    xp.add(t, 1.0, out=h)
+    w *= h
+    dg *= w
+    return dg
+
+
+# name -> (forward(x, out, ws) -> y, backward(dy, saved, ws) -> dx, what backward needs: "y" or "x")
+ACTIVATIONS = {
+    "relu": (lambda x, out, ws: relu_forward(x), relu_backward, "y"),
+    "leaky_relu": (lambda x, out, ws: leaky_relu_forward(x, ws), leaky_relu_backward, "y"),
+    "sigmoid": (lambda x, out, ws: sigmoid_forward(x, ws), sigmoid_backward, "y"),
+    "tanh": (lambda x, out, ws: tanh_forward(x), tanh_backward, "y"),
+    "elu": (lambda x, out, ws: elu_forward(x, ws), elu_backward, "y"),
+    # GELU keeps its input h and the tanh t; its backward overwrites h (a spent linear output)
+    "gelu": (lambda h, out, ws: gelu_forward(out, ws("gelu_t"), h),
+             lambda dg, h, ws: gelu_backward(dg, h, ws("gelu_t"), ws("t")), "x"),
+}
+
+
+# ----------------------------------------------------------------------------- losses
+# Both losses return the SUM over rows times `scale` (1 / global number of items), so that the
+# per-rank gradients add up under an all-reduce SUM to the gradient of the global mean loss.
+
+def softmax_xent_forward(logits, targets, scale, out=None):
+    """logits (N, V), targets (N,) int, -1 = ignore. Returns (loss_sum*scale, n_correct, probs).
+
+    log-sum-exp with the row max subtracted, so no exp ever overflows. probs is written into
+    `out` (N, V) when given (a workspace reused every step), else into a new array."""
+    xp = B.xp
+    z = xp.subtract(logits, logits.max(axis=1, keepdims=True), out=out)    # (N, V)
+    valid = targets >= 0
+    all_valid = bool(valid.all())
+    t = targets if all_valid else xp.where(valid, targets, 0)
+    zt = z[xp.arange(len(t)), t]                      # (N,) target logit, taken before exp
+    probs = xp.exp(z, out=z)
+    s = probs.sum(axis=1, keepdims=True)              # (N, 1)
+    probs /= s
+    nll = xp.log(s[:, 0]) - zt
+    loss = float(nll.sum() if all_valid else (nll * valid).sum()) * scale
+    hit = logits.argmax(axis=1) == t
+    correct = int(hit.sum() if all_valid else (hit & valid).sum())
+    return loss, correct, probs
+
+
+def softmax_xent_backward(probs, targets, scale):
+    """dlogits = (softmax - onehot) * scale, zero on ignored rows; written into probs."""
+    xp = B.xp
+    valid = targets >= 0
+    all_valid = bool(valid.all())
+    t = targets if all_valid else xp.where(valid, targets, 0)
+    probs[xp.arange(len(t)), t] -= 1.0
+    probs *= scale
+    if not all_valid:
+        probs[~valid] = 0
+    return probs
+
+
+def mse_forward(y, target, scale):
+    """Mean over features of (y - t)^2, summed over rows, times scale (torch MSELoss for scale=1/N)."""
+    diff = y - target
+    loss = float((diff * diff).sum()) / y.shape[1] * scale
+    return loss, diff
+
+
+def mse_backward(diff, scale):
+    diff *= 2.0 * scale / diff.shape[1]
+    return diff

@@ -1,0 +1,198 @@
+"""Optimizers on the flat buffers (the PyTorch algorithms), plus learning-rate schedules.
+
+State lives in flat arrays the size of the parameter buffer; updates are in place through one
+preallocated scratch buffer, so a step allocates nothing. `step()` consumes the gradient buffer
+(weight decay and `maximize` are applied to it in place).
+
+These updates are memory-bound (a few flops per element over buffers of tens of MB), so SGD walks
+the buffers in cache-sized chunks: each element is read from memory once per step instead of
+once per NumPy call, and the scratch chunk never leaves the cache.
+"""
+import math
+
+from .. import backend as B
+from ..errors import ConfigError
+from .flat import zeros
+
+
+class Optimizer:
+    state_names: tuple = ()
+
+    def __init__(self, space, lr, weight_decay=0.0, maximize=False):
+        self.space, self.lr, self.wd, self.maximize = space, lr, weight_decay, maximize
+        self.p, self.g = space.params, space.grads
+        self.tmp = zeros(self.p.size, self.p.dtype)      # huge-page aligned like the params (flat.zeros)
+        self.t = 0
+        self.decay = [(self.p[a:b], self.g[a:b]) for a, b in space.decay_ranges()]
+        for name in self.state_names:
+            setattr(self, name, zeros(self.p.size, self.p.dtype))
+
+    def _prep_grad(self, l2: bool):
+        if self.maximize:
+            B.xp.negative(self.g, out=self.g)
+        if l2 and self.wd:
+            for p, g in self.decay:   # L2 penalty as in torch: g += wd * p
+                tmp = self.tmp[:p.size]
+                B.xp.multiply(p, self.wd, out=tmp)
+                g += tmp
+
+    def state_dict(self):
+        d = {name: getattr(self, name) for name in self.state_names}
+        d["t"] = self.t
+        return d
+
+    def load_state_dict(self, d):
+        for name in self.state_names:
+            getattr(self, name)[...] = B.xp.asarray(d[name])
+        self.t = int(d["t"])
+
+
+class SGD(Optimizer):
+    state_names = ("buf",)
+
+    def __init__(self, space, lr, momentum=0.0, nesterov=False, weight_decay=0.0, maximize=False, dampening=0.0):
+        if nesterov and momentum <= 0:
+            raise ConfigError("optim.nesterov: needs optim.momentum > 0")
+        super().__init__(space, lr, weight_decay, maximize)
+        self.momentum, self.nesterov, self.dampening = momentum, nesterov, dampening
+
+    CHUNK = 1 << 16     # elements: 256 KiB per float32 buffer slice, four slices fit in L2
+
+    def step(self, lr=None):
+        lr = self.lr if lr is None else lr
+        self._prep_grad(l2=True)
+        first, self.t = self.t == 0, self.t + 1
+        if not B.on_gpu():
+            tmp = self.tmp[:self.CHUNK]
+            for a in range(0, self.p.size, self.CHUNK):
+                b = min(a + self.CHUNK, self.p.size)
+                self._update(self.p[a:b], self.g[a:b], self.buf[a:b], tmp[:b - a], lr, first)
+        else:      # one kernel per call already streams the whole buffer
+            self._update(self.p, self.g, self.buf, self.tmp, lr, first)
+
+    def _update(self, p, g, buf, tmp, lr, first):
+        """p -= lr * (momentum buffer or g), the torch.optim.SGD rule, on one slice."""
+        xp = B.xp
+        if self.momentum:
+            if first:
+                buf[...] = g
+            else:
+                buf *= self.momentum
+                if self.dampening:
+                    xp.multiply(g, 1.0 - self.dampening, out=tmp)
+                    buf += tmp
+                else:                # g * 1.0 == g: skip a pass over the buffer
+                    buf += g
+            if self.nesterov:
+                xp.multiply(buf, self.momentum, out=tmp)
+                g += tmp
+            else:
+                g = buf
+        xp.multiply(g, lr, out=tmp)
+        p -= tmp
+
+
+class Adam(Optimizer):
+    """Adam (L2 weight decay added to the gradient) or, with decoupled=True, AdamW."""
+    state_names = ("m", "v", "vmax")
+
+    def __init__(self, space, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                 maximize=False, decoupled=False):
+        self.state_names = ("m", "v", "vmax") if amsgrad else ("m", "v")
+        super().__init__(space, lr, weight_decay, maximize)
+        self.b1, self.b2 = betas
+        self.eps, self.amsgrad, self.decoupled = eps, amsgrad, decoupled
+
+    def step(self, lr=None):
+        xp, lr = B.xp, self.lr if lr is None else lr
+        g, tmp, m, v = self.g, self.tmp, self.m, self.v
+        self._prep_grad(l2=not self.decoupled)
+        if self.decoupled and self.wd:
+            for p, _ in self.decay:
+                p *= 1.0 - lr * self.wd
+        self.t += 1
+        m *= self.b1
+        xp.multiply(g, 1.0 - self.b1, out=tmp)
+        m += tmp
+        v *= self.b2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - self.b2
+        v += tmp
+        bc1 = 1.0 - self.b1 ** self.t
+        bc2_sqrt = math.sqrt(1.0 - self.b2 ** self.t)
+        if self.amsgrad:
+            xp.maximum(self.vmax, v, out=self.vmax)
+            xp.sqrt(self.vmax, out=tmp)
+        else:
+            xp.sqrt(v, out=tmp)
+        tmp /= bc2_sqrt
+        tmp += self.eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= lr / bc1
+        self.p -= tmp
+
+
+class RMSProp(Optimizer):
+    def __init__(self, space, lr, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
+                 weight_decay=0.0, maximize=False):
+        self.state_names = ("sq",) + (("buf",) if momentum else ()) + (("gavg",) if centered else ())
+        super().__init__(space, lr, weight_decay, maximize)
+        self.alpha, self.eps, self.momentum, self.centered = alpha, eps, momentum, centered
+
+    def step(self, lr=None):
+        xp, lr = B.xp, self.lr if lr is None else lr
+        g, tmp = self.g, self.tmp
+        self._prep_grad(l2=True)
+        self.t += 1
+        self.sq *= self.alpha
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - self.alpha
+        self.sq += tmp
+        if self.centered:
+            self.gavg *= self.alpha
+            xp.multiply(g, 1.0 - self.alpha, out=tmp)
+            self.gavg += tmp
+            xp.multiply(self.gavg, self.gavg, out=tmp)
+            xp.subtract(self.sq, tmp, out=tmp)
+            xp.sqrt(tmp, out=tmp)
+        else:
+            xp.sqrt(self.sq, out=tmp)
+        tmp += self.eps
+        xp.divide(g, tmp, out=tmp)
+        if self.momentum:
+            self.buf *= self.momentum
+            self.buf += tmp
+            xp.multiply(self.buf, lr, out=tmp)
+        else:
+            tmp *= lr
+        self.p -= tmp
+
+
+def build_optimizer(cfg, space):
+    """cfg: the `optim` config section."""
+    common = dict(weight_decay=cfg.weight_decay, maximize=cfg.maximize)
+    if cfg.name == "sgd":
+        return SGD(space, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+    if cfg.name in ("adam", "adamw"):
+        return Adam(space, cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, amsgrad=cfg.amsgrad,
+                    decoupled=cfg.name == "adamw", **common)
+    if cfg.name == "rmsprop":
+        return RMSProp(space, cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum,
+                       centered=cfg.centered, **common)
+    raise ConfigError(f"optim.name: expected one of sgd, adam, adamw, rmsprop, got {cfg.name!r}")
+
+
+def lr_at(cfg, step: int, total_steps: int) -> float:
+    """Learning rate for 0-based `step`: linear warm-up, then constant / step decay / cosine."""
+    base, warm = cfg.lr, cfg.warmup_steps
+    if step < warm:
+        return base * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return base
+    if cfg.schedule == "step":
+        return base * cfg.gamma ** ((step - warm) // cfg.step_size)
+    if cfg.schedule == "cosine":
+        span = max(1, (cfg.decay_steps or total_steps) - warm)
+        frac = min(1.0, (step - warm) / span)
+        return cfg.min_lr + 0.5 * (base - cfg.min_lr) * (1.0 + math.cos(math.pi * frac))
+    raise ConfigError(f"optim.schedule: expected constant, step or cosine, got {cfg.schedule!r}")

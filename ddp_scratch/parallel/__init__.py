@@ -1,0 +1,2 @@
+"""The only room that knows MPI (world.py) and NCCL (nccl.py): ranks, collectives on flat
+buffers, the watchdog and heartbeats, bucketed overlapped reducers (reduce.py)."""

@@ -1,0 +1,86 @@
+"""`launch.py sample CHECKPOINT`: continue a prompt with a trained GPT, one character at a time.
+
+The checkpoint's metadata holds the whole config (meta["config"]) and, from the trainer's hook,
+the vocabulary (meta["vocab"]: the tokenizer's characters, id = position). Checkpoints without it
+rebuild the tokenizer from the config (the addition alphabet, or data.path read again).
+Sampling draws from one generator seeded by --seed, so a seed always gives the same text.
+"""
+import sys
+
+import numpy as np
+
+from .. import backend as B
+from ..config import config_from_dict
+from ..errors import CheckpointError, DataError, UserError
+from . import checkpoint as ckpt
+
+
+def load_tokenizer(meta, arrays, cfg, path):
+    from ..data.text import ADDITION_CHARS, CharTokenizer, read_text
+    if isinstance(meta.get("vocab"), str) and meta["vocab"]:
+        return CharTokenizer(meta["vocab"])
+    if "vocab" in arrays:                       # code points, if stored as an array
+        return CharTokenizer("".join(map(chr, arrays["vocab"].tolist())))
+    if cfg.data.name == "addition":
+        return CharTokenizer(ADDITION_CHARS)
+    try:
+        return CharTokenizer.from_text(read_text(cfg.data.path))
+    except DataError as e:
+        raise CheckpointError(f"checkpoint {path} stores no vocabulary, and the training text that "
+                              f"would rebuild it cannot be read: {e}") from None
+
+
+def load_model(path):
+    """-> (model, tokenizer, cfg) from a checkpoint written by a gpt training run."""
+    arrays, meta = ckpt.load(path)
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} holds no config to rebuild the model from")
+    cfg = config_from_dict(meta["config"])
+    if cfg.model.name != "gpt":
+        raise UserError(f"sample: checkpoint {path} holds a {cfg.model.name!r} model; sampling needs a gpt")
+    tok = load_tokenizer(meta, arrays, cfg, path)
+    from ..nn.gpt import GPT
+    model = GPT.from_config(cfg, len(tok), cfg.train.seed)
+    layout = model.space.layout()
+    if arrays["params"].shape != model.space.params.shape or meta.get("layout", layout) != layout:
+        raise CheckpointError(f"checkpoint {path}: its parameters do not fit the model its config describes "
+                              f"(vocabulary of {len(tok)} characters)")
+    model.space.params[...] = B.xp.asarray(arrays["params"])
+    return model, tok, cfg
+
+
+def generate(model, ids, n_tokens, temperature=1.0, top_k=0, seed=0):
+    """Token ids that continue `ids`: greedy when temperature is 0, else sampled from the
+    temperature-scaled softmax over the top_k most likely (all when top_k is 0)."""
+    rng = np.random.default_rng(seed)
+    seq = [int(i) for i in ids]
+    for _ in range(n_tokens):
+        ctx = np.asarray(seq[-model.Tmax:], dtype=np.int64)[None]            # (1,T) cropped
+        logits = B.to_numpy(model.predict(B.xp.asarray(ctx))[0, -1]).astype(np.float64)   # (V,)
+        if temperature == 0:
+            seq.append(int(np.argmax(logits)))
+            continue
+        logits /= temperature
+        if 0 < top_k < len(logits):
+            logits[logits < np.sort(logits)[-top_k]] = -np.inf
+        p = np.exp(logits - logits.max())
+        seq.append(int(rng.choice(len(p), p=p / p.sum())))
+    return seq[len(ids):]
+
+
+def run_sample(a):
+    if a.tokens < 0:
+        raise UserError(f"sample --tokens: expected a count >= 0, got {a.tokens}")
+    if not a.temperature >= 0:
+        raise UserError(f"sample --temperature: expected a number >= 0 (0 = greedy), got {a.temperature}")
+    if a.top_k < 0:
+        raise UserError(f"sample --top-k: expected a count >= 0 (0 = no limit), got {a.top_k}")
+    model, tok, cfg = load_model(a.checkpoint)
+    prompt = a.prompt if a.prompt is not None else ("\n" if "\n" in tok.stoi else tok.chars[0])
+    if not prompt:
+        raise UserError("sample --prompt: empty; give at least one character to continue")
+    ids = tok.encode(prompt, what="sample --prompt")
+    out = tok.decode(generate(model, ids, a.tokens, a.temperature, a.top_k, a.seed))
+    sys.stdout.write(prompt + out + ("" if (prompt + out).endswith("\n") else "\n"))
+    sys.stdout.flush()
+    return 0

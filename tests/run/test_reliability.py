@@ -1,0 +1,141 @@
+"""Nothing lost, nothing hung: a failing, killed or frozen rank ends the whole job within a bounded
+time with one clear message; non-finite values follow the policy; diverged ranks are caught;
+writes are atomic; nothing is loaded through pickle."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, mpiexec, run_group
+from ddp_scratch.run import checkpoint as ckpt
+
+FAULT = os.path.join(ROOT, "tests", "scripts", "fault.py")
+BASE = ["train", "experiments/mlp_digits.yaml", "--quiet", "--set", "comm.timeout_s=3",
+        "--set", "train.checkpoint_every=2", "--set", "train.check_every=4"]
+
+
+def fault(kind, tmp_path, rank=1, step=5, extra=(), timeout=60):
+    out = tmp_path / "out"
+    cmd = [mpiexec(), "-n", "2", sys.executable, FAULT, kind, str(rank), str(step), "--", *BASE,
+           "--out", str(out), *extra]
+    t0 = time.monotonic()
+    r = run_group(cmd, timeout=timeout, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"))
+    return r, time.monotonic() - t0, out
+
+
+def assert_checkpoint_intact(out, max_step):
+    arrays, meta = ckpt.load(str(out / "checkpoint.npz"))
+    assert 0 < meta["step"] <= max_step and np.isfinite(arrays["params"]).all()
+
+
+def test_uncaught_error_in_one_rank_aborts_the_world(tmp_path):
+    r, took, out = fault("raise", tmp_path)
+    print(f"raise: exit {r.returncode} after {took:.1f}s")
+    assert r.returncode != 0 and took < 20
+    assert r.stderr.count("error: rank 1: RuntimeError: injected failure; aborting all 2 ranks") == 1
+    assert r.stderr.count("Traceback") == 1
+    assert_checkpoint_intact(out, 4)
+
+
+@pytest.mark.parametrize("kind", ["stop", "sleep"])
+def test_frozen_or_stuck_rank_ends_the_job_after_the_timeout(tmp_path, kind):
+    r, took, out = fault(kind, tmp_path)
+    print(f"{kind}: exit {r.returncode} after {took:.1f}s: {r.stderr.strip().splitlines()[:1]}")
+    assert r.returncode != 0 and took < 3 + 15
+    assert re.search(r"gradient all-reduce at step 5 did not complete within comm.timeout_s=3s: "
+                     r"rank\(s\) \[1\] did not arrive", r.stderr)
+    assert_checkpoint_intact(out, 4)
+
+
+def test_killed_rank_ends_the_job(tmp_path):
+    r, took, out = fault("kill", tmp_path)
+    print(f"kill: exit {r.returncode} after {took:.1f}s")
+    assert r.returncode != 0 and took < 15
+    assert_checkpoint_intact(out, 4)
+
+
+def test_silent_divergence_is_caught_and_named(tmp_path):
+    r, took, out = fault("diverge", tmp_path, step=5)
+    print(f"diverge: exit {r.returncode}: {r.stderr.strip()}")
+    assert r.returncode == 5 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert "ranks diverged at step 8: parameters on rank(s) [1] differ from rank 0" in r.stderr
+
+
+def test_nonfinite_abort_names_step_and_first_layer(tmp_path):
+    r, _, out = fault("nan", tmp_path, step=5)
+    assert r.returncode == 4 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == ("error: non-finite loss at step 5; first non-finite gradient in fc0.W "
+                                "(train.nonfinite=abort; try a lower optim.lr or train.nonfinite=skip)")
+    assert_checkpoint_intact(out, 4)
+
+
+def test_nonfinite_skip_drops_the_step_on_all_ranks_and_continues(tmp_path):
+    r, _, out = fault("nanloss", tmp_path, step=5, extra=["--set", "train.nonfinite=skip",
+                                                          "--set", "train.max_steps=12"])
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["skipped_steps"] == 1 and s["steps"] == 12 and np.isfinite(s["train_loss"])
+
+
+def test_nonfinite_skip_gives_up_after_max_skips(tmp_path):
+    r, _, out = fault("nan", tmp_path, step=5, extra=["--set", "train.nonfinite=skip", "--set", "train.max_skips=3",
+                                                      "--set", "train.check_every=0"])
+    assert r.returncode == 4
+    assert "4 consecutive steps skipped (train.max_skips=3)" in r.stderr
+
+
+WRITER = """
+import sys, numpy as np
+sys.path.insert(0, {root!r})
+from ddp_scratch.run import checkpoint as ckpt
+big = np.zeros(20_000_000, dtype=np.float32)
+i = 0
+while True:
+    i += 1
+    big[:] = i
+    ckpt.save({path!r}, {{"params": big}}, {{"step": i}})
+    print(i, flush=True)
+"""
+
+
+def test_killing_a_writer_mid_write_leaves_the_previous_checkpoint_intact(tmp_path):
+    path = str(tmp_path / "checkpoint.npz")
+    p = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT, path=path)],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        p.stdout.readline()                     # one complete checkpoint exists
+        for k in range(4):
+            time.sleep(0.05 + 0.07 * k)         # then kill at different points of later writes
+            p.send_signal(signal.SIGSTOP)
+            arrays, meta = ckpt.load(path)      # whatever is at the path is complete
+            assert (arrays["params"] == meta["step"]).all()
+            p.send_signal(signal.SIGCONT)
+        p.kill()
+        p.wait()
+        arrays, meta = ckpt.load(path)
+        assert (arrays["params"] == meta["step"]).all()
+        print(f"last complete checkpoint after SIGKILL: step {meta['step']}")
+        leftovers = [f for f in os.listdir(tmp_path) if f != "checkpoint.npz"]
+        assert all(f.endswith(".tmp") for f in leftovers)   # a killed write leaves only its temp file
+    finally:
+        p.kill()
+
+
+def test_no_code_is_loaded_from_files():
+    """No pickle loading anywhere in the package: npz with allow_pickle=False, YAML safe_load."""
+    bad = []
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "ddp_scratch")):
+        for f in files:
+            if f.endswith(".py"):
+                text = open(os.path.join(dirpath, f)).read()
+                for pat in (r"allow_pickle\s*=\s*True", r"\bpickle\.loads?\(", r"yaml\.load\(", r"yaml\.unsafe_load",
+                            r"\bcloudpickle\b", r"\beval\("):
+                    bad += [f"{f}: {pat}" for _ in re.finditer(pat, text)]
+    assert not bad, bad
