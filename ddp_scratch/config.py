@@ -1,19 +1,23 @@
 """Typed, defaulted configuration: YAML file + `--set section.key=value` overrides.
 
 Every field is declared once below with its type and constraints; unknown keys get a
-closest-match suggestion, wrong types a message naming the field and the expected type.
+closest-match suggestion, wrong types a message naming the field, the expected type and the line.
+
+Size: a little over 400 lines because the schema (every key, its type, range and default) and
+the reader that converts YAML text by that schema are one contract; apart, they would drift.
 """
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 import difflib
 import hashlib
 import json
+import os
 import typing
 
 from .errors import ConfigError
 
 
-def F(default, *, choices=None, min=None, gt=None, help=""):  # noqa: A002 - reads like the YAML
-    meta = {"choices": choices, "min": min, "gt": gt, "help": help}
+def F(default, *, choices=None, min=None, gt=None, max=None, lt=None, help=""):  # noqa: A002 - reads like the YAML
+    meta = {"choices": choices, "min": min, "gt": gt, "max": max, "lt": lt, "help": help}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -32,7 +36,7 @@ class ModelConfig:
     n_head: int = F(4, min=1)
     d_model: int = F(128, min=1)
     block_size: int = F(64, min=1, help="GPT context length")
-    dropout: float = F(0.0, min=0.0)
+    dropout: float = F(0.0, min=0.0, lt=1.0, help="probability of zeroing an activation")
     bias: bool = F(True)
 
 
@@ -40,15 +44,15 @@ class ModelConfig:
 class DataConfig:
     name: str = F("digits", choices=["digits", "mnist", "synthetic", "text", "addition"])
     path: str = F("", help="folder of IDX files (mnist) or a UTF-8 text file (text)")
-    val_fraction: float = F(0.1, min=0.0)
-    test_fraction: float = F(0.2, min=0.0, help="digits/synthetic only; MNIST has its own test set")
+    val_fraction: float = F(0.1, min=0.0, lt=1.0)
+    test_fraction: float = F(0.2, min=0.0, lt=1.0, help="digits/synthetic/addition; MNIST has its own test set")
     tail: str = F("drop", choices=["drop", "pad"], help="last partial global batch of an epoch")
     normalize: bool = F(True)
-    seed: int = F(1234, help="seed of splits and synthetic data")
+    seed: int = F(1234, min=0, help="seed of splits and synthetic data")
     n_samples: int = F(8192, gt=0, help="synthetic")
     n_features: int = F(784, gt=0, help="synthetic")
     n_classes: int = F(10, gt=1, help="synthetic")
-    digits: int = F(2, min=1, help="addition task: digits per operand")
+    digits: int = F(2, min=1, max=9, help="addition task: digits per operand")
 
 
 @dataclass
@@ -56,7 +60,7 @@ class TrainConfig:
     batch_size: int = F(64, gt=0, help="GLOBAL batch, split across ranks")
     epochs: int = F(10, min=0)
     max_steps: int = F(0, min=0, help="0 = no limit")
-    seed: int = F(0)
+    seed: int = F(0, min=0)
     dtype: str = F("float32", choices=["float32", "float64"])
     loss: str = F("xent", choices=["xent", "mse"])
     grad_clip: float = F(0.0, min=0.0, help="clip by global norm after the all-reduce; 0 = off")
@@ -76,14 +80,14 @@ class TrainConfig:
 class OptimConfig:
     name: str = F("sgd", choices=["sgd", "adam", "adamw", "rmsprop"])
     lr: float = F(0.1, gt=0.0)
-    momentum: float = F(0.0, min=0.0)
+    momentum: float = F(0.0, min=0.0, max=1.0)
     nesterov: bool = F(False)
     weight_decay: float = F(0.0, min=0.0)
-    betas: list[float] = F([0.9, 0.999], min=0.0)
+    betas: list[float] = F([0.9, 0.999], min=0.0, lt=1.0)
     eps: float = F(1e-8, gt=0.0)
     amsgrad: bool = F(False)
     maximize: bool = F(False)
-    alpha: float = F(0.99, min=0.0, help="RMSProp smoothing")
+    alpha: float = F(0.99, min=0.0, lt=1.0, help="RMSProp smoothing")
     centered: bool = F(False)
     schedule: str = F("constant", choices=["constant", "step", "cosine"])
     warmup_steps: int = F(0, min=0)
@@ -137,41 +141,177 @@ def config_hash(fp: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
+#
+# YAML is read as a tree of nodes (yaml.compose: nothing is constructed, so no tag can run code)
+# and every scalar is converted by the type its key declares, from the text as written. So
+# `lr: 1e-3` is a number (PyYAML's YAML 1.1 resolver would make it a string), `batch_size: 1e3`
+# is the integer 1000, `path: 2024` is the string "2024", and a key given twice is an error
+# instead of the last one silently winning.
+
+NULLS = ("", "~", "null", "Null", "NULL")
+TRUE, FALSE = ("true", "yes", "on"), ("false", "no", "off")
+INT64_MAX = 2**63 - 1
+
+
+class Scalar:
+    """A YAML scalar as written, with where it came from (for messages)."""
+    __slots__ = ("text", "plain", "where")
+
+    def __init__(self, text, plain, where):
+        self.text, self.plain, self.where = text, plain, where
+
+    @property
+    def null(self):
+        return self.plain and self.text in NULLS
+
+    def __repr__(self):
+        return "nothing (null)" if self.null else repr(self.text)
+
+
+class Mapping(dict):
+    """A YAML mapping: str keys in order, and where each key was written."""
+
+    def __init__(self, where):
+        super().__init__()
+        self.where, self.key_where = where, {}
+
+
+class Sequence(list):
+    def __init__(self, items, where):
+        super().__init__(items)
+        self.where = where
+
+
+def _fail(where, msg):
+    raise ConfigError(f"{where}: {msg}" if where else msg)
+
+
+def _tree(node, source):
+    """yaml node -> Mapping / Sequence / Scalar, refusing duplicate keys."""
+    import yaml
+    where = f"{source}, line {node.start_mark.line + 1}" if source.startswith("config file") else source
+    if isinstance(node, yaml.ScalarNode):
+        return Scalar(node.value, node.style is None, where)
+    if isinstance(node, yaml.SequenceNode):
+        return Sequence([_tree(n, source) for n in node.value], where)
+    out = Mapping(where)
+    for knode, vnode in node.value:
+        kwhere = f"{source}, line {knode.start_mark.line + 1}" if source.startswith("config file") else source
+        if knode.tag == "tag:yaml.org,2002:merge":          # `<<: *defaults`
+            merged = _tree(vnode, source)
+            for m in (merged if isinstance(merged, list) else [merged]):
+                if not isinstance(m, Mapping):
+                    _fail(kwhere, "'<<' merges a mapping, got something else")
+                for k, v in m.items():
+                    if k not in out:
+                        out[k], out.key_where[k] = v, "merged"   # keys written here override
+            continue
+        if not isinstance(knode, yaml.ScalarNode):
+            _fail(kwhere, "a key must be a plain name, got a list or mapping")
+        key = knode.value
+        if key in out and out.key_where[key] != "merged":
+            _fail(kwhere, f"key {key!r} appears twice in the same section (the second would silently win)")
+        out[key], out.key_where[key] = _tree(vnode, source), kwhere
+    return out
+
+
+def _compose(text, source):
+    import yaml
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None)
+        raise ConfigError(f"{source} is not valid YAML{at}" + (f" ({problem})" if problem else "")) from None
+    except (ValueError, RecursionError) as e:     # e.g. NUL bytes the reader refuses
+        raise ConfigError(f"{source} is not valid YAML ({type(e).__name__})") from None
+    return None if node is None else _tree(node, source)
+
 
 def _typename(tp):
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
-def _coerce(value, tp, path, meta):
+def _number(text):
+    """float of a numeral as people write it (1e-3, 3E+4, .5, 1_000, YAML's .inf), or None."""
+    t = text.strip().lower()
+    if t.lstrip("+-") in (".inf", ".nan"):
+        t = t.replace(".", "", 1)
+    try:
+        return float(t)
+    except ValueError:
+        return None
+
+
+def _from_text(v: Scalar, tp, path):
+    """A scalar's text as the declared type (str, bool, int, float)."""
+    if tp is str:
+        return "" if v.null else v.text
+    if v.null:
+        _fail(v.where, f"{path}: expected {'true or false' if tp is bool else 'an integer' if tp is int else 'a number'}, got nothing (null)")
+    if tp is bool:
+        low = v.text.strip().lower()
+        if low in TRUE or low in FALSE:
+            return low in TRUE
+        _fail(v.where, f"{path}: expected true or false, got {v!r}")
+    if tp is int:
+        t = v.text.strip()
+        try:
+            return int(t, 10)
+        except ValueError:
+            pass
+        x = _number(t)
+        if x is None:
+            _fail(v.where, f"{path}: expected an integer, got {v!r}")
+        if x != x or x in (float("inf"), float("-inf")) or x != int(x):
+            _fail(v.where, f"{path}: expected an integer, got {v!r} (not a whole number)")
+        return int(x)
+    x = _number(v.text)
+    if x is None:
+        _fail(v.where, f"{path}: expected a number, got {v!r}")
+    return x
+
+
+def _coerce(value, tp, path, meta, where=""):
+    where = getattr(value, "where", where)
     origin = typing.get_origin(tp)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list of {_typename(item)}, got {value!r}")
-        return [_coerce(v, item, f"{path}[{i}]", meta) for i, v in enumerate(value)]
-    if tp is bool:
+            _fail(where, f"{path}: expected a list like [64, 32], got {value!r}")
+        return [_coerce(v, item, f"{path}[{i}]", meta, where) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        _fail(where, f"{path}: expected {_typename(tp)}, got a mapping of keys ({path} is a value, not a section)")
+    if isinstance(value, list):
+        _fail(where, f"{path}: expected {_typename(tp)}, got a list")
+    if isinstance(value, Scalar):
+        value = _from_text(value, tp, path)
+    elif tp is bool:                         # values from a checkpoint's config: already typed
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
+            _fail(where, f"{path}: expected true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, float) and value == value and abs(value) != float("inf") and value == int(value):
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            _fail(where, f"{path}: expected an integer, got {value!r}")
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+            _fail(where, f"{path}: expected a number, got {value!r}")
         value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
-    elif tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
+    elif tp is str and not isinstance(value, str):
+        _fail(where, f"{path}: expected a string, got {value!r}")
+    if tp is float and (value != value or value in (float("inf"), float("-inf"))):
+        _fail(where, f"{path}: expected a finite number, got {value!r}")
+    if tp is int and abs(value) > INT64_MAX:
+        _fail(where, f"{path}: {value} is too large (at most {INT64_MAX})")
     if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{path}: expected one of {', '.join(meta['choices'])}, got {value!r}"
-                          + _suggest(str(value), meta["choices"]))
-    if meta.get("min") is not None and value < meta["min"]:
-        raise ConfigError(f"{path}: expected a value >= {meta['min']}, got {value!r}")
-    if meta.get("gt") is not None and value <= meta["gt"]:
-        raise ConfigError(f"{path}: expected a value > {meta['gt']}, got {value!r}")
+        _fail(where, f"{path}: expected one of {', '.join(meta['choices'])}, got {value!r}"
+              + _suggest(str(value), meta["choices"]))
+    for key, ok, word in (("min", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                          ("max", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+        if meta.get(key) is not None and not ok(value, meta[key]):
+            _fail(where, f"{path}: expected a value {word} {meta[key]}, got {value!r}")
     return value
 
 
@@ -181,16 +321,19 @@ def _suggest(name, options):
 
 
 def _build(cls, data, prefix):
+    if isinstance(data, Scalar) and data.null:
+        data = {}                            # `model:` with nothing under it
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+        _fail(getattr(data, "where", ""), f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in known:
-            raise ConfigError(f"unknown config key {path!r}{_suggest(str(key), known)}; "
-                              f"valid keys here: {', '.join(known)}")
+            where = getattr(data, "key_where", {}).get(key, "")
+            _fail(where, f"unknown config key {path!r}{_suggest(str(key), known)}; "
+                         f"valid keys here: {', '.join(known)}")
         tp = hints[key]
         if is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{path}.")
@@ -200,46 +343,45 @@ def _build(cls, data, prefix):
 
 
 def parse_override(text):
-    """'a.b=value' -> (['a','b'], value parsed as YAML). Raises ConfigError on bad syntax."""
-    import yaml
+    """'a.b=value' -> (['a','b'], the value as a YAML tree). Raises ConfigError on bad syntax."""
     key, sep, raw = text.partition("=")
-    if not sep or not key or any(not part for part in key.split(".")):
+    keys = [k.strip() for k in key.split(".")]
+    if not sep or not key.strip() or any(not k for k in keys):
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set train.batch_size=128")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML") from None
-    return key.strip().split("."), value
+    value = _compose(raw, f"--set {text!r}") if raw.strip() else None
+    return keys, value if value is not None else Scalar("", False, f"--set {text!r}")
 
 
 def load_config(path=None, overrides=()) -> Config:
-    import yaml
-    data = {}
+    from .fsutil import read_regular_file
+    data = Mapping("")
     if path is not None:
+        raw = read_regular_file(path, "config file", ConfigError, max_bytes=1 << 20)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path!s} not found (expected a YAML file, e.g. experiments/mlp_digits.yaml)") from None
-        except IsADirectoryError:
-            raise ConfigError(f"config file {path!s} is a directory, expected a YAML file") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            where = getattr(e, "problem_mark", None)
-            at = f" at line {where.line + 1}" if where else ""
-            raise ConfigError(f"config file {path!s} is not valid YAML{at}") from None
-        data = {} if data is None else data
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path!s}: expected a mapping of sections at the top level")
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a YAML text file (not UTF-8)") from None
+        tree = _compose(text, f"config file {path}")
+        if tree is not None and not (isinstance(tree, Scalar) and tree.null):
+            if not isinstance(tree, Mapping):
+                raise ConfigError(f"config file {path}: expected a mapping of sections at the top level "
+                                  "(model:, data:, train:, ...)")
+            data = tree
     for text in overrides:
         keys, value = parse_override(text)
         node = data
         for k in keys[:-1]:
-            nxt = node.setdefault(k, {})
+            nxt = node.get(k)
+            if nxt is None or (isinstance(nxt, Scalar) and nxt.null):
+                nxt = node[k] = Mapping(f"--set {text!r}")
             if not isinstance(nxt, dict):
                 raise ConfigError(f"--set {text!r}: {k!r} is not a section")
             node = nxt
         node[keys[-1]] = value
+        if isinstance(node, Mapping):
+            node.key_where[keys[-1]] = f"--set {text!r}"
     cfg = _build(Config, data, "")
+    cfg.data.path = os.path.expanduser(cfg.data.path)     # `--set data.path=~/mnist` as a shell would
     _cross_check(cfg)
     return cfg
 
@@ -247,7 +389,7 @@ def load_config(path=None, overrides=()) -> Config:
 def _cross_check(cfg: Config):
     if cfg.model.name == "gpt" and cfg.model.d_model % cfg.model.n_head:
         raise ConfigError(f"model.d_model: expected a multiple of model.n_head ({cfg.model.n_head}), got {cfg.model.d_model}")
-    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+    if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
     if cfg.data.name in ("mnist", "text") and not cfg.data.path:
         raise ConfigError(f"data.path: data.name {cfg.data.name!r} needs a path "
@@ -263,6 +405,12 @@ def _cross_check(cfg: Config):
         raise ConfigError("optim.nesterov: needs optim.momentum > 0")
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise ConfigError("train.epochs: expected > 0 when train.max_steps is 0 (the run would do nothing)")
+    d = cfg.data
+    if d.name in ("digits", "synthetic", "addition") and d.val_fraction + d.test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction: expected less than 1 (something left to train "
+                          f"on), got {d.val_fraction} + {d.test_fraction}")
+    if cfg.optim.schedule == "cosine" and cfg.optim.min_lr > cfg.optim.lr:
+        raise ConfigError(f"optim.min_lr: expected at most optim.lr ({cfg.optim.lr}), got {cfg.optim.min_lr}")
 
 
 def config_from_dict(d: dict) -> Config:

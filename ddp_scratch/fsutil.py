@@ -35,9 +35,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
     """Atomically replace ``path`` with ``data``; returns the path as str."""
     path = os.fspath(path)
     dirname = os.path.dirname(os.path.abspath(path))
-    os.makedirs(dirname, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp", dir=dirname)
+    try:
+        os.makedirs(dirname, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=dirname)
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp's 0600 would hide results from group members
         with os.fdopen(fd, "wb") as f:
@@ -45,17 +47,56 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
     _fsync_dir(dirname)
     return path
+
+
+def _write_error(path, e):
+    from .errors import UserError
+    kept = " (the previous file is intact)" if os.path.exists(path) else ""
+    return UserError(f"cannot write {path}: {e.strerror or e}{kept}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str,
                       encoding: str = "utf-8") -> str:
     """Text variant of :func:`atomic_write_bytes` (no newline translation)."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def read_regular_file(path, what: str, error=None, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file, or one clear error naming `what` and the path.
+
+    Checked with stat before open: a FIFO or a device would block or never end (/dev/zero), a
+    folder cannot be read, a missing file or parent is said as such. `~` is expanded.
+    `error`: the UserError subclass to raise (default UserError)."""
+    import stat
+    from .errors import UserError
+    error = error or UserError
+    p = os.path.expanduser(os.fspath(path))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except NotADirectoryError:
+        raise error(f"{what} {path} does not exist (a part of the path is a file, not a folder)") from None
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{what} {path} is a folder, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{what} {path} is not a regular file (a FIFO, device or socket), expected a file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise error(f"{what} {path} is {st.st_size} bytes, more than the {max_bytes} expected of it")
+    try:
+        with open(p, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e.strerror})") from None
