@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import backend as B
 from ..errors import ConfigError, DataError
+from ..fsutil import read_regular_file
 from .sharding import epoch_order, rank_bounds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -18,20 +19,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path):
-    """An IDX file (MNIST format), raw or gzip, as a numpy array; DataError if malformed."""
+MAX_IDX_BYTES = 1 << 31          # 2 GiB of decompressed data: far above any MNIST-format set
+
+
+def _gunzip(raw, path, limit):
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"data file {path} not found") from None
-    except OSError as e:
-        raise DataError(f"data file {path} cannot be read: {e.strerror}") from None
+        out = d.decompress(raw, limit + 1)
+    except zlib.error:
+        raise DataError(f"data file {path}: corrupt gzip stream") from None
+    if len(out) > limit:
+        raise DataError(f"data file {path}: decompresses to more than {limit >> 20} MiB; refused")
+    if not d.eof:
+        raise DataError(f"data file {path}: truncated gzip stream")
+    return out
+
+
+def read_idx(path, header_only=False):
+    """An IDX file (MNIST format), raw or gzip, as a numpy array; DataError if malformed.
+    header_only: just (dtype, dims), checked against the file's size, without the data."""
+    raw = read_regular_file(path, "data file", DataError)
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error):
-            raise DataError(f"data file {path}: corrupt or truncated gzip stream") from None
+        raw = _gunzip(raw, path, MAX_IDX_BYTES)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] == 0:
         raise DataError(f"data file {path}: bad IDX magic number {raw[:4].hex() or 'empty'} "
                         "(expected 0000 08 0N: two zero bytes, a type code, the number of dimensions)")
@@ -45,7 +54,12 @@ def read_idx(path):
     if len(body) != need:
         what = "truncated" if len(body) < need else "has trailing bytes"
         raise DataError(f"data file {path}: {what}: dimensions {dims} need {need} bytes of data, found {len(body)}")
-    return np.frombuffer(body, dtype=dtype).reshape(dims)
+    if header_only:
+        return dtype, dims
+    arr = np.frombuffer(body, dtype=dtype).reshape(dims)
+    if dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataError(f"data file {path}: holds non-finite values (NaN or infinity)")
+    return arr
 
 
 MNIST_FILES = {
@@ -57,30 +71,60 @@ MNIST_FILES = {
 def find_mnist_file(folder, stem):
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         p = os.path.join(folder, name)
-        if os.path.isfile(p):
+        if os.path.exists(p):
             return p
     raise DataError(f"data.path {folder}: missing {stem} (or {stem}.gz); expected the four MNIST-format "
                     f"IDX files {', '.join(MNIST_FILES.values())}")
 
 
-def load_mnist(folder):
+def check_folder(folder):
+    if not os.path.exists(folder):
+        raise DataError(f"data.path {folder} does not exist (expected a folder of MNIST-format IDX files)")
     if not os.path.isdir(folder):
-        raise DataError(f"data.path {folder}: not a folder (expected a folder of MNIST-format IDX files)")
-    out = {}
+        raise DataError(f"data.path {folder} is a file, expected a folder of MNIST-format IDX files")
+
+
+def check_pair(ipath, lpath, images, labels):
+    """One split's images (count, rows, cols) and labels (count,) agree; labels are class indices."""
+    if len(images) != 3:
+        raise DataError(f"data file {ipath}: expected 3 dimensions (count, rows, cols), got {tuple(images)}")
+    if len(labels) != 1:
+        raise DataError(f"data file {lpath}: expected 1 dimension (count), got {tuple(labels)}")
+    if images[0] != labels[0]:
+        raise DataError(f"data files {ipath} and {lpath}: {images[0]} images but {labels[0]} labels")
+    if images[0] == 0:
+        raise DataError(f"data file {ipath}: holds no images")
+
+
+def check_labels(path, y):
+    if y.dtype.kind not in "iu":
+        raise DataError(f"data file {path}: labels of type {y.dtype}, expected integer class indices")
+    if len(y) and y.min() < 0:
+        raise DataError(f"data file {path}: holds the negative label {int(y.min())}; expected class indices 0, 1, ...")
+
+
+def load_mnist(folder, header_only=False):
+    """((X, y) train, (X, y) test) from a folder of the four MNIST-format IDX files; header_only:
+    every check that needs no pixel data (files, headers, sizes, labels), returning nothing."""
+    folder = os.path.expanduser(folder)
+    check_folder(folder)
+    out, shapes = {}, {}
     for split in ("train", "test"):
         ipath = find_mnist_file(folder, MNIST_FILES[f"{split}_images"])
         lpath = find_mnist_file(folder, MNIST_FILES[f"{split}_labels"])
-        images, labels = read_idx(ipath), read_idx(lpath)
-        if images.ndim != 3:
-            raise DataError(f"data file {ipath}: expected 3 dimensions (count, rows, cols), got {images.shape}")
-        if labels.ndim != 1:
-            raise DataError(f"data file {lpath}: expected 1 dimension (count), got {labels.shape}")
-        if len(images) != len(labels):
-            raise DataError(f"data files {ipath} and {lpath}: {len(images)} images but {len(labels)} labels")
-        if len(images) == 0:
-            raise DataError(f"data file {ipath}: holds no images")
-        out[split] = (images.reshape(len(images), -1).astype(np.float64) / 255.0, labels.astype(np.int64))
-    return out["train"], out["test"]
+        labels = read_idx(lpath)
+        images = read_idx(ipath, header_only)
+        dims = images[1] if header_only else images.shape
+        check_pair(ipath, lpath, dims, labels.shape)
+        check_labels(lpath, labels)
+        shapes[split] = (ipath, dims[1:])
+        if not header_only:
+            out[split] = (images.reshape(len(images), -1).astype(np.float64) / 255.0, labels.astype(np.int64))
+    (tp, ts), (ep, es) = shapes["train"], shapes["test"]
+    if ts != es:
+        raise DataError(f"data file {ep}: test images are {es[0]}x{es[1]} but the training images in {tp} "
+                        f"are {ts[0]}x{ts[1]}; both splits must have one shape")
+    return None if header_only else (out["train"], out["test"])
 
 
 def load_digits():
@@ -158,6 +202,7 @@ class ClassificationTask:
         self._xb = xp.empty((self.hi - self.lo, self.d_in), dtype=t.dtype)
         self._yb = xp.empty(self.hi - self.lo, dtype=np.int64)
         self.eval_batch = t.eval_batch
+        self.name = d.name if d.name != "mnist" else f"IDX files in {d.path}"
 
     def batch(self, epoch, i):
         """Rank-local (x, targets) of global step i of `epoch`; normaliser = global batch size."""
@@ -173,6 +218,11 @@ class ClassificationTask:
 
     def items_per_step(self):
         return self.batch_size
+
+    def describe(self):
+        n = {k: len(y) for k, (_, y) in self.dev.items()}
+        return (f"{self.name}: {n['train']:,} train / {n['val']:,} val / {n['test']:,} test rows, "
+                f"{self.d_in} features, {self.n_out} classes")
 
     def evaluate(self, model, split, comm):
         """Mean loss and accuracy over `split`, each rank scoring its own contiguous part."""

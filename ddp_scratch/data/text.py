@@ -7,12 +7,12 @@ N ranks see exactly the windows one rank would. Evaluation scores fixed windows,
 contiguous part, summed with one small all-reduce.
 """
 import math
-import os
 
 import numpy as np
 
 from .. import backend as B
 from ..errors import ConfigError, DataError, UserError
+from ..fsutil import read_regular_file
 from .sharding import rank_bounds
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -45,17 +45,11 @@ class CharTokenizer:
 
 
 def read_text(path):
+    raw = read_regular_file(path, "data.path", DataError)
     try:
-        with open(os.path.expanduser(path), encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise DataError(f"data.path {path}: file not found (expected a UTF-8 text file)") from None
-    except IsADirectoryError:
-        raise DataError(f"data.path {path}: is a folder, expected a UTF-8 text file") from None
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"data.path {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    except OSError as e:
-        raise DataError(f"data.path {path}: cannot be read ({e.strerror})") from None
 
 
 # ----------------------------------------------------------------------------- addition problems
@@ -122,9 +116,16 @@ class TextTask:
         self._xb = np.empty((self.hi - self.lo, T), dtype=np.int64)
         self._yb = np.empty((self.hi - self.lo, T), dtype=np.int64)
         self.last = {}
+        d = cfg.data
+        self.name = f"addition of {d.digits}-digit numbers" if d.name == "addition" else f"text {d.path}"
 
     def items_per_step(self):
         return self.batch_size * self.T
+
+    def describe(self):
+        evals = ", ".join(f"{len(x):,} {s} windows" for s, (x, _, _) in self.evals.items())
+        return (f"{self.name}: {len(self.ids):,} train tokens" + (f", {evals}" if evals else "")
+                + f", vocabulary of {len(self.tok)} characters, context {self.T}")
 
     def batch(self, epoch, i):
         """Rank-local (x (b,T), targets (b,T), global number of scored targets) of one step."""

@@ -146,7 +146,7 @@ def test_exact_match_counts_whole_answers():
 
 
 def test_bad_input_gives_clear_errors(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="does not exist"):
         build_text_task(cfg_for("data.name=text", f"data.path={tmp_path / 'nope.txt'}"), 0, 1)
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"abc\xff\xfe")
