@@ -75,3 +75,31 @@ def device_name() -> str:
         return xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
     import platform
     return platform.processor() or platform.machine()
+
+
+def available_memory():
+    """(bytes free for a new allocation, where) on the device arrays live: the GPU's free memory
+    with CuPy; on the CPU the kernel's MemAvailable, capped by this cgroup's memory limit. None
+    for the bytes when it cannot be told."""
+    if name == "cupy":
+        free, _ = xp.cuda.runtime.memGetInfo()
+        return int(free), f"free on GPU {xp.cuda.Device().id}"
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:   # cgroup v2: a container's or a SLURM job's limit
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            room = int(limit) - used
+            avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    return avail, "available on this node"

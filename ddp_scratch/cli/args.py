@@ -14,6 +14,17 @@ def add_train_args(p):
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def check_train_args(a):
+    """The flags of `train` (also passed on by local and submit) that argparse cannot check."""
+    from ..errors import UserError
+    if a.stop_at_step < 0:
+        raise UserError(f"--stop-at-step: expected a step >= 1 (0 = no stop), got {a.stop_at_step}")
+    if a.resume and a.overwrite:
+        raise UserError("--resume and --overwrite: give one (continue the run, or start a new one over it)")
+    if a.out is not None and not a.out.strip():
+        raise UserError("--out: expected a folder, got an empty path")
+
+
 def default_out(config):
     return os.path.join("runs", os.path.splitext(os.path.basename(config))[0])
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from ..errors import UserError
-from .args import default_out
 
 # The entry point every spawned rank runs (also when we were started as `ddp-scratch`).
 LAUNCH_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "launch.py")
@@ -42,15 +41,14 @@ def find_mpiexec():
 
 
 def cmd_local(a):
-    from ..config import load_config
-    load_config(a.config, a.overrides)    # fail fast, once, before starting N processes
+    from .checks import preflight
     if a.ranks < 1:
         raise UserError(f"local -n: expected a number of ranks >= 1, got {a.ranks}")
+    _, out = preflight(a, a.ranks)        # fail fast, once, before starting N processes
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise UserError("local: no mpiexec found (pip install mpich, or load your cluster's MPI module)")
-    argv = [mpiexec, "-n", str(a.ranks), sys.executable, LAUNCH_PY, "train", a.config]
-    argv += ["--out", a.out or default_out(a.config)]
+    argv = [mpiexec, "-n", str(a.ranks), sys.executable, LAUNCH_PY, "train", a.config, "--out", out]
     for o in a.overrides:
         argv += ["--set", o]
     argv += [f for f, on in (("--resume", a.resume), ("--overwrite", a.overwrite), ("--quiet", a.quiet)) if on]
@@ -59,16 +57,151 @@ def cmd_local(a):
     return run_forwarding(argv)
 
 
-def run_forwarding(argv):
-    """Run a launcher, forward its exit status; one Ctrl-C ends every rank."""
-    proc = subprocess.Popen(argv, start_new_session=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGINT)
+# Signals a launcher passes on to the job it started (mpiexec forwards them to every rank). A
+# hang-up becomes TERM: mpiexec itself would die of it and leave the ranks without a stop request.
+FORWARD = {"SIGINT": "SIGINT", "SIGTERM": "SIGTERM", "SIGHUP": "SIGTERM", "SIGUSR1": "SIGUSR1", "SIGUSR2": "SIGUSR2"}
+SIGNAL_EXIT = {"SIGINT": 130}            # the ranks' exit status after a clean stop (else 75)
+
+
+class Launch:
+    """A launcher (mpiexec) run in its own session, so the terminal's Ctrl-C reaches only us and
+    we decide what the ranks get: the first INT/TERM/HUP/USR asks them to checkpoint and stop,
+    a second Ctrl-C ends them at once, a second TERM/HUP kills them. mpiexec's multi-line
+    banners are replaced by one line naming the rank that died and its signal."""
+
+    _count = 0
+
+    def __init__(self, argv, mpi=True):
+        self.argv, self.mpi = argv, mpi
+        Launch._count += 1
+        self.token = f"{os.getpid()}.{Launch._count}"      # marks the ranks of this job (environment)
+        self.signals = []           # names of the signals we received
+        self.ranks = {}             # pid -> rank, of the job's rank processes (scanned while alive)
+        self.banner = {}
+
+    def run(self):
+        import threading
+        env = dict(os.environ, DDP_LAUNCHER=self.token)
+        if sys.stderr.isatty():         # the ranks write into pipes: tell rank 0 a person is watching
+            env["DDP_PROGRESS"] = "tty"
+        pipe = subprocess.PIPE if self.mpi else None
+        proc = self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env, stdout=pipe, stderr=pipe)
+        old = {}
+        for name in FORWARD:
+            old[name] = signal.signal(getattr(signal, name), self._on_signal)
+        readers = []
+        if self.mpi:
+            readers = [threading.Thread(target=self._filter, args=(src, dst), daemon=True)
+                       for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+            for r in readers:
+                r.start()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        return 130
+            while proc.poll() is None:
+                if self.mpi:
+                    self._scan()
+                try:
+                    proc.wait(timeout=0.25)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            for name, h in old.items():
+                signal.signal(getattr(signal, name), h)
+        for r in readers:
+            r.join(timeout=5)
+        return self._status(proc.returncode)
+
+    def _on_signal(self, signum, frame):
+        name = signal.Signals(signum).name
+        self.signals.append(name)
+        proc = self.proc
+        if proc.poll() is not None:
+            return
+        if len(self.signals) == 1 or name == "SIGINT":
+            proc.send_signal(getattr(signal, FORWARD[name]))
+        else:                              # asked twice: do not wait for a clean stop
+            for pid in [*self.ranks, proc.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def _scan(self):
+        """pid -> rank of the job's ranks (each in a session of its own under mpiexec's proxy)."""
+        try:
+            pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+        except OSError:
+            return
+        for pid in pids:
+            if pid in self.ranks:
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+            except OSError:
+                continue
+            if f"DDP_LAUNCHER={self.token}".encode() not in env:
+                continue
+            rank = next((e.split(b"=", 1)[1] for e in env if e.startswith((b"PMI_RANK=", b"OMPI_COMM_WORLD_RANK="))), None)
+            if rank is not None and rank.isdigit():
+                self.ranks[pid] = int(rank)
+
+    NOISE = ("YOUR APPLICATION TERMINATED", "This typically refers", "Please see the FAQ", "Ctrl-C caught")
+
+    def _filter(self, src, dst):
+        """Pass one of the job's streams through, minus mpiexec's banners and Ctrl-C chatter
+        (parsed into self.banner). Pieces end at a newline or a carriage return, so a live
+        progress bar passes at once; a reader that went away (| head) is drained, never blocks."""
+        import re
+        buf = b""
+        while True:
+            chunk = os.read(src.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            pieces = re.split(rb"(?<=[\r\n])", buf)
+            buf = pieces.pop()                        # the unfinished rest
+            for raw in pieces:
+                text = raw.decode(errors="replace").strip()
+                m = re.match(r"=\s+PID (\d+) RUNNING AT (\S+)", text)
+                if m:
+                    self.banner["pid"], self.banner["host"] = int(m.group(1)), m.group(2)
+                m = re.search(r"EXIT STRING: .*\(signal (\d+)\)", text)
+                if m:
+                    self.banner["signal"] = int(m.group(1))
+                if (text.startswith("=") or text.startswith(self.NOISE) or (raw.strip() == b"" and raw != b"\r")
+                        or (text.startswith("[mpiexec@") and "Ctrl-C" in text)
+                        or "application called MPI_Abort" in text):
+                    continue
+                try:
+                    dst.buffer.write(raw)
+                    dst.flush()
+                except (OSError, ValueError):
+                    pass
+        if buf:
+            try:
+                dst.buffer.write(buf)
+                dst.flush()
+            except (OSError, ValueError):
+                pass
+
+    def _status(self, rc):
+        if self.signals.count("SIGINT") > 1:
+            return 130                     # Ctrl-C twice: mpiexec tore the ranks down
+        sig = self.banner.get("signal")
+        if sig and not self.signals:
+            pid = self.banner.get("pid")
+            rank = self.ranks.get(pid)
+            who = f"rank {rank}" if rank is not None else "a rank"
+            try:
+                signame = signal.Signals(sig).name
+            except ValueError:
+                signame = f"signal {sig}"
+            sys.stderr.write(f"error: {who} (pid {pid} on {self.banner.get('host', '?')}) was killed by "
+                             f"{signame}; mpiexec ended the other ranks (exit status {128 + sig})\n")
+            return 128 + sig
+        return rc
+
+
+def run_forwarding(argv):
+    """Run mpiexec with our signal forwarding; its exit status (see Launch)."""
+    return Launch(argv).run()

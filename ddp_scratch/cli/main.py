@@ -148,16 +148,24 @@ def main(argv=None):
     try:
         return HANDLERS[args.cmd](args)
     except UserError as e:
-        from ..parallel.world import initialized_world, launcher_rank
+        from ..parallel.world import abort_world, initialized_world, launcher_rank
         rank, size, mpi = initialized_world()
-        # Errors raised before MPI starts (config, CLI) or agreed collectively are the same on
-        # every rank: say them once, from rank 0.
-        if (mpi is None and launcher_rank() != 0) or (getattr(e, "collective", False) and rank != 0):
-            return e.exit_code
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        # Errors raised before MPI starts (config, CLI) or agreed by all ranks are the same on
+        # every rank, or said by one of them: say them once.
+        quiet = (mpi is None and launcher_rank() != 0) or (getattr(e, "collective", False) and rank != 0)
+        if not quiet:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        if size > 1 and not (getattr(e, "collective", False) or getattr(e, "agreed", False)):
+            abort_world(e.exit_code, settle_s=0.2)   # this rank alone: the others may sit in a collective
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
+        from ..parallel.world import initialized_world
+        rank, size, _ = initialized_world()
+        if rank == 0:
+            print("interrupted (a second Ctrl-C): stopped at once, no checkpoint written for this step",
+                  file=sys.stderr, flush=True)
+        if size > 1:
+            os._exit(130)   # no MPI_Finalize: a rank that sits in a collective would wait forever
         return 130
     except Exception as e:
         from ..parallel.world import abort_world, initialized_world
@@ -169,8 +177,7 @@ def main(argv=None):
             return e.code
         if size > 1:    # the other ranks may sit in a collective: take the whole world down now
             import traceback
-            traceback.print_exc()
-            print(f"error: rank {rank}: {type(e).__name__}: {e}; aborting all {size} ranks",
-                  file=sys.stderr, flush=True)
-            abort_world(1)
+            sys.stderr.write(traceback.format_exc() + f"error: rank {rank}: {type(e).__name__}: {e}; "
+                             f"aborting all {size} ranks\n")
+            abort_world(1, settle_s=0.2)
         raise

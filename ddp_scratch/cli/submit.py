@@ -47,7 +47,7 @@ class TrainTask:
         add_train_args(p)
         args = p.parse_args(self.argv()[1:])
         try:
-            cmd_train(args, handle_stop=False)
+            cmd_train(args)
         except Stopped as e:
             # Hand the signal on to submitit's handler: on rank 0 it calls checkpoint() and requeues.
             prev = getattr(e, "previous_handler", None)

@@ -89,6 +89,10 @@ class ParamSpace:
         return p
 
     @property
+    def itemsize(self):
+        return np.dtype(self.dtype).itemsize
+
+    @property
     def n_params(self):
         return sum(p.size for p in self.plist)
 

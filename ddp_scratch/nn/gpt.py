@@ -23,6 +23,7 @@ from .. import backend as B
 from ..errors import ConfigError
 from . import ops
 from .flat import N_EXTRAS, ParamSpace
+from .optim import optimizer_arrays
 from .ops import gelu_backward, gelu_forward, gelu_from_tanh
 from .transformer_ops import (attention_backward, attention_forward, causal_bias, dropout_mask,
                      embedding_backward, embedding_forward, layernorm_backward, layernorm_forward)
@@ -44,15 +45,6 @@ class Pool:
 
     def nbytes(self):
         return sum(a.nbytes for a in self.bufs.values())
-
-
-def _optimizer_arrays(o):
-    """Parameter-sized state arrays optim.py keeps (besides its one update scratch)."""
-    if o is None or o.name in ("adam", "adamw"):
-        return 2 + bool(o is not None and o.amsgrad)
-    if o.name == "sgd":
-        return 1
-    return 1 + (o.momentum > 0) + bool(o.centered)     # rmsprop
 
 
 def _data(p):
@@ -155,7 +147,7 @@ class GPT:
     resumes or shards sets both (set_step), so masks match a single-process run exactly."""
 
     def __init__(self, vocab_size, block_size=64, n_layer=4, n_head=4, d_model=128, dropout=0.0,
-                 bias=True, dtype="float32", seed=0, optim=None):
+                 bias=True, dtype="float32", seed=0, optim=None, build=True):
         if d_model % n_head:
             raise ConfigError(f"model.d_model: expected a multiple of model.n_head ({n_head}), got {d_model}")
         if not 0.0 <= dropout < 1.0:
@@ -168,16 +160,21 @@ class GPT:
         self.blocks = [Block(sp, i, d_model, n_head, n_layer, bias) for i in range(n_layer)]
         self.lnf_w = sp.param("lnf.w", (d_model,), "ones", decay=False)    # (C,)
         self.lnf_b = sp.param("lnf.b", (d_model,), "zeros", decay=False) if bias else None
-        sp.build(seed)
         self.act, self.tmp = Pool(dtype), Pool(dtype)
-        self.bias = B.xp.asarray(causal_bias(block_size, dtype))          # (Tmax,Tmax)
         self.step, self.row0, self.train_shape = 0, 0, None
+        if not build:                     # parameters declared, nothing allocated (size checks)
+            return
+        sp.build(seed)
+        self.bias = B.xp.asarray(causal_bias(block_size, dtype))          # (Tmax,Tmax)
 
     @classmethod
-    def from_config(cls, cfg, n_out, seed):
+    def from_config(cls, cfg, n_out, seed, build=True):
         m = cfg.model
         return cls(n_out, m.block_size, m.n_layer, m.n_head, m.d_model, m.dropout, m.bias,
-                   cfg.train.dtype, seed, cfg.optim)
+                   cfg.train.dtype, seed, cfg.optim, build)
+
+    def describe(self):
+        return f"gpt, {self.L} layers x {self.H} heads, d_model {self.C}, context {self.Tmax}"
 
     def set_step(self, step, row0=0):
         self.step, self.row0 = int(step), int(row0)
@@ -267,14 +264,18 @@ class GPT:
         block = 16 * N * C + 4 * N + att + (att + 2 * N * C if p else 0)
         act = N * C * (1 + p) + L * block + N * C + 2 * N + 2 * N * V   # emb, blocks, lnf, logits+probs
         scratch = 16 * N * C + att + (N * C + att if p else 0)
-        it = self.space.params.itemsize
+        it = self.space.itemsize
         return act * it, scratch * it
+
+    def activation_bytes(self, rows):
+        """Activations and scratch for `rows` sequences of the full context."""
+        return sum(self.memory_bytes(rows, self.Tmax))
 
     def memory_report(self, n_items):
         """Bytes per rank for the local batch of the last training step (or n_items tokens)."""
         Bn, T = self.train_shape or (max(1, n_items // self.Tmax), self.Tmax)
-        it, P = self.space.params.itemsize, self.space.n_params
-        n_state = _optimizer_arrays(self.optim)
+        it, P = self.space.itemsize, self.space.n_params
+        n_state = optimizer_arrays(self.optim)
         act, scratch = self.memory_bytes(Bn, T)
         mem = {"params": P * it, "grads": (P + N_EXTRAS) * it,
                "optimizer": (n_state + 1) * P * it,   # state arrays + one update scratch

@@ -18,7 +18,7 @@ from .layers import Activation, Linear
 
 class MLP:
     def __init__(self, d_in, n_out, hidden, activation="relu", init="auto", dtype="float32",
-                 seed=0, loss="xent"):
+                 seed=0, loss="xent", build=True):
         if activation not in ops.ACTIVATIONS:
             raise ConfigError(f"model.activation: expected one of {', '.join(ops.ACTIVATIONS)}, got {activation!r}")
         if loss not in ("xent", "mse"):
@@ -34,7 +34,8 @@ class MLP:
             if i < len(self.dims) - 2:
                 self.layers.append(Activation(activation, dtype))
         self._probs_ws = None          # (N, V) softmax / dlogits workspace
-        self.space.build(seed)
+        if build:                      # build=False: parameters declared, nothing allocated
+            self.space.build(seed)
 
     def predict(self, x):                  # x (N, D_in) -> logits (N, V)
         for layer in self.layers:
@@ -64,6 +65,14 @@ class MLP:
             d = ops.mse_backward(self._dlogits, self._scale)
         for layer in reversed(self.layers):
             d = layer.backward(d)
+
+    def describe(self):
+        return f"mlp {'-'.join(map(str, self.dims))} ({self.layers[1].kind if len(self.layers) > 1 else 'linear'})"
+
+    def activation_bytes(self, rows):
+        """Bytes of outputs, input gradients and activation scratch for a batch of `rows`."""
+        per_row = sum(2 * a + 3 * b for a, b in zip(self.dims[:-1], self.dims[1:])) + 2 * self.dims[-1]
+        return rows * per_row * self.space.itemsize
 
     def flops_per_step(self, n):
         """Forward 2·N·a·b per linear; backward 2·N·a·b for dW and again for dx (not layer 0)."""

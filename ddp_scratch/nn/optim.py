@@ -182,6 +182,15 @@ def build_optimizer(cfg, space):
     raise ConfigError(f"optim.name: expected one of sgd, adam, adamw, rmsprop, got {cfg.name!r}")
 
 
+def optimizer_arrays(o):
+    """Parameter-sized state arrays an optimizer of config `o` keeps (besides its update scratch)."""
+    if o is None or o.name in ("adam", "adamw"):
+        return 2 + bool(o is not None and o.amsgrad)
+    if o.name == "sgd":
+        return 1
+    return 1 + (o.momentum > 0) + bool(o.centered)     # rmsprop
+
+
 def lr_at(cfg, step: int, total_steps: int) -> float:
     """Learning rate for 0-based `step`: linear warm-up, then constant / step decay / cosine."""
     base, warm = cfg.lr, cfg.warmup_steps

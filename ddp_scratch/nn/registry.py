@@ -1,14 +1,29 @@
-"""Models by name: the one place a config's `model.name` becomes a model object."""
+"""Models by name: the one place a config's `model.name` becomes a model object, and the
+memory a model will need, known before anything is allocated."""
 from ..errors import ConfigError
+from .flat import N_EXTRAS
+from .optim import optimizer_arrays
 
 
-def build_model(cfg, d_in, n_out, seed):
-    """cfg: the whole Config. d_in/n_out come from the data (features, classes or vocab)."""
+def build_model(cfg, d_in, n_out, seed, build=True):
+    """cfg: the whole Config. d_in/n_out come from the data (features, classes or vocab).
+    build=False declares the parameters without allocating them (for memory_estimate)."""
     m = cfg.model
     if m.name == "mlp":
         from .mlp import MLP
-        return MLP(d_in, n_out, m.hidden, m.activation, m.init, cfg.train.dtype, seed, cfg.train.loss)
+        return MLP(d_in, n_out, m.hidden, m.activation, m.init, cfg.train.dtype, seed, cfg.train.loss, build)
     if m.name == "gpt":
         from .gpt import GPT
-        return GPT.from_config(cfg, n_out, seed)
+        return GPT.from_config(cfg, n_out, seed, build)
     raise ConfigError(f"model.name: expected mlp or gpt, got {m.name!r}")
+
+
+def memory_estimate(cfg, d_in, n_out, rows, eval_rows):
+    """Bytes per rank, by part, of a model trained on `rows` per step and evaluated `eval_rows` at
+    a time: parameters, gradients, optimizer state (+ its update scratch), activations and scratch
+    of the training batch and of the evaluation batch. A lower bound: NumPy temporaries aside."""
+    model = build_model(cfg, d_in, n_out, 0, build=False)
+    P, it = model.space.n_params, model.space.itemsize
+    return {"params": P * it, "grads": (P + N_EXTRAS) * it,
+            "optimizer": (optimizer_arrays(cfg.optim) + 1) * P * it,
+            "activations": model.activation_bytes(rows) + model.activation_bytes(eval_rows)}

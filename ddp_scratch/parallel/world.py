@@ -312,11 +312,13 @@ def launcher_rank():
     return 0
 
 
-def abort_world(code=1):
+def abort_world(code=1, settle_s=0.0):
     """End every rank of an initialised world now (a rank-local failure while others may sit in
-    a collective); this process alone when there is no world."""
+    a collective); this process alone when there is no world. `settle_s`: a pause first, so the
+    launcher forwards what this rank just wrote before the abort tears the job down."""
     sys.stdout.flush()
     sys.stderr.flush()
+    time.sleep(settle_s)
     rank, size, mpi = initialized_world()
     if mpi is not None and size > 1:
         mpi.COMM_WORLD.Abort(code)

@@ -5,12 +5,11 @@ checkpoint intact; loaded with allow_pickle=False and validated before anything 
 """
 import io
 import json
-import zipfile
 
 import numpy as np
 
 from ..errors import CheckpointError
-from ..fsutil import atomic_write_bytes
+from ..fsutil import atomic_write_bytes, read_regular_file
 
 FORMAT = "ddp_scratch-checkpoint"
 VERSION = 1
@@ -26,25 +25,26 @@ def save(path, arrays: dict, meta: dict):
 
 def load(path):
     """-> (arrays dict, meta dict). CheckpointError for anything that is not our checkpoint."""
+    raw = read_regular_file(path, "checkpoint", CheckpointError)
+    if not raw.startswith(b"PK\x03\x04"):
+        what = "empty" if not raw else f"starts with bytes {raw[:4].hex()}"
+        raise CheckpointError(f"checkpoint {path} is not an .npz file ({what}; an .npz is a zip archive "
+                              "written by ddp_scratch)")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} not found") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"checkpoint {path} is a directory, expected an .npz file") from None
     except ValueError as e:
         if "pickle" in str(e):
             raise CheckpointError(f"checkpoint {path} holds pickled Python objects; refused "
                                   "(loading them could run code)") from None
         raise CheckpointError(f"checkpoint {path} is not a valid .npz file ({e})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+    except Exception as e:    # a damaged zip can fail in zipfile, zlib, struct, memory, ...
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}); "
                               "expected an .npz written by ddp_scratch") from None
     blob = arrays.pop("__meta__", None)
     try:
-        meta = json.loads(bytes(blob).decode()) if blob is not None else None
-    except (ValueError, UnicodeDecodeError):
+        meta = json.loads(blob.tobytes().decode()) if blob is not None and blob.dtype == np.uint8 else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} was not written by ddp_scratch (no valid metadata)")
@@ -52,7 +52,30 @@ def load(path):
         raise CheckpointError(f"checkpoint {path} has format version {meta.get('version')}, expected {VERSION}")
     if "params" not in arrays:
         raise CheckpointError(f"checkpoint {path} has no 'params' array")
+    bad = next((k for k, a in arrays.items() if a.dtype.kind not in "fiu"), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path}: array {bad!r} has dtype {arrays[bad].dtype}, expected numbers")
     return arrays, meta
+
+
+def field(meta, path, key, kind):
+    """meta[key] checked to be of `kind` (int, dict, list, ...), else a CheckpointError naming it."""
+    v = meta.get(key)
+    if v is None:
+        raise CheckpointError(f"checkpoint {path}: metadata lacks {key!r}")
+    if isinstance(v, bool) or not isinstance(v, kind):
+        raise CheckpointError(f"checkpoint {path}: metadata {key!r} is {type(v).__name__} {v!r:.40}, "
+                              f"expected {kind.__name__}")
+    return v
+
+
+def check_array(a, path, name, shape, dtype):
+    """An array of the checkpoint has the shape and dtype the model needs, and finite values."""
+    if a.shape != shape or a.dtype != dtype:
+        raise CheckpointError(f"checkpoint {path}: array {name!r} is {a.dtype}{list(a.shape)}, "
+                              f"expected {dtype}{list(shape)} for this model")
+    if not np.isfinite(a).all():
+        raise CheckpointError(f"checkpoint {path}: array {name!r} holds non-finite values")
 
 
 def diff_fingerprints(saved: dict, current: dict, prefix=""):

@@ -1,29 +1,125 @@
-"""The rank-0 progress display of a training run."""
+"""What a person sees of a run on rank 0: the start-up lines, one progress display, the last line.
+
+On a terminal the progress is one live bar, redrawn in place; in a log file (SLURM, CI, `| tee`)
+it is about ten plain lines per run, whatever train.log_every says. Both show the latest training
+loss and, once there is one, the latest validation result, and an ETA computed from the steps
+this process ran (so it is right after a resume too).
+"""
+import os
 import sys
 import time
 
+from .. import backend as B
+
+
+def _si(n):
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _duration(s):
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def headline(task_metrics: dict):
+    """(name, value) of the metric that matters for the task, from a summary."""
+    for key, name in (("exact_match", "test_exact_match"), ("test_accuracy", "test_accuracy"),
+                      ("val_exact_match", "val_exact_match"), ("val_loss", "val_loss"),
+                      ("val_accuracy", "val_accuracy"), ("train_loss", "train_loss")):
+        if task_metrics.get(key) is not None:
+            return name, task_metrics[key]
+    return None, None
+
+
+def startup_text(tr):
+    """What is about to happen, said once before the first step (rank 0) of trainer `tr`."""
+    cfg, comm, t = tr.cfg, tr.comm, tr.cfg.train
+    nodes = sorted(set(tr.hosts))
+    where = (f"{comm.size} rank{'s' * (comm.size > 1)} on {len(nodes)} node{'s' * (len(nodes) > 1)} "
+             f"({', '.join(nodes[:4])}{', ...' if len(nodes) > 4 else ''})")
+    threads = os.environ.get("OMP_NUM_THREADS", "?")
+    dev = f"{B.name} on {B.device_name()}" + ("" if B.on_gpu() else " (CPU)")
+    lo, hi = t.batch_size // comm.size, -(-t.batch_size // comm.size)
+    per = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    ev = f"every {t.eval_every} steps" if t.eval_every else "every epoch"
+    epochs = tr.total_steps / tr.spe
+    model = getattr(tr.model, "describe", lambda: cfg.model.name)()
+    lines = [
+        f"ddp_scratch: {where}; {dev}, {threads} thread(s) per rank",
+        f"  model: {model}, {tr.space.n_params:,} parameters, {t.dtype}; "
+        f"optimizer {cfg.optim.name}, lr {cfg.optim.lr:g} ({cfg.optim.schedule})",
+        f"  data:  {tr.task.describe()}",
+        f"  batch: {t.batch_size} global = {per} per rank; {tr.total_steps:,} steps = "
+        + (f"{epochs:,.0f}" if epochs == int(epochs) else f"{epochs:,.2f}")
+        + f" epochs of {tr.spe:,} steps; validation {ev}",
+    ]
+    lines.append(f"  out:   {tr.opts.out}" + (f" (resuming from step {tr.resumed_from:,})" if tr.resumed_from else ""))
+    return "\n".join(lines)
+
+
+def final_line(s, out):
+    """The run's last line: status, steps, the task's headline metric, throughput, where it went."""
+    unit = "tokens" if s.get("tokens_per_s") is not None else "samples"
+    rate = s.get(f"{unit}_per_s") or 0.0
+    parts = [f"{s['status']}: step {s['steps']}/{s.get('total_steps', s['steps'])}"]
+    name, value = headline(s)
+    if s.get("train_loss") is not None and name != "train_loss":
+        parts.append(f"train_loss {s['train_loss']:.4f}")
+    if name is not None:
+        parts.append(f"{name} {value:.4f}")
+    if rate:
+        parts.append(f"{_si(rate)} {unit}/s")
+    return ", ".join(parts) + f" -> {out}/summary.json"
+
 
 class Progress:
-    """A one-line progress bar on a terminal, periodic plain lines otherwise (logs, SLURM)."""
+    """One progress display (rank 0): a live bar on a terminal, ~10 plain lines otherwise."""
 
-    def __init__(self, total, enabled=True, every=10, stream=sys.stderr):
-        self.total, self.enabled, self.every, self.stream = total, enabled, every, stream
-        self.tty = enabled and stream.isatty()
-        if not self.tty:   # logs (SLURM, CI): about ten lines per run, not one per log_every
-            self.every = max(every, total // 10)
+    def __init__(self, total, start=0, enabled=True, stream=None, lines=10, unit="samples"):
+        self.stream = stream or sys.stderr
+        self.total, self.start, self.enabled, self.unit = total, start, enabled, unit
+        self.tty = enabled and (self.stream.isatty() or os.environ.get("DDP_PROGRESS") == "tty")
+        remaining = max(1, total - start)
+        self.every = max(1, -(-remaining // lines))
         self.t0 = time.perf_counter()
+        self.last_draw = 0.0
+        self.val = ""
 
-    def update(self, step, text=""):
-        if not self.enabled or not (self.tty or step % self.every == 0 or step == self.total):
-            return
-        frac = step / max(1, self.total)
+    def set_validation(self, rec):
+        keys = [k for k in ("val_loss", "val_accuracy", "val_exact_match") if rec.get(k) is not None]
+        self.val = " ".join(f"{k} {rec[k]:.4f}" for k in keys)
+
+    def _eta(self, step):
+        done = step - self.start
         el = time.perf_counter() - self.t0
-        eta = el / frac - el if frac > 0 else 0.0
+        return el / done * (self.total - step) if done > 0 else None
+
+    def update(self, step, epoch, loss, rate):
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        last = step == self.total
         if self.tty:
-            bar = "#" * int(30 * frac)
-            self.stream.write(f"\r[{bar:<30}] {step}/{self.total} {text} eta {eta:5.0f}s ")
+            if not last and now - self.last_draw < 0.1:      # ~10 redraws a second at most
+                return
+            self.last_draw = now
+            frac = step / max(1, self.total)
+            eta = self._eta(step)
+            bar = "#" * int(24 * frac)
+            text = (f"\r[{bar:<24}] {step}/{self.total} ep {epoch:.2f} loss {loss:.4f}"
+                    + (f" | {self.val}" if self.val else "") + f" | {_si(rate)} {self.unit}/s"
+                    + (f" | eta {_duration(eta)}" if eta is not None else ""))
+            self.stream.write(text + "\x1b[K")
         else:
-            self.stream.write(f"step {step}/{self.total} {text} eta {eta:.0f}s\n")
+            if not (last or (step - self.start) % self.every == 0):
+                return
+            eta = self._eta(step)
+            self.stream.write(f"step {step}/{self.total} (epoch {epoch:.2f}): loss {loss:.4f}"
+                              + (f", {self.val}" if self.val else "") + f", {_si(rate)} {self.unit}/s"
+                              + (f", eta {_duration(eta)}" if eta is not None and not last else "") + "\n")
         self.stream.flush()
 
     def close(self):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import time
@@ -22,15 +23,21 @@ from ..errors import CheckpointError, ConfigError, UserError
 from ..fsutil import atomic_write_text
 from ..nn.flat import EXTRA_CORRECT, EXTRA_ITEMS, EXTRA_LOSS, EXTRA_NONFINITE, EXTRA_STOP
 from ..nn.optim import build_optimizer, lr_at
-from ..nn.registry import build_model
+from ..nn.registry import build_model, memory_estimate
 from ..parallel.world import Comm
-from ..study.metrics import StepTimes, energy_meter, now, peak_rss_bytes, scaling_metrics
+from ..study.metrics import StepTimes, energy_meter, now
 from . import checkpoint as ckpt
-from .progress import Progress
+from .preflight import check_memory, check_out_folder, make_out_folder, synthetic_bytes
+from .progress import Progress, startup_text
+from .summary import RunState, build_summary
 
 EXIT_PREEMPTED = 75     # EX_TEMPFAIL: checkpoint written after a stop signal; requeue and --resume
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C, checkpoint written
 EXIT_NONFINITE = 4
-STOP_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")
+STOP_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGHUP", "SIGINT")
+# A stop request rides in one slot of the all-reduced statistics: 1 per rank that saw a stop
+# signal, INTERRUPT per rank that saw Ctrl-C (so the sum tells which, on every rank alike).
+INTERRUPT = 65536.0
 
 
 class Stopped(Exception):
@@ -82,24 +89,43 @@ class Trainer:
                 err = e
             self._agree(err, what)
 
-    def _agree(self, err, what):
-        failed = self.comm.allgather(err is not None, what, max(self.comm.timeout_s, 600.0))
+    def _agree(self, err, what, timeout_s=None):
+        """Every rank learns whether any failed; the lowest failing rank raises its error (marked
+        as agreed: no abort needed), the others leave quietly with the same exit status."""
+        failed = self.comm.allgather(err is not None, what, timeout_s or max(self.comm.timeout_s, 600.0))
         if any(failed):
             if err is not None and failed.index(True) == self.comm.rank:
+                err.agreed = True
                 raise err
             raise SystemExit(2)
 
+    def _save_agreed(self):
+        """Write the checkpoint (rank 0), and let every rank know whether that worked: a full disk
+        on rank 0 must not leave the others waiting in the next collective."""
+        err = None
+        try:
+            self.save_checkpoint()
+        except UserError as e:
+            err = e
+        if self.comm.size > 1:
+            self._agree(err, f"checkpoint write at step {self.step}", self.comm.timeout_s)
+        elif err is not None:
+            raise err
+
     # ------------------------------------------------------------------ set-up
     def _setup(self):
-        cfg, comm = self.cfg, self.comm
+        cfg, comm, opts = self.cfg, self.comm, self.opts
         B.use(cfg.backend, device=comm.local_rank)
         if cfg.train.batch_size < comm.size:
             raise ConfigError(f"train.batch_size: the global batch ({cfg.train.batch_size}) must be at least "
                               f"the number of ranks ({comm.size})")
-        if os.path.exists(self.ckpt_path) and not (self.opts.resume or self.opts.overwrite):
-            raise UserError(f"{self.ckpt_path} already exists: pass --resume to continue it or "
-                            "--overwrite to start a new run over it")
+        check_out_folder(opts.out, opts.resume, opts.overwrite)
+        check_memory("the synthetic dataset", {"data": synthetic_bytes(cfg)}, comm.local_size)
         self.task = build_task(cfg, comm.rank, comm.size)
+        rows = -(-cfg.train.batch_size // comm.size)
+        eval_rows = rows if cfg.model.name == "gpt" else min(cfg.train.eval_batch, 1 << 20)
+        check_memory(f"model {cfg.model.name}", memory_estimate(cfg, self.task.d_in, self.task.n_out, rows, eval_rows),
+                     comm.local_size)
         self.model = build_model(cfg, self.task.d_in, self.task.n_out, cfg.train.seed)
         self.space = self.model.space
         self.opt = build_optimizer(cfg.optim, self.space)
@@ -109,10 +135,12 @@ class Trainer:
         if t.max_steps:
             self.total_steps = min(self.total_steps, t.max_steps) if t.epochs else t.max_steps
         self.step = 0
+        self.state = RunState()
         self.fp = cfg.fingerprint()
-        if self.opts.resume and os.path.exists(self.ckpt_path):
+        if opts.resume and os.path.exists(self.ckpt_path):
             self._load_checkpoint()
         self.resumed_from = self.step
+        self.complete = opts.resume and self.step > 0 and self.step >= self.total_steps
 
     def _setup_shared(self):
         """The collective part of the set-up: NCCL, identical starting parameters, the reducer."""
@@ -121,21 +149,31 @@ class Trainer:
             self.comm.use_nccl()
         self.comm.broadcast_(self.space.params, what="initial parameter broadcast")
         self.overlap = self.comm.overlapped(self.space, c.bucket_mb, c.first_bucket_mb) if c.overlap else None
+        self.hosts = self.comm.allgather(platform.node(), "host names")
 
     def _load_checkpoint(self):
-        arrays, meta = ckpt.load(self.ckpt_path)
-        diffs = ckpt.diff_fingerprints(meta.get("fingerprint", {}), self.fp)
+        path = self.ckpt_path
+        arrays, meta = ckpt.load(path)
+        diffs = ckpt.diff_fingerprints(ckpt.field(meta, path, "fingerprint", dict), self.fp)
         if diffs:
-            raise CheckpointError(f"checkpoint {self.ckpt_path} does not match the config: {diffs[0]}"
+            raise CheckpointError(f"checkpoint {path} does not match the config: {diffs[0]}"
                                   + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""))
-        if meta.get("layout") != self.space.layout() or arrays["params"].shape != self.space.params.shape:
-            raise CheckpointError(f"checkpoint {self.ckpt_path} holds parameters of another model layout")
+        if ckpt.field(meta, path, "layout", list) != self.space.layout():
+            raise CheckpointError(f"checkpoint {path} holds parameters of another model layout")
+        state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
+        for name, a in [("params", arrays["params"]), *((f"opt.{k}", v) for k, v in state.items())]:
+            ckpt.check_array(a, path, name, self.space.params.shape, self.space.params.dtype)
+        missing = [n for n in self.opt.state_names if n not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks optimizer state {missing[0]!r} "
+                                  f"(optimizer {self.cfg.optim.name})")
+        step = ckpt.field(meta, path, "step", int)
+        if step < 0:
+            raise CheckpointError(f"checkpoint {path}: metadata 'step' is {step}, expected >= 0")
+        self.state = RunState.from_meta(meta.get("run"), f"checkpoint {path}")
         self.space.params[...] = B.xp.asarray(arrays["params"])
-        try:
-            self.opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")} | {"t": meta["opt_t"]})
-        except KeyError as e:
-            raise CheckpointError(f"checkpoint {self.ckpt_path} lacks optimizer state {e}") from None
-        self.step = int(meta["step"])
+        self.opt.load_state_dict(state | {"t": ckpt.field(meta, path, "opt_t", int)})
+        self.step = step
 
     def save_checkpoint(self):
         if self.comm.rank != 0:
@@ -147,7 +185,7 @@ class Trainer:
         epoch, i = divmod(self.step, self.spe)
         meta = {"step": self.step, "epoch": epoch, "step_in_epoch": i, "opt_t": self.opt.t,
                 "fingerprint": self.fp, "config_hash": config_hash(self.fp), "layout": self.space.layout(),
-                "config": self.cfg.to_dict(), "world_size": self.comm.size,
+                "config": self.cfg.to_dict(), "world_size": self.comm.size, "run": self.state.to_meta(),
                 "rng": "stateless: data order from (train.seed, epoch), dropout from (train.seed, step)"}
         if getattr(self.task, "vocab", None):      # text tasks: the tokenizer, for `launch.py sample`
             meta["vocab"] = self.task.vocab
@@ -158,6 +196,9 @@ class Trainer:
         def handler(signum, frame):
             # Only noted here: the ranks agree on stopping through the next all-reduce, since a
             # signal may reach the ranks during different steps (or reach only some of them).
+            # A second Ctrl-C does not wait for the step: it ends the run now.
+            if signum == signal.SIGINT and self.signum == signal.SIGINT:
+                raise KeyboardInterrupt
             self.signal_seen = True
             self.signum = signum
         self.signum, self.previous_handlers = None, {}
@@ -191,7 +232,7 @@ class Trainer:
         space.finish_grads()
         ex[EXTRA_LOSS], ex[EXTRA_CORRECT], ex[EXTRA_ITEMS] = loss, correct, y.size
         ex[EXTRA_NONFINITE] = 0.0 if math.isfinite(loss) else 1.0
-        ex[EXTRA_STOP] = 1.0 if self.signal_seen else 0.0
+        ex[EXTRA_STOP] = 0.0 if not self.signal_seen else INTERRUPT if self.signum == signal.SIGINT else 1.0
         t1 = now()
         if self.overlap is not None:
             self.comm.all_reduce_overlapped_finish(self.overlap)
@@ -202,7 +243,7 @@ class Trainer:
         gnorm = math.sqrt(float(B.xp.dot(g, g)))
         stats = B.to_numpy(ex).astype(np.float64)
         if stats[EXTRA_STOP] > 0:
-            self.stop_requested = True
+            self.stop_requested = "interrupted" if stats[EXTRA_STOP] >= INTERRUPT else "preempted"
         if stats[EXTRA_NONFINITE] > 0 or not math.isfinite(gnorm):
             return self._nonfinite(stats, gnorm), t1 - t0, t2 - t1
         self.skips = 0
@@ -216,7 +257,7 @@ class Trainer:
         t = self.cfg.train
         what = "loss" if stats[EXTRA_NONFINITE] > 0 else "gradient norm"
         if t.nonfinite == "skip":
-            self.skipped += 1
+            self.state.skipped += 1
             self.skips += 1
             if self.skips <= t.max_skips:
                 return stats
@@ -228,77 +269,92 @@ class Trainer:
                         "try a lower optim.lr or train.nonfinite=skip)")
 
     def run(self):
-        cfg, comm, opts = self.cfg, self.comm, self.opts
+        """Train to total_steps (or a stop); returns the summary, or None when a resumed run was
+        already complete (then nothing is written)."""
+        cfg, comm, opts, st = self.cfg, self.comm, self.opts, self.state
+        if self.complete:
+            return None
         if comm.rank == 0:
-            os.makedirs(opts.out, exist_ok=True)
-        self.skipped = self.skips = 0
+            make_out_folder(opts.out)
+            if not opts.quiet:
+                print(startup_text(self), flush=True)
+        self.skips = 0
         self.gnorm = 0.0
         self.wandb = _wandb_init(cfg, opts.out) if comm.rank == 0 and cfg.logging.wandb else None
-        times = StepTimes(self.total_steps - self.step)
-        prog = Progress(self.total_steps, enabled=comm.rank == 0 and cfg.logging.progress and not opts.quiet,
-                        every=cfg.train.log_every)
-        history, ep_loss, ep_correct, ep_items, ep_steps = [], 0.0, 0.0, 0.0, 0
-        train_s, status = 0.0, "completed"
+        times = StepTimes()
+        prog = Progress(self.total_steps, start=self.step, unit=self.task.items,
+                        enabled=comm.rank == 0 and cfg.logging.progress and not opts.quiet)
+        status, t = "completed", cfg.train
         self.check_consistency("start")
         self.energy = energy_meter(cfg, comm)
         epoch, i = divmod(self.step, self.spe)
+        ips = self.task.items_per_step()
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             with np.errstate(over="ignore", invalid="ignore"):   # non-finite values are handled by policy
                 stats, c_s, m_s = self.train_step(epoch, i)
             B.synchronize()              # the optimizer's kernels belong to this step's time
             dt = time.perf_counter() - t0
-            train_s += dt
+            st.train_s += dt
             times.add(c_s, m_s, dt)
             if not self.skips:      # a skipped step contributes nothing, not even to the averages
-                ep_loss += stats[EXTRA_LOSS]
-                ep_correct += stats[EXTRA_CORRECT]
-                ep_items += self.n_items     # global count of scored targets (the loss normaliser)
-                ep_steps += 1
+                st.ep_loss += stats[EXTRA_LOSS]
+                st.ep_correct += stats[EXTRA_CORRECT]
+                st.ep_items += self.n_items     # global count of scored targets (the loss normaliser)
+                st.ep_steps += 1
             self.step += 1
             i += 1
             comm.step = self.step
-            prog.update(self.step, f"loss {stats[EXTRA_LOSS]:.4f}")
-            t = cfg.train
             end_of_epoch = i == self.spe
-            if end_of_epoch or (t.eval_every and self.step % t.eval_every == 0) or self.step == self.total_steps:
-                rec = {"step": self.step, "epoch": epoch + (i / self.spe),
-                       "train_loss": ep_loss / max(1, ep_steps),
-                       "train_accuracy": ep_correct / max(1.0, ep_items), "lr": lr_at(cfg.optim, self.step - 1, self.total_steps),
-                       "samples_per_s": self._rate(times)}
-                rec.update({f"val_{k}": v for k, v in self.task.evaluate(self.model, "val", comm).items()})
-                history.append(rec)
-                self._log(rec)
+            if (t.eval_every and self.step % t.eval_every == 0) or (not t.eval_every and end_of_epoch) \
+                    or self.step == self.total_steps:
+                self._evaluate(epoch + i / self.spe, times, prog)
+            prog.update(self.step, epoch + i / self.spe, stats[EXTRA_LOSS], times.rate(ips))
             if end_of_epoch:
                 epoch, i = epoch + 1, 0
-                ep_loss = ep_correct = ep_items = 0.0
-                ep_steps = 0
+                st.end_epoch()
             if t.check_every and self.step % t.check_every == 0:
                 self.check_consistency(f"step {self.step}")
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                self.save_checkpoint()
+                self._save_agreed()
             if opts.stop_at_step and self.step >= opts.stop_at_step and self.step < self.total_steps:
                 status = "stopped"
                 break
             if self.stop_requested and self.step < self.total_steps:
-                status = "preempted"
+                status = self.stop_requested
                 break
         prog.close()
-        energy = self.energy.stop(flops=0.0, seconds=train_s) if self.energy else None
-        self.save_checkpoint()
-        summary = self._summary(history, times, train_s, status, energy)
+        energy = self.energy.stop(flops=0.0, seconds=st.train_s) if self.energy else None
+        self._save_agreed()
+        summary = build_summary(self, times, status, energy)
         if comm.rank == 0:
             atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
             if self.wandb:
                 self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
                 self.wandb.finish()
-        if status == "preempted":
-            e = Stopped(EXIT_PREEMPTED, f"stop signal: checkpoint written at step {self.step}; "
-                        "requeue and run with --resume")
-            e.signum = self.signum or signal.SIGUSR2      # a rank that saw none still stops
+        if status in ("preempted", "interrupted"):
+            code = EXIT_INTERRUPTED if status == "interrupted" else EXIT_PREEMPTED
+            e = Stopped(code, f"{'interrupted' if code == EXIT_INTERRUPTED else 'stop signal'}: checkpoint "
+                        f"written at step {self.step}; continue with --resume")
+            e.signum = self.signum or (signal.SIGINT if code == EXIT_INTERRUPTED else signal.SIGUSR2)
             e.previous_handler = self.previous_handlers.get(e.signum)   # e.g. submitit's requeue
+            e.summary = summary
             raise e
         return summary
+
+    def _evaluate(self, epoch, times, prog):
+        """One validation pass (a collective), recorded in the learning curve."""
+        cfg, st = self.cfg, self.state
+        rec = {"step": self.step, "epoch": epoch,
+               "train_loss": st.ep_loss / max(1, st.ep_steps),
+               "train_accuracy": st.ep_correct / max(1.0, st.ep_items),
+               "lr": lr_at(cfg.optim, self.step - 1, self.total_steps),
+               f"{self.task.items}_per_s": times.rate(self.task.items_per_step())}
+        rec.update({f"val_{k}": v for k, v in self.task.evaluate(self.model, "val", self.comm).items()})
+        st.history.append(rec)
+        prog.set_validation(rec)
+        if self.wandb:
+            self.wandb.log(rec, step=rec["step"])
 
     def check_consistency(self, when):
         """Cheap parameter checksum compared across ranks: catches silent divergence."""
@@ -310,56 +366,7 @@ class Trainer:
         bad = [r for r, v in enumerate(allv) if v != allv[0]]
         if bad:
             raise RankDivergence(f"ranks diverged at {when}: parameters on rank(s) {bad} differ from rank 0 "
-                               f"(checksums {allv[0]} vs {allv[bad[0]]})")
-
-    def _rate(self, times):
-        rows = times.rows()
-        return float(self.task.items_per_step() * len(rows) / rows[:, 2].sum()) if len(rows) else 0.0
-
-    def _log(self, rec):
-        if self.comm.rank != 0:
-            return
-        if not self.opts.quiet:
-            vals = " ".join(f"{k} {v:.4g}" for k, v in rec.items() if k not in ("step", "epoch"))
-            print(f"epoch {rec['epoch']:.2f} step {rec['step']}: {vals}", file=sys.stderr, flush=True)
-        if self.wandb:
-            self.wandb.log(rec, step=rec["step"])
-
-    def _summary(self, history, times, train_s, status, energy=None):
-        cfg, comm = self.cfg, self.comm
-        test = self.task.evaluate(self.model, "test", comm) if status == "completed" else {}
-        rows = times.rows()
-        steps_run = len(rows)
-        items = self.task.items_per_step() * steps_run
-        flops = self.model.flops_per_step(self.task.items_per_step()) * steps_run
-        last = history[-1] if history else {}
-        s = {
-            "status": status, "world_size": comm.size, "backend": B.name, "device": B.device_name(),
-            "dtype": cfg.train.dtype, "model": cfg.model.name, "data": cfg.data.name,
-            "n_params": self.space.n_params, "steps": self.step, "steps_this_run": steps_run,
-            "resumed_from_step": self.resumed_from, "epochs": self.step / self.spe,
-            "global_batch": cfg.train.batch_size, "items_per_sample": getattr(self.task, "items_per_sample", 1),
-            "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
-            "val_accuracy": last.get("val_accuracy"),
-            "test_loss": test.get("loss"), "test_accuracy": test.get("accuracy"),
-            f"{self.task.items}_per_s": items / train_s if train_s else 0.0,
-            "flops_per_step": self.model.flops_per_step(self.task.items_per_step()),
-            "flops_per_s": flops / train_s if train_s else 0.0,
-            "wall_s": train_s, "comm_s": float(rows[:, 1].sum()), "compute_s": float(rows[:, 0].sum()),
-            "skipped_steps": self.skipped, "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
-            "peak_rss_bytes": peak_rss_bytes(), "history": history, "config": cfg.to_dict(),
-        }
-        if self.task.items != "samples":
-            s["samples_per_s"] = s[f"{self.task.items}_per_s"] / getattr(self.task, "items_per_sample", 1)
-        s.update(getattr(self.task, "extra_summary", lambda m, c: {})(self.model, comm) if status == "completed" else {})
-        s.update(getattr(self.model, "memory_report", lambda n: {})(self.task.items_per_step()))
-        s.update(self._scaling_metrics(times, s, energy))
-        return s
-
-    def _scaling_metrics(self, times, s, energy):
-        """Cross-rank timing split, memory, MFU and energy: collectives, so every rank calls this."""
-        return scaling_metrics(self.comm, times.rows(skip=self.cfg.train.timing_skip), s, energy,
-                               self.space.n_params, self.spe)
+                                 f"(checksums {allv[0]} vs {allv[bad[0]]})")
 
 
 def _wandb_init(cfg, out):

@@ -8,19 +8,29 @@ from .. import backend as B
 
 
 class StepTimes:
-    """Per-step compute / communication / total seconds (device synchronised before reading)."""
+    """Per-step compute / communication / total seconds (device synchronised before reading).
 
-    def __init__(self, capacity):
+    Grows by doubling (a handful of allocations over a run, none per step), so nothing is
+    allocated in proportion to train.max_steps up front."""
+
+    def __init__(self, capacity=1024):
         self.a = np.zeros((max(1, capacity), 3))
         self.n = 0
+        self.total_s = 0.0
 
     def add(self, compute, comm, total):
-        if self.n < len(self.a):
-            self.a[self.n] = (compute, comm, total)
-            self.n += 1
+        if self.n == len(self.a):
+            self.a = np.concatenate([self.a, np.zeros_like(self.a)])
+        self.a[self.n] = (compute, comm, total)
+        self.n += 1
+        self.total_s += total
 
     def rows(self, skip=0):
         return self.a[min(skip, max(0, self.n - 1)):self.n]
+
+    def rate(self, items_per_step):
+        """Items per second over the steps of this run so far."""
+        return items_per_step * self.n / self.total_s if self.total_s else 0.0
 
 
 def now():
@@ -110,6 +120,7 @@ def scaling_metrics(comm, timed, s, energy, n_params, steps_per_epoch):
     measured = energy["source"].startswith("measured")
     total = comm.allgather(energy["joules"] if measured else 0.0, "energy")   # one reader per node / GPU
     steps = max(1, s["steps_this_run"])
+    seg_s = s.get("wall_s_this_run", s["wall_s"])
     if measured:
         joules = sum(total)
     else:   # estimate from the FLOPs of all ranks and the parameter traffic (read p, g; write p)
@@ -119,7 +130,7 @@ def scaling_metrics(comm, timed, s, energy, n_params, steps_per_epoch):
     out["energy"] = {"source": energy["source"], "note": energy.get("note", ""), "joules": joules,
                      "joules_per_step": joules / steps, "joules_per_epoch": joules / steps * steps_per_epoch,
                      "ops_per_joule": s["flops_per_step"] * steps / joules if joules else None,
-                     "mean_watts": joules / s["wall_s"] if s["wall_s"] else None}
+                     "mean_watts": joules / seg_s if seg_s else None}
     return out
 
 

@@ -97,7 +97,7 @@ CASES = [
     ("lr-nan", lambda t, g: ["train", DIGITS, "--set", "optim.lr=.nan"], "optim.lr: expected a finite number", 0),
     ("list-item-type", lambda t, g: ["train", DIGITS, "--set", "model.hidden=[64,abc]"], "model.hidden[1]: expected an integer", 0),
     ("bool-type", lambda t, g: ["train", DIGITS, "--set", "optim.nesterov=maybe"], "optim.nesterov: expected true or false", 0),
-    ("missing-config", lambda t, g: ["train", str(t / "nope.yaml")], "not found", 2),
+    ("missing-config", lambda t, g: ["train", str(t / "nope.yaml")], "nope.yaml does not exist", 2),
     ("config-not-yaml", lambda t, g: ["train", _cfg(t, "model: [unclosed\n  x: 1")], "not valid YAML", 0),
     ("config-binary", lambda t, g: ["train", _cfg(t, b"\x00\xff\xfe\x89PNG")], "config file", 0),
     ("config-list", lambda t, g: ["train", _cfg(t, "- a\n- b\n")], "expected a mapping", 0),
@@ -110,7 +110,7 @@ CASES = [
     ("missing-config-arg", lambda t, g: ["train"], "required: config", 0),
     ("bad-int-flag", lambda t, g: ["train", DIGITS, "--stop-at-step", "soon"], "invalid int value", 0),
     # --- data
-    ("mnist-missing-folder", lambda t, g: ["train", MNIST, "--set", f"data.path={t / 'none'}"], "not a folder", 2),
+    ("mnist-missing-folder", lambda t, g: ["train", MNIST, "--set", f"data.path={t / 'none'}"], "none does not exist", 2),
     ("mnist-missing-file", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: os.remove(d / "t10k-labels-idx1-ubyte"))], "missing t10k-labels-idx1-ubyte", 0),
     ("mnist-empty-file", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: (d / "train-images-idx3-ubyte").write_bytes(b""))], "bad IDX magic", 0),
     ("mnist-truncated", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "train-images-idx3-ubyte", np.zeros((20, 28, 28)), cut=100))], "truncated", 2),

@@ -1,0 +1,85 @@
+"""OUT/summary.json of a run, and what a run carries across a stop and a resume so that the
+summary of a resumed run covers the whole run, as an uninterrupted one would."""
+import os
+
+from .. import backend as B
+from ..study.metrics import peak_rss_bytes, scaling_metrics
+
+
+class RunState:
+    """What a checkpoint keeps besides parameters and optimizer state: the learning curve, the
+    sums of the epoch in progress, skipped steps, training seconds so far (JSON in the metadata)."""
+
+    FIELDS = ("history", "ep_loss", "ep_correct", "ep_items", "ep_steps", "skipped", "train_s")
+
+    def __init__(self):
+        self.history = []
+        self.ep_loss = self.ep_correct = self.ep_items = 0.0
+        self.ep_steps = self.skipped = 0
+        self.train_s = 0.0
+
+    def to_meta(self):
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    @classmethod
+    def from_meta(cls, d, where):
+        """From a checkpoint's metadata; `where` names the file in the error. Absent (older
+        checkpoints): an empty state."""
+        from ..errors import CheckpointError
+        st = cls()
+        if d is None:
+            return st
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{where}: metadata 'run' is {type(d).__name__}, expected a mapping")
+        for k in cls.FIELDS:
+            v = d.get(k, getattr(st, k))
+            want = list if k == "history" else (int if k in ("ep_steps", "skipped") else (int, float))
+            if isinstance(v, bool) or not isinstance(v, want) or (k == "history" and not all(isinstance(r, dict) for r in v)):
+                raise CheckpointError(f"{where}: metadata 'run.{k}' is {v!r:.60}, expected "
+                                      f"{'a list of records' if k == 'history' else 'a number'}")
+            setattr(st, k, v)
+        return st
+
+    def end_epoch(self):
+        self.ep_loss = self.ep_correct = self.ep_items = 0.0
+        self.ep_steps = 0
+
+
+def build_summary(tr, times, status, energy=None):
+    """The summary of trainer `tr` (a collective: scaling metrics gather from every rank)."""
+    cfg, comm, task, st = tr.cfg, tr.comm, tr.task, tr.state
+    test = task.evaluate(tr.model, "test", comm) if status == "completed" else {}
+    rows = times.rows()
+    steps_run = len(rows)
+    ips = task.items_per_step()
+    flops = tr.model.flops_per_step(ips) * steps_run
+    last = st.history[-1] if st.history else {}
+    train_loss = last.get("train_loss")
+    if train_loss is None and st.ep_steps:      # stopped before the first evaluation
+        train_loss = st.ep_loss / st.ep_steps
+    seg_s = float(rows[:, 2].sum()) if steps_run else 0.0
+    s = {
+        "status": status, "world_size": comm.size, "backend": B.name, "device": B.device_name(),
+        "dtype": cfg.train.dtype, "model": cfg.model.name, "data": cfg.data.name,
+        "n_params": tr.space.n_params, "steps": tr.step, "total_steps": tr.total_steps,
+        "steps_this_run": steps_run, "resumed_from_step": tr.resumed_from, "epochs": tr.step / tr.spe,
+        "global_batch": cfg.train.batch_size, "items_per_sample": getattr(task, "items_per_sample", 1),
+        "train_loss": train_loss, "val_loss": last.get("val_loss"), "val_accuracy": last.get("val_accuracy"),
+        "test_loss": test.get("loss"), "test_accuracy": test.get("accuracy"),
+        f"{task.items}_per_s": steps_run * ips / seg_s if seg_s else 0.0,
+        "flops_per_step": tr.model.flops_per_step(ips),
+        "flops_per_s": flops / seg_s if seg_s else 0.0,
+        "wall_s": st.train_s, "wall_s_this_run": seg_s,
+        "comm_s": float(rows[:, 1].sum()), "compute_s": float(rows[:, 0].sum()),
+        "skipped_steps": st.skipped, "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
+        "peak_rss_bytes": peak_rss_bytes(), "history": st.history, "config": cfg.to_dict(),
+    }
+    if task.items != "samples":
+        s["samples_per_s"] = s[f"{task.items}_per_s"] / getattr(task, "items_per_sample", 1)
+    if status == "completed":
+        s.update(getattr(task, "extra_summary", lambda m, c: {})(tr.model, comm))
+    s.update(getattr(tr.model, "memory_report", lambda n: {})(ips))
+    s.update(scaling_metrics(comm, times.rows(skip=cfg.train.timing_skip), s, energy, tr.space.n_params, tr.spe))
+    if getattr(tr, "environment", None) is not None:
+        s["environment"] = tr.environment
+    return s
