@@ -370,12 +370,12 @@ def load_config(path=None, overrides=()) -> Config:
     for text in overrides:
         keys, value = parse_override(text)
         node = data
-        for k in keys[:-1]:
+        for n, k in enumerate(keys[:-1]):
             nxt = node.get(k)
             if nxt is None or (isinstance(nxt, Scalar) and nxt.null):
                 nxt = node[k] = Mapping(f"--set {text!r}")
             if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {text!r}: {k!r} is not a section")
+                raise ConfigError(f"--set {text!r}: {'.'.join(keys[:n + 1])} is a value, not a section")
             node = nxt
         node[keys[-1]] = value
         if isinstance(node, Mapping):

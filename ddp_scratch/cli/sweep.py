@@ -7,7 +7,6 @@ and only the last `steps` are timed.
 """
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -58,16 +57,48 @@ def run_json(summary, mode, config, n, repeat, gb):
     }
 
 
+class SweepStopped(UserError):
+    """The sweep was stopped by a signal; finished points stay in OUT/runs."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.exit_code = code
+
+
+def check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, log=print):
+    """Everything a point would refuse, for every point, before the first one starts."""
+    from ..config import load_config
+    from ..data.tasks import check_data
+    cfg = load_config(config, overrides)
+    if batch is not None and batch < 1:
+        raise UserError(f"scaling --batch: expected a batch >= 1, got {batch}")
+    batch = batch or cfg.train.batch_size
+    for n in ranks:
+        load_config(config, [*overrides, *point_overrides(mode, n, batch, steps, warmup)[1]])
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"scaling --out {out} is a file, expected a folder")
+    check_data(cfg)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = cfg.train.threads or int(os.environ.get("DDP_THREADS", 0) or 0)
+    for n in ranks:
+        used = n * (threads or max(1, cores // n))
+        if used > cores:
+            log(f"warning: {n} ranks x {used // n} thread(s) = {used} > {cores} cores here: the ranks share "
+                "cores, so this point measures oversubscription, not scaling")
+    return cfg, batch
+
+
 def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, overrides=(),
           launcher=None, log=print):
     """Run the sweep locally through mpiexec (or `launcher(n, argv) -> returncode`)."""
-    from ..config import load_config
-    cfg = load_config(config, overrides)
-    batch = batch or cfg.train.batch_size
+    from .local import Launch
+    cfg, batch = check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, log)
     name = os.path.splitext(os.path.basename(config))[0]
     points = [(n, r) for n in ranks for r in range(repeats)]
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     mpiexec = find_mpiexec()
+    if mpiexec is None and max(ranks) > 1 and launcher is None:
+        raise UserError("scaling: no mpiexec found (pip install mpich)")
     t0, done_s = time.time(), []
     for k, (n, r) in enumerate(points):
         gb, extra = point_overrides(mode, n, batch, steps, warmup)
@@ -82,9 +113,13 @@ def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, o
         if launcher is not None:
             rc = launcher(n, argv)
         else:
-            if mpiexec is None and n > 1:
-                raise UserError("scaling: no mpiexec found (pip install mpich)")
-            rc = subprocess.run(([mpiexec, "-n", str(n)] if n > 1 else []) + argv).returncode
+            run = Launch(([mpiexec, "-n", str(n)] if n > 1 else []) + argv, mpi=n > 1)
+            rc = run.run()
+            if run.signals:
+                raise SweepStopped(f"scaling: stopped by {run.signals[0]} during point {k + 1}/{len(points)} "
+                                   f"({n} rank(s)); the {k} finished point(s) are in {out}/runs "
+                                   f"(launch.py report {out} builds a report from them)",
+                                   130 if run.signals[0] == "SIGINT" else 75)
         if rc != 0:
             raise UserError(f"scaling: the run with {n} rank(s) failed with exit status {rc} (see above)")
         done_s.append(time.time() - ts)

@@ -1,0 +1,106 @@
+"""Signals to the launchers a user runs (`launch.py local`, `launch.py scaling`): INT, TERM and
+HUP reach every rank, which checkpoint and stop; a second Ctrl-C ends them at once; a rank
+killed by SIGKILL ends the job with one line naming it. No rank ever outlives its launcher."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import LAUNCH, ROOT
+from ddp_scratch.run import checkpoint as ckpt
+
+LONG = ["experiments/mlp_digits.yaml", "--set", "train.epochs=100000", "--set", "train.checkpoint_every=20"]
+
+
+def start(args, tmp_path):
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, LAUNCH, *args, "--out", str(out)], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, WANDB_MODE="disabled"))
+    deadline = time.time() + 60
+    while not (out / "checkpoint.npz").exists():          # every rank is in the training loop
+        assert p.poll() is None, p.communicate()
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.05)
+    return p, out
+
+
+def ranks_of(out):
+    r = subprocess.run(["pgrep", "-f", "--", f"--out {out}"], capture_output=True, text=True)
+    return [int(x) for x in r.stdout.split()]
+
+
+def finish(p, out, timeout=60):
+    try:
+        stdout, stderr = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in ranks_of(out):
+            os.kill(pid, signal.SIGKILL)
+        raise
+    time.sleep(0.3)
+    left = ranks_of(out)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes outlived their launcher: {left}"
+    return stdout, stderr
+
+
+@pytest.mark.parametrize("sig, code, status", [("SIGTERM", 75, "preempted"), ("SIGHUP", 75, "preempted"),
+                                                ("SIGINT", 130, "interrupted")])
+def test_a_signal_to_local_checkpoints_every_rank_and_stops(tmp_path, sig, code, status):
+    p, out = start(["local", "-n", "2", *LONG, "--quiet"], tmp_path)
+    p.send_signal(getattr(signal, sig))
+    stdout, stderr = finish(p, out)
+    print(sig, p.returncode, stderr)
+    assert p.returncode == code
+    assert "checkpoint written at step" in stderr and "continue with --resume" in stderr
+    assert "mpiexec@" not in stderr + stdout and "=====" not in stderr     # no launcher chatter
+    s = json.loads((out / "summary.json").read_text())
+    _, meta = ckpt.load(str(out / "checkpoint.npz"))
+    assert s["status"] == status and meta["step"] == s["steps"] > 0
+
+
+def test_a_second_ctrl_c_ends_the_job_at_once(tmp_path):
+    p, out = start(["local", "-n", "2", *LONG, "--quiet"], tmp_path)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    finish(p, out, timeout=20)
+    assert p.returncode == 130 and time.monotonic() - t0 < 10
+
+
+def test_a_rank_killed_by_sigkill_ends_the_job_with_one_line(tmp_path):
+    p, out = start(["local", "-n", "2", *LONG, "--quiet"], tmp_path)
+    ranks = [pid for pid in ranks_of(out) if pid != p.pid and b"PMI_RANK=1\0" in open(f"/proc/{pid}/environ", "rb").read()]
+    assert len(ranks) == 1
+    t0 = time.monotonic()
+    os.kill(ranks[0], signal.SIGKILL)
+    _, stderr = finish(p, out, timeout=30)
+    print(stderr)
+    assert time.monotonic() - t0 < 15 and p.returncode == 128 + 9
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: rank 1 (pid {ranks[0]} on {os.uname().nodename}) was killed by SIGKILL; "
+                     "mpiexec ended the other ranks (exit status 137)"]
+    ckpt.load(str(out / "checkpoint.npz"))          # the last checkpoint is intact
+
+
+def test_a_signal_to_a_scaling_sweep_stops_it_and_keeps_finished_points(tmp_path):
+    out = tmp_path / "sweep"
+    args = [sys.executable, LAUNCH, "scaling", "experiments/mlp_digits.yaml", "--mode", "weak", "--ranks", "1,2",
+            "--steps", "200000", "--warmup", "0", "--out", str(out)]
+    p = subprocess.Popen(args, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while len(ranks_of(out)) < 2:                      # the launcher and the point's training process
+        assert p.poll() is None and time.time() < deadline, p.communicate()
+        time.sleep(0.1)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = finish(p, out)
+    print(stdout, stderr)
+    assert p.returncode == 75
+    assert "scaling: stopped by SIGTERM during point 1/2 (1 rank(s)); the 0 finished point(s)" in stderr
+    assert "Traceback" not in stderr

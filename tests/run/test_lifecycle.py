@@ -1,0 +1,131 @@
+"""A run's life as a user lives it: the start-up text, one progress display, validation when
+configured, stop anywhere, resume, resume again once done; the summary of a stopped-and-resumed
+run equals the uninterrupted one's (timings aside), on 1 and 2 ranks."""
+import json
+import os
+
+import pytest
+
+from conftest import run_launch
+
+ARGS = ["experiments/mlp_digits.yaml", "--set", "train.epochs=3", "--set", "optim.name=adamw",
+        "--set", "optim.lr=0.003", "--set", "train.grad_clip=1.0"]
+TIMING = ("samples_per_s", "tokens_per_s")      # differ between any two runs
+
+
+def summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def snapshot(folder):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def curve(s):
+    return [{k: v for k, v in rec.items() if k not in TIMING} for rec in s["history"]]
+
+
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_resume_of_a_complete_run_says_so_and_changes_nothing(tmp_path, ranks):
+    out = tmp_path / "done"
+    assert run_launch("train", *ARGS, "--set", "train.max_steps=6", "--out", out, ranks=ranks).returncode == 0
+    before = snapshot(out)
+    r = run_launch("train", *ARGS, "--set", "train.max_steps=6", "--out", out, "--resume", ranks=ranks)
+    print(r.stdout, r.stderr)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("already complete at step 6") == 1 and not r.stderr
+    assert snapshot(out) == before, "a resume of a finished run changed its files"
+
+
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_a_stop_before_the_first_evaluation_writes_a_valid_summary(tmp_path, ranks):
+    out = tmp_path / "early"
+    r = run_launch("train", *ARGS, "--out", out, "--stop-at-step", 1, ranks=ranks)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "Abort" not in r.stderr
+    s = summary(out)
+    assert s["status"] == "stopped" and s["steps"] == 1 and s["history"] == []
+    assert isinstance(s["train_loss"], float) and s["test_accuracy"] is None
+    assert "stopped: step 1/57, train_loss" in r.stdout
+
+
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_the_summary_of_a_resumed_run_covers_the_whole_run(tmp_path, ranks):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert run_launch("train", *ARGS, "--out", full, "--quiet", ranks=ranks).returncode == 0
+    for stop in (10, 30):       # mid-epoch and right after an epoch's validation
+        r = run_launch("train", *ARGS, "--out", split, "--quiet", "--stop-at-step", stop,
+                       *(["--resume"] if stop > 10 else []), ranks=ranks)
+        assert r.returncode == 0, r.stderr
+    assert run_launch("train", *ARGS, "--out", split, "--quiet", "--resume", ranks=ranks).returncode == 0
+    a, b = summary(full), summary(split)
+    assert curve(a) == curve(b) and len(a["history"]) == 3
+    for k in ("status", "steps", "epochs", "train_loss", "val_loss", "val_accuracy", "test_loss",
+              "test_accuracy", "skipped_steps", "n_params"):
+        assert a[k] == b[k], k
+    assert b["resumed_from_step"] == 30 and b["wall_s"] > b["wall_s_this_run"]
+
+
+def test_validation_runs_exactly_when_configured(tmp_path):
+    out = tmp_path / "ev"
+    r = run_launch("train", *ARGS, "--set", "train.eval_every=7", "--set", "train.epochs=2", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert [h["step"] for h in summary(out)["history"]] == [7, 14, 21, 28, 35, 38]
+    r = run_launch("train", *ARGS, "--set", "train.epochs=2", "--out", tmp_path / "ep")
+    assert [h["step"] for h in summary(tmp_path / "ep")["history"]] == [19, 38]
+
+
+def test_start_up_text_says_what_is_about_to_happen(tmp_path):
+    out = tmp_path / "st"
+    r = run_launch("train", *ARGS, "--out", out, "--stop-at-step", 5, ranks=2)
+    head = r.stdout.split("\n")[:5]
+    print("\n".join(head))
+    assert head[0].startswith("ddp_scratch: 2 ranks on 1 node (") and "numpy on" in head[0]
+    assert "thread(s) per rank" in head[0]
+    assert "model: mlp 64-128-64-10 (relu), 17,226 parameters, float32; optimizer adamw, lr 0.003" in head[1]
+    assert "data:  digits: 1,258 train / 180 val / 359 test rows, 64 features, 10 classes" in head[2]
+    assert "batch: 64 global = 32 per rank; 57 steps = 3 epochs of 19 steps; validation every epoch" in head[3]
+    assert head[4] == f"  out:   {out}"
+    r = run_launch("train", *ARGS, "--out", out, "--resume", ranks=2)
+    assert "(resuming from step 5)" in r.stdout and r.stdout.count("ddp_scratch:") == 1
+
+
+def test_progress_in_a_log_is_about_ten_lines_and_names_its_units(tmp_path):
+    r = run_launch("train", "experiments/gpt_addition.yaml", "--set", "train.max_steps=60", "--set",
+                   "model.n_layer=1", "--set", "model.d_model=16", "--set", "model.n_head=2",
+                   "--set", "train.log_every=1", "--out", tmp_path / "g")
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("step ")]
+    print("\n".join(lines))
+    assert 8 <= len(lines) <= 11 and all("tokens/s" in ln for ln in lines)
+    assert lines[-1].startswith("step 60/60") and "val_exact_match" in lines[-1]
+    s = summary(tmp_path / "g")
+    assert all("tokens_per_s" in h and "samples_per_s" not in h for h in s["history"])
+    assert "completed: step 60/60" in r.stdout and "test_exact_match" in r.stdout and "tokens/s" in r.stdout
+
+
+def test_a_terminal_gets_one_live_bar(tmp_path):
+    r = run_launch("train", *ARGS, "--out", tmp_path / "tty", env={"DDP_PROGRESS": "tty"})
+    assert r.returncode == 0
+    # (text mode turns the bar's carriage returns into newlines; the erase-line code stays)
+    assert r.stderr.count("\x1b[K") >= 2 and not any(ln.startswith("step ") for ln in r.stderr.splitlines())
+
+
+def test_eta_counts_only_the_steps_this_process_ran(monkeypatch):
+    import io
+    from ddp_scratch.run import progress
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    out = io.StringIO()
+    p = progress.Progress(total=1000, start=900, stream=out)     # resumed at step 900
+    clock[0] += 10.0                                             # 10 s for 10 steps
+    p.update(910, 1.0, 0.5, 100.0)
+    assert "eta 1m30s" in out.getvalue()                         # 90 steps left at 1 step/s
+
+
+def test_history_kept_in_the_checkpoint(tmp_path):
+    from ddp_scratch.run import checkpoint as ckpt
+    out = tmp_path / "h"
+    assert run_launch("train", *ARGS, "--out", out, "--stop-at-step", 25).returncode == 0
+    _, meta = ckpt.load(str(out / "checkpoint.npz"))
+    assert [h["step"] for h in meta["run"]["history"]] == [19] and meta["run"]["ep_steps"] == 6
+    assert os.path.exists(out / "summary.json")
