@@ -42,12 +42,32 @@ def _sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def _ways_forward(name, to):
+    deb = ("; or Debian's package: apt-get install dataset-fashion-mnist, then "
+           "--set data.path=/usr/share/datasets/fashion-mnist") if name == "fashion-mnist" else ""
+    return (f"ways forward: --base-url URL of a mirror that holds the .gz files; or copy the four files "
+            f"({', '.join(MNIST_FILES.values())}, raw or .gz) into {to} by hand{deb}")
+
+
 def download(name, to, base_url=None, timeout=60.0, log=print):
     if name not in DATASETS:
         raise UserError(f"download: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    to = os.path.expanduser(to)
+    if os.path.exists(to) and not os.path.isdir(to):
+        raise UserError(f"download --to {to} is a file, expected a folder")
     spec = DATASETS[name]
     base = (base_url or spec["url"]).rstrip("/") + "/"
-    os.makedirs(to, exist_ok=True)
+    created = not os.path.exists(to)
+    try:
+        _fetch_all(name, spec, base, to, timeout, log)
+    finally:
+        if created and os.path.isdir(to) and not os.listdir(to):
+            os.rmdir(to)             # a failed first file leaves no empty folder behind
+    return to
+
+
+def _fetch_all(name, spec, base, to, timeout, log):
+    done = 0
     for stem in MNIST_FILES.values():
         dest = os.path.join(to, stem)
         want = spec["sha256"][stem]
@@ -55,21 +75,28 @@ def download(name, to, base_url=None, timeout=60.0, log=print):
             with open(dest, "rb") as f:
                 if _sha256(f.read()) == want:
                     log(f"{dest}: present, checksum ok")
+                    done += 1
                     continue
         url = base + stem + ".gz"
+        kept = f" (the {done} file(s) already verified stay in {to})" if done else ""
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r:
                 packed = r.read()
-        except (urllib.error.URLError, OSError) as e:
-            raise DataError(f"download {url} failed: {getattr(e, 'reason', e)}") from None
+        except urllib.error.HTTPError as e:
+            raise DataError(f"download {url}: the server answered {e.code} {e.reason}{kept}; "
+                            + _ways_forward(name, to)) from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise DataError(f"download {url}: the network or the server cannot be reached ({reason}){kept}; "
+                            + _ways_forward(name, to)) from None
         try:
             raw = gzip.decompress(packed)
         except (OSError, EOFError, zlib.error):
-            raise DataError(f"download {url}: not a valid gzip file (truncated or corrupt)") from None
+            raise DataError(f"download {url}: not a valid gzip file (truncated or corrupt){kept}") from None
         got = _sha256(raw)
         if got != want:
             raise DataError(f"download {url}: SHA-256 of the decompressed data is {got}, expected {want}; "
-                            "nothing was written")
+                            f"nothing was written for it{kept}")
         atomic_write_bytes(dest, raw)
+        done += 1
         log(f"{dest}: downloaded, checksum ok ({len(raw)} bytes)")
-    return to

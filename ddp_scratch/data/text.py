@@ -237,6 +237,9 @@ def build_text_task(cfg, rank, world):
     if d.name != "text":
         raise ConfigError(f"data.name: {d.name!r} is not a text task")
     text = read_text(d.path)
+    if len(text) < T + 2:
+        raise DataError(f"data.path {d.path}: {len(text)} characters, fewer than model.block_size + 2 ({T + 2}) "
+                        "that one training window needs; use a longer text or a smaller model.block_size")
     tok = CharTokenizer.from_text(text)
     ids = tok.encode(text)
     n_val = int(math.floor(len(ids) * d.val_fraction))

@@ -5,7 +5,7 @@ from .. import backend as B
 from ..errors import ConfigError, UserError
 
 
-def check_memory(what, parts, ranks_here=1):
+def check_memory(what, parts, ranks_here=1, hint="use a smaller model, batch or dataset, or fewer ranks per node"):
     """Refuse, before allocating, what cannot fit. `parts`: bytes per rank by name; the ranks on
     a node share its memory."""
     need = sum(parts.values()) * ranks_here
@@ -14,12 +14,14 @@ def check_memory(what, parts, ranks_here=1):
         return
     detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v)
     ranks = f" x {ranks_here} ranks on this node" if ranks_here > 1 else ""
-    raise ConfigError(f"{what} needs about {_gib(need)} ({detail}{ranks}) but only {_gib(avail)} is {where}; "
-                      "use a smaller model, batch or dataset, fewer ranks per node, or float32")
+    raise ConfigError(f"{what} needs about {_gib(need)} ({detail}{ranks}) but only {_gib(avail)} is {where}; {hint}")
 
 
 def _gib(n):
-    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+    for unit, div in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def synthetic_bytes(cfg):

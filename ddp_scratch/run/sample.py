@@ -11,16 +11,21 @@ import numpy as np
 
 from .. import backend as B
 from ..config import config_from_dict
-from ..errors import CheckpointError, DataError, UserError
+from ..errors import CheckpointError, ConfigError, DataError, UserError
 from . import checkpoint as ckpt
 
 
 def load_tokenizer(meta, arrays, cfg, path):
     from ..data.text import ADDITION_CHARS, CharTokenizer, read_text
-    if isinstance(meta.get("vocab"), str) and meta["vocab"]:
-        return CharTokenizer(meta["vocab"])
-    if "vocab" in arrays:                       # code points, if stored as an array
-        return CharTokenizer("".join(map(chr, arrays["vocab"].tolist())))
+    vocab = meta.get("vocab")
+    if vocab is None and "vocab" in arrays:      # code points, if stored as an array
+        codes = arrays["vocab"].ravel().tolist()
+        vocab = "".join(map(chr, codes)) if all(isinstance(c, int) and 0 <= c < 0x110000 for c in codes) else codes
+    if vocab is not None:
+        if not isinstance(vocab, str) or not vocab or len(set(vocab)) != len(vocab):
+            raise CheckpointError(f"checkpoint {path}: its vocabulary is {vocab!r:.40}, expected a non-empty "
+                                  "string of distinct characters")
+        return CharTokenizer(vocab)
     if cfg.data.name == "addition":
         return CharTokenizer(ADDITION_CHARS)
     try:
@@ -32,19 +37,26 @@ def load_tokenizer(meta, arrays, cfg, path):
 
 def load_model(path):
     """-> (model, tokenizer, cfg) from a checkpoint written by a gpt training run."""
+    from ..nn.registry import memory_estimate
+    from .preflight import check_memory
     arrays, meta = ckpt.load(path)
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"checkpoint {path} holds no config to rebuild the model from")
-    cfg = config_from_dict(meta["config"])
+    try:
+        cfg = config_from_dict(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: the config stored in it is not valid ({e})") from None
     if cfg.model.name != "gpt":
         raise UserError(f"sample: checkpoint {path} holds a {cfg.model.name!r} model; sampling needs a gpt")
     tok = load_tokenizer(meta, arrays, cfg, path)
     from ..nn.gpt import GPT
+    check_memory(f"the model in {path}", memory_estimate(cfg, len(tok), len(tok), 1, 1))
     model = GPT.from_config(cfg, len(tok), cfg.train.seed)
     layout = model.space.layout()
     if arrays["params"].shape != model.space.params.shape or meta.get("layout", layout) != layout:
         raise CheckpointError(f"checkpoint {path}: its parameters do not fit the model its config describes "
                               f"(vocabulary of {len(tok)} characters)")
+    ckpt.check_array(arrays["params"], path, "params", model.space.params.shape, model.space.params.dtype)
     model.space.params[...] = B.xp.asarray(arrays["params"])
     return model, tok, cfg
 

@@ -114,23 +114,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self):
-        cfg, comm, opts = self.cfg, self.comm, self.opts
+        cfg, comm, opts, t = self.cfg, self.comm, self.opts, self.cfg.train
         B.use(cfg.backend, device=comm.local_rank)
         if cfg.train.batch_size < comm.size:
             raise ConfigError(f"train.batch_size: the global batch ({cfg.train.batch_size}) must be at least "
                               f"the number of ranks ({comm.size})")
         check_out_folder(opts.out, opts.resume, opts.overwrite)
-        check_memory("the synthetic dataset", {"data": synthetic_bytes(cfg)}, comm.local_size)
+        check_memory("the synthetic dataset", {"data": synthetic_bytes(cfg)}, comm.local_size,
+                     "use fewer data.n_samples or data.n_features")
         self.task = build_task(cfg, comm.rank, comm.size)
         rows = -(-cfg.train.batch_size // comm.size)
         eval_rows = rows if cfg.model.name == "gpt" else min(cfg.train.eval_batch, 1 << 20)
+        hint = "use a smaller model or batch, fewer ranks per node" + (", or float32" if t.dtype == "float64" else "")
         check_memory(f"model {cfg.model.name}", memory_estimate(cfg, self.task.d_in, self.task.n_out, rows, eval_rows),
-                     comm.local_size)
+                     comm.local_size, hint)
         self.model = build_model(cfg, self.task.d_in, self.task.n_out, cfg.train.seed)
         self.space = self.model.space
         self.opt = build_optimizer(cfg.optim, self.space)
         self.spe = self.task.steps_per_epoch
-        t = cfg.train
         self.total_steps = t.epochs * self.spe
         if t.max_steps:
             self.total_steps = min(self.total_steps, t.max_steps) if t.epochs else t.max_steps

@@ -33,6 +33,16 @@ def _gpt_ckpt(tmp):
 MNIST = "experiments/mlp_mnist.yaml"
 
 
+def _gpt_vocab(tmp, vocab):
+    """A trained GPT checkpoint whose stored vocabulary was replaced by `vocab`."""
+    from ddp_scratch.run import checkpoint as ckpt
+    path = _gpt_ckpt(tmp)
+    arrays, meta = ckpt.load(path)
+    meta["vocab"] = vocab
+    ckpt.save(path, arrays, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    return path
+
+
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """A finished run whose checkpoint/summary every bad case below must leave intact."""
@@ -57,6 +67,32 @@ def _mnist(tmp, mutate):
     return ["--set", f"data.path={d}"]
 
 
+def _fifo(tmp, name="fifo"):
+    p = tmp / name
+    os.mkfifo(p)
+    return str(p)
+
+
+def _ckpt_meta(tmp, good, edit, arrays_edit=None):
+    """Copy the good output folder, then rewrite its checkpoint with edited metadata/arrays."""
+    import shutil
+    from ddp_scratch.run import checkpoint as ckpt
+    out = tmp / "resume"
+    shutil.copytree(good, out)
+    arrays, meta = ckpt.load(str(out / "checkpoint.npz"))
+    edit(meta)
+    if arrays_edit:
+        arrays_edit(arrays)
+    for k in ("format", "version"):
+        meta.pop(k, None)
+    ckpt.save(str(out / "checkpoint.npz"), arrays, meta)
+    return out
+
+
+def _mnist_labels(d, values, magic=0x08):
+    write_idx(d / "train-labels-idx1-ubyte", np.asarray(values) % 256, magic_type=magic)
+
+
 def _ckpt(tmp, good, kind):
     """Copy the good output folder, then damage its checkpoint."""
     import shutil
@@ -76,7 +112,29 @@ def _ckpt(tmp, good, kind):
         np.savez(p, params=np.zeros(3))
     elif kind == "text":
         p.write_text("not a checkpoint")
+    elif kind == "random":
+        p.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "dir":
+        p.unlink()
+        p.mkdir()
+    elif kind == "fifo":
+        p.unlink()
+        os.mkfifo(p)
     return out
+
+
+def _file_in_the_way(tmp):
+    p = tmp / "afile"
+    p.write_text("x")
+    return str(p)
+
+
+def _sweep_out(tmp):
+    p = tmp / "sweepfile"
+    p.write_text("x")
+    return str(p)
 
 
 # (id, args builder(tmp, good) -> argv after "launch.py", expected fragment of the one line,
@@ -119,7 +177,7 @@ CASES = [
     ("mnist-corrupt-gzip", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: (os.remove(d / "train-images-idx3-ubyte"), (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(600))[:-9])))], "gzip", 0),
     ("mnist-images-not-3d", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "train-images-idx3-ubyte", np.zeros((20, 784))))], "expected 3 dimensions", 0),
     # --- text data (GPT)
-    ("text-empty", lambda t, g: ["train", GPT, "--set", f"data.path={_file(t, b'')}"], "training split has 0 tokens", 2),
+    ("text-empty", lambda t, g: ["train", GPT, "--set", f"data.path={_file(t, b'')}"], "0 characters, fewer than model.block_size + 2", 2),
     ("text-binary", lambda t, g: ["train", GPT, "--set", f"data.path={_file(t, bytes(range(256)) * 8)}"], "not UTF-8 text", 0),
     ("text-missing", lambda t, g: ["train", GPT, "--set", f"data.path={t / 'no.txt'}"], "no.txt", 0),
     ("gpt-heads", lambda t, g: ["train", GPT, "--set", "model.n_head=3"], "model.d_model: expected a multiple of model.n_head (3)", 0),
@@ -134,6 +192,90 @@ CASES = [
     ("ckpt-other-optim", lambda t, g: ["train", DIGITS, "--out", g, "--resume", "--set", "optim.name=adam"], "optim.name is 'sgd' in the checkpoint but 'adam' now", 0),
     ("ckpt-other-data", lambda t, g: ["train", DIGITS, "--out", g, "--resume", "--set", "data.seed=5"], "data.seed", 0),
     ("download-unknown", lambda t, g: ["download", "cifar", "--to", str(t / "d")], "unknown dataset 'cifar'", 0),
+    # --- config, more of each class
+    ("config-folder", lambda t, g: ["train", str(t)], "is a folder, expected a file", 0),
+    ("config-fifo", lambda t, g: ["train", _fifo(t)], "not a regular file", 0),
+    ("config-device", lambda t, g: ["train", "/dev/zero"], "not a regular file", 0),
+    ("config-duplicate-key", lambda t, g: ["train", _cfg(t, "optim:\n  lr: 0.1\n  lr: 0.2\n")], "line 3: key 'lr' appears twice", 0),
+    ("config-multi-doc", lambda t, g: ["train", _cfg(t, "a: 1\n---\nb: 2\n")], "not valid YAML", 0),
+    ("lr-garbled-sci", lambda t, g: ["train", DIGITS, "--set", "optim.lr=1e-3x"], "optim.lr: expected a number, got '1e-3x'", 0),
+    ("batch-not-whole", lambda t, g: ["train", DIGITS, "--set", "train.batch_size=64.5"], "not a whole number", 0),
+    ("int-too-large", lambda t, g: ["train", DIGITS, "--set", "train.max_steps=1e30"], "too large", 0),
+    ("fraction-one", lambda t, g: ["train", DIGITS, "--set", "data.val_fraction=1"], "data.val_fraction: expected a value < 1.0", 0),
+    ("fractions-sum", lambda t, g: ["train", DIGITS, "--set", "data.val_fraction=0.5", "--set", "data.test_fraction=0.5"], "expected less than 1", 0),
+    ("dropout-one", lambda t, g: ["train", GPT, "--set", "model.dropout=1.0"], "model.dropout: expected a value < 1.0", 0),
+    ("seed-negative", lambda t, g: ["train", DIGITS, "--set", "train.seed=-3"], "train.seed: expected a value >= 0", 0),
+    ("set-into-value", lambda t, g: ["train", DIGITS, "--set", "optim.lr.x=1"], "optim.lr is a value, not a section", 0),
+    ("set-empty-key", lambda t, g: ["train", DIGITS, "--set", "=1"], "expected key=value", 0),
+    ("digits-too-many", lambda t, g: ["train", "experiments/gpt_addition.yaml", "--set", "data.digits=10"], "data.digits: expected a value <= 9", 0),
+    ("model-too-big", lambda t, g: ["train", DIGITS, "--set", "model.hidden=[1000000,1000000]"], "model mlp needs about", 2),
+    ("gpt-too-big", lambda t, g: ["train", GPT, "--set", "model.d_model=65536", "--set", "model.n_layer=64"], "model gpt needs about", 0),
+    ("data-too-big", lambda t, g: ["train", DIGITS, "--set", "data.name=synthetic", "--set", "data.n_samples=1000000000", "--set", "data.n_features=100000"], "the synthetic dataset needs about", 0),
+    # --- CLI flags and the output folder
+    ("stop-at-negative", lambda t, g: ["train", DIGITS, "--stop-at-step", "-3"], "--stop-at-step: expected a step >= 1", 0),
+    ("resume-and-overwrite", lambda t, g: ["train", DIGITS, "--resume", "--overwrite"], "give one", 0),
+    ("out-is-a-file", lambda t, g: ["train", DIGITS, "--out", _file_in_the_way(t)], "is a file, expected a folder", 2),
+    ("out-under-a-file", lambda t, g: ["train", DIGITS, "--out", _file_in_the_way(t) + "/run"], "so no folder can be made under it", 0),
+    ("out-empty", lambda t, g: ["train", DIGITS, "--out", " "], "--out: expected a folder", 0),
+    ("out-exists-no-resume", lambda t, g: ["train", DIGITS, "--out", str(g)], "already exists: pass --resume", 2),
+    # --- checkpoints, every wrong form
+    ("ckpt-random-bytes", lambda t, g: ["train", DIGITS, "--out", _ckpt(t, g, "random"), "--resume"], "is not an .npz file (starts with bytes", 0),
+    ("ckpt-empty", lambda t, g: ["train", DIGITS, "--out", _ckpt(t, g, "empty"), "--resume"], "is not an .npz file (empty", 0),
+    ("ckpt-folder", lambda t, g: ["train", DIGITS, "--out", _ckpt(t, g, "dir"), "--resume"], "is a folder, expected a file", 0),
+    ("ckpt-fifo", lambda t, g: ["train", DIGITS, "--out", _ckpt(t, g, "fifo"), "--resume"], "not a regular file", 2),
+    ("ckpt-no-step", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m.pop("step")), "--resume"], "metadata lacks 'step'", 2),
+    ("ckpt-step-text", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m.update(step="7")), "--resume"], "metadata 'step' is str", 0),
+    ("ckpt-step-negative", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m.update(step=-2)), "--resume"], "expected >= 0", 0),
+    ("ckpt-no-fingerprint", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m.pop("fingerprint")), "--resume"], "metadata lacks 'fingerprint'", 0),
+    ("ckpt-layout-text", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m.update(layout="x")), "--resume"], "metadata 'layout' is str", 0),
+    ("ckpt-params-shape", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: None, lambda a: a.update(params=a["params"][:-1])), "--resume"], "array 'params' is float32", 0),
+    ("ckpt-params-dtype", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: None, lambda a: a.update(params=a["params"].astype(np.float64))), "--resume"], "array 'params' is float64", 0),
+    ("ckpt-params-nan", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: None, lambda a: a["params"].__setitem__(0, np.nan)), "--resume"], "non-finite values", 0),
+    ("ckpt-opt-state-missing", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: None, lambda a: a.pop("opt.buf")), "--resume"], "lacks optimizer state 'buf'", 0),
+    ("ckpt-run-mistyped", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m["run"].update(history="x")), "--resume"], "metadata 'run.history'", 0),
+    ("ckpt-other-layout", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m["layout"].pop()), "--resume"], "another model layout", 0),
+    # --- data files
+    ("mnist-path-is-file", lambda t, g: ["train", MNIST, "--set", f"data.path={_file_in_the_way(t)}"], "is a file, expected a folder", 0),
+    ("mnist-negative-label", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: _mnist_labels(d, [-1] * 20, 0x09))], "negative label -1", 0),
+    ("mnist-float-labels", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "train-labels-idx1-ubyte", np.zeros(20), magic_type=0x08) or (d / "train-labels-idx1-ubyte").write_bytes(b"\0\0\x0d\x01" + (20).to_bytes(4, "big") + np.zeros(20, ">f4").tobytes()))], "labels of type", 0),
+    ("mnist-test-shape", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "t10k-images-idx3-ubyte", np.zeros((10, 32, 32))))], "test images are 32x32 but the training images", 2),
+    ("mnist-file-is-fifo", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: (os.remove(d / "t10k-labels-idx1-ubyte"), os.mkfifo(d / "t10k-labels-idx1-ubyte")))], "not a regular file", 0),
+    ("mnist-path-tilde-missing", lambda t, g: ["train", MNIST, "--set", "data.path=~/no-such-mnist-dir"], "no-such-mnist-dir does not exist", 0),
+    ("text-shorter-than-context", lambda t, g: ["train", GPT, "--set", f"data.path={_file(t, b'short text')}"], "fewer than model.block_size + 2", 0),
+    ("text-folder", lambda t, g: ["train", GPT, "--set", f"data.path={t}"], "is a folder, expected a file", 0),
+    ("text-fifo", lambda t, g: ["train", GPT, "--set", f"data.path={_fifo(t)}"], "not a regular file", 0),
+    # --- local: refused once, before mpiexec starts
+    ("local-zero-ranks", lambda t, g: ["local", "-n", "0", DIGITS], "expected a number of ranks >= 1", 0),
+    ("local-bad-key", lambda t, g: ["local", "-n", "2", DIGITS, "--set", "train.bach_size=3"], "did you mean 'batch_size'", 0),
+    ("local-out-taken", lambda t, g: ["local", "-n", "2", DIGITS, "--out", str(g)], "already exists: pass --resume", 0),
+    ("local-batch-below-ranks", lambda t, g: ["local", "-n", "3", DIGITS, "--set", "train.batch_size=2"], "at least the number of ranks (3)", 0),
+    ("local-data-missing", lambda t, g: ["local", "-n", "2", MNIST, "--set", f"data.path={t / 'gone'}"], "gone does not exist", 0),
+    # --- scaling: every point checked before the first runs
+    ("scaling-ranks-text", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1,x", "--out", str(t / "s")], "--ranks: expected a comma-separated list", 0),
+    ("scaling-ranks-zero", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "0,2", "--out", str(t / "s")], "--ranks: expected positive integers", 0),
+    ("scaling-steps-zero", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1", "--steps", "0", "--out", str(t / "s")], "--steps must be >= 1", 0),
+    ("scaling-batch-zero", lambda t, g: ["scaling", DIGITS, "--mode", "strong", "--ranks", "1", "--batch", "0", "--out", str(t / "s")], "--batch: expected a batch >= 1", 0),
+    ("scaling-batch-below-ranks", lambda t, g: ["scaling", DIGITS, "--mode", "strong", "--ranks", "1,4", "--batch", "2", "--out", str(t / "s")], "needs a global batch >= 4", 0),
+    ("scaling-out-file", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1", "--out", _sweep_out(t)], "is a file, expected a folder", 0),
+    ("scaling-bad-key", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1", "--set", "optim.lr=-1", "--out", str(t / "s")], "optim.lr: expected a value > 0", 0),
+    ("scaling-mode", lambda t, g: ["scaling", DIGITS, "--mode", "diagonal", "--ranks", "1", "--out", str(t / "s")], "invalid choice", 0),
+    # --- report, bench-comm, sample, download
+    ("report-no-runs", lambda t, g: ["report", str(t)], "runs not found", 0),
+    ("report-empty-runs", lambda t, g: ["report", str((t / "r" / "runs").mkdir(parents=True) or t / "r")], "no run files", 0),
+    ("report-bad-json", lambda t, g: ["report", str(((t / "r" / "runs").mkdir(parents=True), (t / "r" / "runs" / "x.json").write_text("{")) and t / "r")], "x.json", 0),
+    ("bench-comm-one-rank", lambda t, g: ["bench-comm", "-n", "1", "--out", str(t / "b")], "needs at least 2 ranks", 0),
+    ("bench-comm-half-model", lambda t, g: ["bench-comm", "--alpha-us", "2", "--out", str(t / "b")], "give both", 0),
+    ("sample-missing", lambda t, g: ["sample", str(t / "none.npz")], "none.npz does not exist", 0),
+    ("sample-random-bytes", lambda t, g: ["sample", str(_ckpt(t, g, "random") / "checkpoint.npz")], "is not an .npz file", 0),
+    ("sample-negative-tokens", lambda t, g: ["sample", str(g / "checkpoint.npz"), "--tokens", "-1"], "--tokens: expected a count >= 0", 0),
+    ("sample-negative-temperature", lambda t, g: ["sample", str(g / "checkpoint.npz"), "--temperature", "-1"], "--temperature: expected a number >= 0", 0),
+    ("sample-nan-temperature", lambda t, g: ["sample", str(g / "checkpoint.npz"), "--temperature", "nan"], "--temperature", 0),
+    ("sample-negative-top-k", lambda t, g: ["sample", str(g / "checkpoint.npz"), "--top-k", "-2"], "--top-k: expected a count >= 0", 0),
+    ("sample-empty-prompt", lambda t, g: ["sample", _gpt_ckpt(t), "--prompt", ""], "--prompt: empty", 0),
+    ("sample-bad-vocab", lambda t, g: ["sample", _gpt_vocab(t, 7)], "its vocabulary is 7", 0),
+    ("download-to-file", lambda t, g: ["download", "mnist", "--to", _file_in_the_way(t)], "is a file, expected a folder", 0),
+    ("download-unreachable", lambda t, g: ["download", "fashion-mnist", "--to", str(t / "dl"), "--base-url", "http://127.0.0.1:9/"], "cannot be reached", 0),
+    ("download-not-a-url", lambda t, g: ["download", "mnist", "--to", str(t / "dl"), "--base-url", "nowhere"], "cannot be reached", 0),
 ]
 
 
@@ -158,4 +300,4 @@ def test_bad_input(case, tmp_path, good, launch):
 
 
 def test_table_is_large_enough():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 80 and len({c[0] for c in CASES}) == len(CASES)
