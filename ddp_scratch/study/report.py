@@ -225,7 +225,7 @@ def _energy_section(runs, rows, plotted) -> list[str]:
     lines = ["## Energy", ""]
     for s in sources:
         lines.append(f"- `{_md(s)}`: {ENERGY_LABELS.get(s, 'as labelled by the trainer')}")
-    estimated = [s for s in sources if not s.startswith("measured")]
+    estimated = [s for s in sources if s.startswith("estimated")]
     if estimated:
         lines += ["", "**Some energy figures below are estimates, not measurements.**"]
     lines.append("")
@@ -239,11 +239,12 @@ def _energy_section(runs, rows, plotted) -> list[str]:
             " Left out, because their energy is not measured: "
             + "; ".join(f"{_md(k)} at N = {', '.join(v)}" for k, v in left_out.items()) + "." if left_out else ""))
     else:
-        lines.append("No energy plot: no run measured its energy. An estimate from FLOP and byte counts "
-                     "(Horowitz) gives a FLOP/J fixed by the model and an estimate from run time x "
-                     "nominal power (TDP) gives a FLOP/J proportional to FLOP/s, so a plot of either "
-                     "would only restate the FLOP/s plot. Measured energy needs readable RAPL counters "
-                     "(/sys/class/powercap/intel-rapl, usually root on Linux) or NVML on an NVIDIA GPU.")
+        lines.append("No energy plot: no run measured its energy." + (
+            " An estimate from FLOP and byte counts (Horowitz) gives a FLOP/J fixed by the model and an "
+            "estimate from run time x nominal power (TDP) gives a FLOP/J proportional to FLOP/s, so a "
+            "plot of either would only restate the FLOP/s plot." if estimated else "")
+            + " Measured energy needs readable RAPL counters (/sys/class/powercap/intel-rapl, usually "
+            "root on Linux) or NVML on an NVIDIA GPU.")
     return lines
 
 

@@ -185,7 +185,14 @@ def test_estimated_energy_gets_no_plot_and_a_stale_one_is_removed(tmp_path):
         (tmp_path / "plots" / stale).write_bytes(b"from an older report")
     (tmp_path / "plots" / "mine.png").write_bytes(b"not ours")
     md = Path(write_report(tmp_path)).read_text()
-    assert "No energy plot: no run measured its energy" in md and "energy.png" not in md
+    assert "No energy plot: no run measured its energy. An estimate from FLOP" in md and "energy.png" not in md
+    for name in os.listdir(tmp_path / "runs"):           # no energy recorded at all: no talk of estimates
+        r = json.loads((tmp_path / "runs" / name).read_text())
+        r["energy"] = dict.fromkeys(r["energy"]) | {"source": "none"}
+        (tmp_path / "runs" / name).write_text(json.dumps(r))
+    md = Path(write_report(tmp_path)).read_text()
+    assert "No energy plot: no run measured its energy. Measured energy needs" in md
+    assert "`none`: no energy recorded" in md and "estimate" not in md.lower()
     assert sorted(os.listdir(tmp_path / "plots")) == sorted(
         [f"{s}.{e}" for s in ("efficiency", "flops", "throughput", "time_breakdown") for e in ("png", "pdf")]
         + ["mine.png"])
