@@ -151,7 +151,8 @@ class _Plotter:
 
     def rate_plot(self, name, title, key, what, unit, words=False):
         f, p = _prefix([r[key + "_mean"] for r in self.rows])
-        p = WORDS.get(p, p) if words else p
+        if words:       # "thousand samples/s"; no "milli-samples": below 1/s stays in samples/s
+            f, p = (f, WORDS[p]) if p in WORDS else (1.0, "")
         fig, sub, (ax,) = self.figure(title)
         handles, values = self.lines(ax, key, f)
         proxy, ideal = self.ideal(ax, key, f)

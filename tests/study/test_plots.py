@@ -110,3 +110,15 @@ def test_user_text_cannot_break_matplotlib(monkeypatch):
     r["model"] = "my$model"
     figs = figures(aggregate([r]), monkeypatch, subtitle="$\\frac{ · " + "x" * 500)
     assert len(figs["throughput"].subfigs[0]._suptitle.get_text()) <= 170
+
+
+def test_units_follow_the_values(monkeypatch):
+    slow = [run("weak", n, 0, 400.0, per_rank=1) for n in (1, 2)]     # 0.0025-0.005 samples/s, 400 s steps
+    figs = figures(aggregate(slow), monkeypatch)
+    assert figs["throughput"].get_axes()[0].get_ylabel() == "throughput, all ranks (samples/s)"
+    assert figs["time_breakdown"].get_axes()[0].get_ylabel() == "time per step (s)"
+    fast = [run("weak", n, 0, 0.004, per_rank=4096) for n in (1, 2)]  # ~1-2 million samples/s
+    figs = figures(aggregate(fast), monkeypatch)
+    assert figs["throughput"].get_axes()[0].get_ylabel() == "throughput, all ranks (million samples/s)"
+    assert figs["time_breakdown"].get_axes()[0].get_ylabel() == "time per step (ms)"
+    assert figs["flops"].get_axes()[0].get_ylabel() == "FLOP/s, all ranks (GFLOP/s)"
