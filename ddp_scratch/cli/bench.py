@@ -1,5 +1,6 @@
 """`launch.py bench-comm`: the all-reduce micro-benchmark under mpiexec, then its fit and projection."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,16 +10,33 @@ from ..errors import UserError
 from .local import LAUNCH_PY, find_mpiexec
 
 
-def cmd_bench_comm(a):
-    from ..study.bench_comm import analyse
+def _check_args(a):
+    """Every refusal before the measurement starts: one line, exit status 2."""
     if a.ranks < 2:
         raise UserError("bench-comm -n: an all-reduce needs at least 2 ranks")
     if (a.alpha_us is None) != (a.bandwidth_gbps is None):
         raise UserError("bench-comm: give both --alpha-us and --bandwidth-gbps, or neither")
+    for flag, value, unit in (("--alpha-us", a.alpha_us, "microseconds of latency, e.g. 2"),
+                              ("--bandwidth-gbps", a.bandwidth_gbps, "GB/s, e.g. 25")):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"bench-comm {flag}: expected a positive number of {unit}, got {value:g}")
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        raise UserError(f"bench-comm --out: {a.out} is a file, expected a folder (new or existing)")
+    try:
+        os.makedirs(a.out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"bench-comm --out: cannot create {a.out} ({e.strerror or e})") from None
+    if not os.access(a.out, os.W_OK):
+        raise UserError(f"bench-comm --out: {a.out} is not writable, expected a folder you can write to")
+
+
+def cmd_bench_comm(a):
+    from ..study.bench_comm import analyse, fit_warning, projection_text
+    from ..study.environment import describe
+    _check_args(a)
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise UserError("bench-comm: no mpiexec found (pip install mpich)")
-    os.makedirs(a.out, exist_ok=True)
     raw = os.path.join(a.out, "bench_comm_raw.json")
     rc = subprocess.run([mpiexec, "-n", str(a.ranks), sys.executable, "-m", "ddp_scratch.study.bench_comm", raw],
                         cwd=os.path.dirname(LAUNCH_PY)).returncode
@@ -31,14 +49,18 @@ def cmd_bench_comm(a):
         compute[os.path.splitext(os.path.basename(path))[0]] = _step_compute(path, tempfile.mkdtemp())
     alpha = a.alpha_us * 1e-6 if a.alpha_us is not None else None
     beta = 1 / (a.bandwidth_gbps * 1e9) if a.bandwidth_gbps is not None else None
-    res = analyse(meas, a.ranks, a.out, alpha, beta, compute)
+    res = analyse(meas, a.ranks, a.out, alpha, beta, compute, environment=describe(ranks=a.ranks))
     f = res["fit"]
     print(f"fit: alpha {f['alpha_s'] * 1e6:.2f} us, bandwidth {f['bandwidth_GBps'] or 0:.2f} GB/s, r2 {f['r2']:.3f}")
+    warning = fit_warning(res)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    print(projection_text(res))
     for name, p in res["projections"].items():
         eff = ", ".join(f"{r['world_size']}: {r['efficiency']:.2f}" for r in p["weak"])
         print(f"{name} (compute {p['compute_s'] * 1e3:.2f} ms/step, {p['grad_bytes'] / 1e6:.1f} MB grads) "
               f"weak efficiency {eff}")
-    print(f"-> {a.out}/bench_comm.json, {a.out}/bench_comm.png")
+    print(f"-> {a.out}/bench_comm.json, {a.out}/bench_comm.png (+ .pdf)")
     return 0
 
 

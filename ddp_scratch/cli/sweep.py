@@ -54,6 +54,7 @@ def run_json(summary, mode, config, n, repeat, gb):
                    "joules_per_epoch": e.get("joules_per_epoch"), "ops_per_joule": e.get("ops_per_joule"),
                    "mean_watts": e.get("mean_watts")},
         "device": summary.get("device"), "backend": summary.get("backend"), "dtype": summary.get("dtype"),
+        "environment": summary.get("environment"),
     }
 
 

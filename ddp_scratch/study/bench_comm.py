@@ -36,11 +36,45 @@ def measure(comm, sizes, iters=None, warmup=3):
     return out
 
 
-def analyse(meas, world, out_dir, alpha=None, beta=None, compute=None, worlds=(8, 16, 32, 64, 128, 256, 512, 1024)):
+R2_POOR = 0.9      # below this the alpha-beta fit explains too little of the timings to project with
+
+
+def _params_text(alpha_s, beta_s_per_byte, plot=False):
+    bw = 1 / beta_s_per_byte / 1e9 if beta_s_per_byte else float("inf")
+    if plot:
+        return f"α = {alpha_s * 1e6:.3g} µs, {bw:.3g} GB/s"
+    return f"alpha = {alpha_s * 1e6:.3g} us, bandwidth {bw:.3g} GB/s"
+
+
+def projection_text(res, plot=False) -> str:
+    """Which alpha and bandwidth the projection used, in words (console, or plot with plot=True)."""
+    p = res["projection_params"]
+    params = _params_text(p["alpha_s"], p["beta_s_per_byte"], plot)
+    if p["source"] == "given":
+        return f"with the given {params}, not the fit" if plot else \
+            f"projection with the given {params} (--alpha-us, --bandwidth-gbps), not the fit"
+    return f"with the fit: {params}" if plot else f"projection with the fit: {params}"
+
+
+def fit_warning(res) -> str | None:
+    """A `warning:` line when the fit is poor (r2 below R2_POOR), saying what to do; else None."""
+    r2 = res["fit"]["r2"]
+    if r2 >= R2_POOR:
+        return None
+    used = ("the projection does not use it (given values)" if res["projection_params"]["source"] == "given"
+            else "the projection built on it is unreliable")
+    return (f"warning: poor alpha-beta fit (r2 {r2:.2f} < {R2_POOR}): the timings are noisy or outside the "
+            f"ring model, and {used}; measure again on a quieter machine (no other jobs running), or "
+            "project with your interconnect's --alpha-us and --bandwidth-gbps")
+
+
+def analyse(meas, world, out_dir, alpha=None, beta=None, compute=None, worlds=(8, 16, 32, 64, 128, 256, 512, 1024),
+            environment=None):
     """Fit, plot measured vs predicted, and project efficiency for the given models.
 
     compute: {name: (compute_seconds_per_step, grad_bytes)}; alpha/beta override the fit (e.g. the
-    cluster's InfiniBand: alpha ~ 2e-6 s, beta = 1 / 25e9 s/B)."""
+    cluster's InfiniBand: alpha ~ 2e-6 s, beta = 1 / 25e9 s/B). environment: describe() of the
+    machine that measured (study/environment.py), shown in the plot's subtitle."""
     sizes = [m["bytes"] for m in meas]
     times = [m["seconds"] for m in meas]
     fit = fit_alpha_beta(sizes, times, world)
@@ -48,46 +82,105 @@ def analyse(meas, world, out_dir, alpha=None, beta=None, compute=None, worlds=(8
     b = fit.beta if beta is None else beta
     res = {"world_size": world, "measured": meas,
            "fit": {"alpha_s": fit.alpha, "beta_s_per_byte": fit.beta, "r2": fit.r2,
-                   "bandwidth_GBps": 1 / fit.beta / 1e9 if fit.beta else None},
+                   "bandwidth_GBps": 1 / fit.beta / 1e9 if fit.beta else None,
+                   "r2_poor_below": R2_POOR, "poor": fit.r2 < R2_POOR},
            "projection_params": {"alpha_s": a, "beta_s_per_byte": b,
                                  "source": "fit" if alpha is None and beta is None else "given"},
            "predicted_here": [predict_allreduce(s, world, fit.alpha, fit.beta) for s in sizes],
-           "projections": {}}
+           "projections": {}, "environment": environment}
+    res["projection_note"] = projection_text(res)
     for name, (ct, gbytes) in (compute or {}).items():
         res["projections"][name] = {"compute_s": ct, "grad_bytes": gbytes,
                                     "weak": project_efficiency(ct, gbytes, worlds, a, b, "weak"),
                                     "strong": project_efficiency(ct, gbytes, worlds, a, b, "strong")}
     os.makedirs(out_dir, exist_ok=True)
+    files = _plot(res)
     atomic_write_text(os.path.join(out_dir, "bench_comm.json"), json.dumps(res, indent=1))
-    _plot(res, out_dir)
+    for name, data in files.items():
+        atomic_write_bytes(os.path.join(out_dir, name), data)
     return res
 
 
-def _plot(res, out_dir):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _subtitle(res):
+    env = res.get("environment") or {}
+    gpus = [g.get("name") for g in env.get("gpus") or [] if g.get("name")]
+    parts = [f"{len(gpus)} × {gpus[0]}" if gpus else None, env.get("cpu_model"),
+             f"{res['world_size']} ranks", (env.get("date_utc") or "")[:10] or "date not recorded"]
+    return " · ".join(str(p).replace("$", r"\$") for p in parts if p)
+
+
+def _size_label(nbytes):
+    for unit, f in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= f:
+            return f"{nbytes / f:g} {unit}"
+    return f"{nbytes:g} B"
+
+
+def _plot(res):
+    """{file name: bytes}: bench_comm.png (300 dpi) and bench_comm.pdf, drawn without pyplot."""
     import io
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    from matplotlib import rc_context
+    from .plots import RC
+    with rc_context(RC):
+        fig = figure(res)
+        out = {}
+        for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=300, bbox_inches="tight", pad_inches=0.1, metadata=meta)
+            out[f"bench_comm.{ext}"] = buf.getvalue()
+    return out
+
+
+def figure(res):
+    """The measured-vs-fit and projection figure of analyse()'s result (a matplotlib Figure)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     sizes = [m["bytes"] for m in res["measured"]]
-    axes[0].loglog(sizes, [m["seconds"] * 1e6 for m in res["measured"]], "o", label="measured")
-    axes[0].loglog(sizes, [t * 1e6 for t in res["predicted_here"]], "-",
-                   label=f"alpha-beta fit (r2={res['fit']['r2']:.3f})")
-    axes[0].set(xlabel="bytes", ylabel="all-reduce time (us)", title=f"{res['world_size']} ranks")
-    axes[0].legend()
-    for name, p in res["projections"].items():
+    fit, pp = res["fit"], res["projection_params"]
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle("All-reduce: measured, alpha-beta fit, projection to large worlds",
+                 fontweight="bold", fontsize=14)
+    sub = fig.subfigures(1, 1)
+    sub.suptitle(_subtitle(res), fontsize=9.5, color="0.3")
+    ax, ax2 = sub.subplots(1, 2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.plot(sizes, [m["seconds"] * 1e6 for m in res["measured"]], "o", color="#0072B2",
+            label=f"measured ({res['world_size']} ranks, slowest rank)")
+    ax.plot(sizes, [t * 1e6 for t in res["predicted_here"]], "-", color="#E69F00",
+            label=f"fit: {_params_text(fit['alpha_s'], fit['beta_s_per_byte'], True)}, r² = {fit['r2']:.2f}")
+    if pp["source"] == "given":
+        given = [predict_allreduce(s, res["world_size"], pp["alpha_s"], pp["beta_s_per_byte"]) for s in sizes]
+        ax.plot(sizes, [t * 1e6 for t in given], "--", color="0.4",
+                label=f"given: {_params_text(pp['alpha_s'], pp['beta_s_per_byte'], True)}")
+    ticks = sizes[::max(1, len(sizes) // 4)]
+    ax.set_xticks(ticks, [_size_label(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="message size (gradient bytes)", ylabel="all-reduce time (µs)",
+           title=f"All-reduce on {res['world_size']} ranks" + (f" — poor fit (r² < {R2_POOR})" if fit["poor"] else ""))
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, fontsize=9)
+    for i, (name, p) in enumerate(res["projections"].items()):
+        color = ("#0072B2", "#009E73", "#CC79A7", "#D55E00")[i % 4]
         w = [r["world_size"] for r in p["weak"]]
-        axes[1].semilogx(w, [r["efficiency"] for r in p["weak"]], "o-", label=f"{name} weak")
-        axes[1].semilogx(w, [r["efficiency"] for r in p["strong"]], "s--", label=f"{name} strong")
-    axes[1].set(xlabel="ranks", ylabel="predicted parallel efficiency", ylim=(0, 1.05),
-                title="projection (ring all-reduce, no overlap)")
+        ax2.plot(w, [100 * r["efficiency"] for r in p["weak"]], "o-", color=color,
+                 label=f"{name}, weak scaling")
+        ax2.plot(w, [100 * r["efficiency"] for r in p["strong"]], "s--", color=color,
+                 label=f"{name}, strong scaling")
+        ax2.set_xscale("log", base=2)
+        ax2.set_xticks(w, [str(n) for n in w])
+        ax2.minorticks_off()
+    ax2.set(xlabel="ranks (world size, log scale)", ylabel="predicted parallel efficiency (%)",
+            ylim=(0, 105), title="Projection (ring all-reduce, no overlap)\n" + projection_text(res, True))
+    ax2.grid(True, alpha=0.3)
     if res["projections"]:
-        axes[1].legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(os.path.join(out_dir, "bench_comm.png"), buf.getvalue())
+        ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, fontsize=9, ncols=2)
+    else:
+        ax2.axis("off")
+        ax2.text(0.5, 0.5, "no model to project\n(--configs names none)", transform=ax2.transAxes,
+                 ha="center", va="center", color="0.35")
+    return fig
 
 
 def main(argv):

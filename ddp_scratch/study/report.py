@@ -1,7 +1,7 @@
 """Aggregate per-run JSON files of a scaling sweep into CSV, plots and markdown.
 
 Layout: ``DIR/runs/<name>.json`` (one file per (mode, config, world, repeat)),
-outputs ``DIR/scaling.csv``, ``DIR/plots/*.png`` and ``DIR/report.md``.
+outputs ``DIR/scaling.csv``, ``DIR/plots/*.png`` + ``*.pdf`` (study/plots.py) and ``DIR/report.md``.
 
 Definitions (T = a run's median-across-ranks per-step time, b = baseline world,
 the smallest world of the series, normally 1; T_b = harmonic mean over its
@@ -11,85 +11,32 @@ repeats, i.e. the mean *rate*, so the baseline row's mean efficiency is 1):
 so in both modes speedup is the throughput ratio and efficiency = speedup*b/N.
 Each repeat at N is compared with the baseline *mean* (repeats are not paired)
 and the row reports mean and sample std (ddof=1; 0 for a single repeat).
+The step splits into compute, comm, wait and other = step - compute - comm - wait
+(clipped at 0: medians over ranks do not add exactly).
+
+Every run file is checked field by field (study/runfile.py) before anything is computed, so a
+wrong file is one ValueError naming the file and the field, never a traceback.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections import defaultdict
 from pathlib import Path
 
 from ..fsutil import atomic_write_bytes, atomic_write_text
+from .runfile import ENERGY_LABELS, clean, load_runs, validate_run
 
-__all__ = ["load_runs", "validate_run", "aggregate", "write_csv", "make_plots",
-           "write_report"]
+__all__ = ["load_runs", "validate_run", "aggregate", "write_csv", "make_plots", "write_report",
+           "environment_lines", "hardware_line"]
 
-STAT_KEYS = ("step_time_s", "compute_s", "comm_s", "wait_s", "peak_mem_bytes")
-ENERGY_KEYS = ("source", "joules_per_step", "joules_per_epoch", "ops_per_joule",
-               "mean_watts")
-REQUIRED = ("mode", "config", "model", "world_size", "repeat", "global_batch",
-            "per_rank_batch", "steps", "samples_per_s", "tokens_per_s",
-            "flops_per_s", "mfu", "energy") + STAT_KEYS
-
-ENERGY_LABELS = {
-    "measured-rapl": "measured: Intel RAPL package counters (host-wide, all processes)",
-    "measured-nvml": "measured: NVML GPU total-energy counter (whole device)",
-    "estimated-horowitz45nm": "ESTIMATED, not measured: FLOP and DRAM-byte counts x "
-                              "Horowitz ISSCC'14 45 nm per-op energies (dynamic "
-                              "energy only, a lower bound)",
-    "estimated-tdp": "ESTIMATED, not measured: run time x nominal TDP/power limit",
-}
-
-
-def _is_num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def validate_run(run, name: str) -> dict:
-    """Raise ValueError naming ``name`` if ``run`` does not follow the schema."""
-    def bad(msg):
-        raise ValueError(f"{name}: {msg}")
-    if not isinstance(run, dict):
-        bad(f"expected a JSON object, got {type(run).__name__}")
-    missing = [k for k in REQUIRED if k not in run]
-    if missing:
-        bad(f"missing keys {missing}")
-    if run["mode"] not in ("strong", "weak"):
-        bad(f"mode must be 'strong' or 'weak', got {run['mode']!r}")
-    if not isinstance(run["world_size"], int) or run["world_size"] < 1:
-        bad(f"world_size must be an int >= 1, got {run['world_size']!r}")
-    for k in ("samples_per_s", "flops_per_s"):
-        if not _is_num(run[k]):
-            bad(f"{k} must be a number, got {run[k]!r}")
-    for k in STAT_KEYS:
-        s = run[k]
-        if not isinstance(s, dict) or not all(_is_num(s.get(q)) for q in ("min", "median", "max")):
-            bad(f"{k} must be an object with numeric min/median/max, got {s!r}")
-    if not isinstance(run["energy"], dict):
-        bad("energy must be an object")
-    missing = [k for k in ENERGY_KEYS if k not in run["energy"]]
-    if missing:
-        bad(f"energy is missing keys {missing}")
-    return run
-
-
-def load_runs(directory) -> list[dict]:
-    """Read and validate every ``DIR/runs/*.json``, sorted by file name."""
-    run_dir = Path(directory) / "runs"
-    files = sorted(run_dir.glob("*.json"))
-    if not files:
-        raise ValueError(f"no run files found in {run_dir}")
-    runs = []
-    for f in files:
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{f}: invalid JSON: {e}") from e
-        runs.append(validate_run(data, str(f)))
-    return runs
+ALT = {"throughput": "throughput", "efficiency": "parallel efficiency",
+       "time_breakdown": "time per step by phase", "flops": "achieved FLOP/s", "energy": "measured energy"}
+OTHER_CONTAINS = ("the optimizer update, the gradient norm (and clipping), copying the loss and "
+                  "accuracy to the host, and the device synchronisation that ends the step "
+                  "(host syncs); gathering the batch is counted in compute")
 
 
 def _mean_std(values):
@@ -99,7 +46,7 @@ def _mean_std(values):
     m = sum(vals) / len(vals)
     if len(vals) < 2:
         return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+    return m, math.sqrt(sum((v - m) * (v - m) for v in vals) / (len(vals) - 1))
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -133,20 +80,24 @@ def aggregate(runs: list[dict]) -> list[dict]:
             put("efficiency", [s * b / n for s in speedups])
             for k in ("compute_s", "comm_s", "wait_s"):
                 row[k] = _mean_std(r[k]["median"] for r in rs)[0]
+            row["other_s"] = max(0.0, row["step_time_s_mean"] - row["compute_s"] - row["comm_s"]
+                                 - row["wait_s"])
             put("flops_per_s", [r["flops_per_s"] for r in rs])
             row["mfu_mean"] = _mean_std(r["mfu"] for r in rs)[0]
             put("ops_per_joule", [r["energy"]["ops_per_joule"] for r in rs])
             put("joules_per_step", [r["energy"]["joules_per_step"] for r in rs])
+            put("joules_per_sample", [None if r["energy"]["joules_per_step"] is None
+                                      else r["energy"]["joules_per_step"] / r["global_batch"] for r in rs])
             row["joules_per_epoch_mean"] = _mean_std(r["energy"]["joules_per_epoch"] for r in rs)[0]
             row["mean_watts_mean"] = _mean_std(r["energy"]["mean_watts"] for r in rs)[0]
             row["peak_mem_bytes_max"] = max(r["peak_mem_bytes"]["max"] for r in rs)
             row["energy_source"] = "|".join(sorted({r["energy"]["source"] for r in rs}))
+            row["energy_measured"] = all(r["energy"]["source"].startswith("measured") for r in rs)
             rows.append(row)
     return rows
 
 
-def write_csv(rows: list[dict], path) -> str:
-    """CSV with the union of row keys (first-seen order); None -> empty cell."""
+def _csv_text(rows: list[dict]) -> str:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -155,118 +106,108 @@ def write_csv(rows: list[dict], path) -> str:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
-    return atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def _series(rows):
-    out: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        out[f"{r['mode']}:{r['config']}"].append(r)
-    return out
+def write_csv(rows: list[dict], path) -> str:
+    """CSV with the union of row keys (first-seen order); None -> empty cell."""
+    return atomic_write_text(path, _csv_text(rows))
 
 
-def _nan(x):
-    return float("nan") if x is None else float(x)
+def make_plots(rows: list[dict], outdir, subtitle: str = "") -> list[str]:
+    """Write every plot as 300 dpi PNG + PDF into outdir; returns the paths written."""
+    from .plots import render_plots
+    return [atomic_write_bytes(Path(outdir) / name, data)
+            for name, data in render_plots(rows, subtitle).items()]
 
 
-def _ranks_axis(ax, worlds):
-    if len(worlds) > 1:
-        ax.set_xscale("log", base=2)
-        ax.minorticks_off()
-    ax.set_xticks(worlds)
-    ax.set_xticklabels([str(w) for w in worlds])
-    ax.set_xlabel("ranks (world size)")
-    ax.grid(True, alpha=0.3)
+# ------------------------------------------------------------------ where the runs ran
+
+def _envs(runs):
+    return [r["environment"] for r in runs if isinstance(r.get("environment"), dict)]
 
 
-def make_plots(rows: list[dict], outdir) -> list[str]:
-    """Write throughput, efficiency, time-breakdown and FLOP/s+ops/J PNGs."""
-    # Lazy and pyplot-free: importing this module must stay cheap for ranks,
-    # and an explicit Agg canvas never touches a display or global backend.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _distinct(values, limit=4):
+    seen = []
+    for v in values:
+        if v not in (None, "", []) and v not in seen:
+            seen.append(v)
+    more = f" (+{len(seen) - limit} more)" if len(seen) > limit else ""
+    return "; ".join(seen[:limit]) + more if seen else None
 
-    if not rows:
-        raise ValueError("no rows to plot")
-    outdir = Path(outdir)
-    worlds = sorted({r["world_size"] for r in rows})
-    ser = _series(rows)
-    paths = []
 
-    def new(ncols=1, width=6.0):
-        fig = Figure(figsize=(width * ncols, 4.2))
-        FigureCanvasAgg(fig)
-        return fig, fig.subplots(1, ncols, squeeze=False)[0]
+def _gpu_text(e, limit=60):
+    """"4 × NVIDIA H100 80GB HBM3" for the GPUs NVML saw on one run's host; None for none."""
+    names = [clean(g.get("name"), limit) or "unnamed GPU" for g in (e.get("gpus") or [])]
+    return ", ".join(f"{names.count(x)} × {x}" for x in dict.fromkeys(names)) or None
 
-    def save(fig, name):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        paths.append(atomic_write_bytes(outdir / name, buf.getvalue()))
 
-    def bars(ax, key, scale=1.0):
-        colors = {}
-        for label, rs in ser.items():
-            x = [r["world_size"] for r in rs]
-            y = [_nan(r[key + "_mean"]) * scale for r in rs]
-            e = [_nan(r[key + "_std"]) * scale for r in rs]
-            cont = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
-            colors[label] = cont.lines[0].get_color()
-        return colors
+def _dates(envs, length=16):
+    """'first' or 'first to last' of the runs' UTC dates, cut to `length` (16: minutes, 10: days)."""
+    days = sorted({clean(e.get("date_utc"), 25).replace("T", " ")[:length] for e in envs
+                   if isinstance(e.get("date_utc"), str) and e["date_utc"][:4].isdigit()})
+    if not days:
+        return None
+    return days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
 
-    fig, (ax,) = new()
-    colors = bars(ax, "samples_per_s")
-    for label, rs in ser.items():
-        base = next(r for r in rs if r["world_size"] == r["baseline_world"])
-        xs = [r["world_size"] for r in rs]
-        ideal = [_nan(base["samples_per_s_mean"]) * n / base["baseline_world"] for n in xs]
-        ax.plot(xs, ideal, "--", color=colors[label], alpha=0.6, label=f"{label} ideal")
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("samples / s")
-    ax.set_title("Throughput (mean ± std over repeats)")
-    _ranks_axis(ax, worlds)
-    ax.legend(fontsize=8)
-    save(fig, "throughput.png")
 
-    fig, (ax,) = new()
-    bars(ax, "efficiency")
-    ax.axhline(1.0, color="k", ls="--", lw=1, label="ideal")
-    top = max([_nan(r["efficiency_mean"]) + _nan(r["efficiency_std"]) for r in rows] + [1.0])
-    ax.set_ylim(0, max(1.1, top * 1.05) if math.isfinite(top) else 1.1)
-    ax.set_ylabel("parallel efficiency")
-    ax.set_title("Parallel efficiency vs baseline world")
-    _ranks_axis(ax, worlds)
-    ax.legend(fontsize=8)
-    save(fig, "efficiency.png")
+def environment_lines(runs) -> list[tuple[str, str]]:
+    """(what, value) pairs for the report's "Where it ran" table; [] when no run recorded it."""
+    envs = _envs(runs)
+    if not envs:
+        return []
+    hosts = sorted({clean(h, 60) for e in envs for h in (e.get("hosts") or [])})
+    gpus = _distinct(_gpu_text(e) for e in envs)
+    nvml = any(isinstance(e.get("gpus"), list) for e in envs)
 
-    fig, axes = new(ncols=len(ser), width=4.5)
-    for ax, (label, rs) in zip(axes, ser.items()):
-        x = [str(r["world_size"]) for r in rs]
-        bottom = [0.0] * len(rs)
-        for k, color in (("compute_s", "tab:blue"), ("comm_s", "tab:orange"),
-                         ("wait_s", "tab:gray")):
-            h = [_nan(r[k]) * 1e3 for r in rs]
-            ax.bar(x, h, bottom=bottom, color=color, label=k[:-2])
-            bottom = [a + (0.0 if math.isnan(c) else c) for a, c in zip(bottom, h)]
-        ax.set_title(label)
-        ax.set_xlabel("ranks")
-        ax.set_ylabel("ms per step (median over ranks)")
-        ax.legend(fontsize=8)
-    save(fig, "time_breakdown.png")
+    def cores(e):
+        parts = [f"{e['logical_cores']} logical cores" if e.get("logical_cores") is not None else None,
+                 f"{e['cores_available']} available to each rank" if e.get("cores_available") is not None
+                 else None]
+        return ", ".join(p for p in parts if p) or None
 
-    fig, (ax1, ax2) = new(ncols=2)
-    bars(ax1, "flops_per_s", 1e-9)
-    ax1.set_ylabel("GFLOP/s (all ranks)")
-    ax1.set_title("Achieved FLOP/s")
-    bars(ax2, "ops_per_joule")
-    ax2.set_ylabel("FLOP / J")
-    srcs = sorted({r["energy_source"] for r in rows})
-    ax2.set_title("Energy efficiency [" + ", ".join(srcs) + "]", fontsize=9)
-    for ax in (ax1, ax2):
-        _ranks_axis(ax, worlds)
-        ax.legend(fontsize=8)
-    save(fig, "flops_energy.png")
-    return [str(p) for p in paths]
+    def commit(e):
+        if not e.get("git_commit"):
+            return None
+        return clean(e["git_commit"], 40)[:12] + (" (with uncommitted changes)" if e.get("git_dirty") else "")
 
+    def field(k, n=120):
+        return _distinct(clean(e.get(k), n) for e in envs)
+    numpy = _distinct(" / ".join(clean(e.get(k), 60) for k in ("numpy", "blas") if e.get(k)) for e in envs)
+    out = [("Hosts", f"{', '.join(hosts[:8])}{' …' if len(hosts) > 8 else ''} ({len(hosts)} host"
+                     f"{'s' if len(hosts) != 1 else ''})" if hosts else None),
+           ("CPU", field("cpu_model")), ("Cores", _distinct(cores(e) for e in envs)),
+           ("GPUs", (gpus + (f" (driver {field('gpu_driver', 40)})" if field("gpu_driver", 40) else ""))
+            if gpus else ("none found by NVML" if nvml else None)),
+           ("Threads per rank", _distinct(clean(e.get("threads_per_rank"), 20) for e in envs)),
+           ("MPI", field("mpi_library")), ("NumPy / BLAS", numpy), ("Python", field("python")),
+           ("OS", field("os")), ("Date (UTC)", _dates(envs)), ("Commit", _distinct(commit(e) for e in envs))]
+    return [(k, v if v else "not recorded") for k, v in out]
+
+
+def hardware_line(runs) -> str:
+    """The plots' subtitle: hardware and date, from the runs' environment (else their device)."""
+    envs = _envs(runs)
+    parts = []
+    if envs:
+        gpus = _distinct((_gpu_text(e, 40) for e in envs), 2)
+        cpu = _distinct((clean(e.get("cpu_model"), 40) for e in envs), 2)
+        parts += [p for p in (gpus, cpu) if p]
+        hosts = {clean(h, 60) for e in envs for h in (e.get("hosts") or [])}
+        if hosts:
+            parts.append(f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}")
+        threads = _distinct((clean(e.get("threads_per_rank"), 8) for e in envs), 2)
+        if threads:
+            parts.append(f"{threads} thread{'' if threads == '1' else 's'}/rank")
+    if not parts:
+        devices = _distinct((f"{clean(r.get('device'), 40)} ({clean(r.get('backend'), 20) or 'backend ?'})"
+                             for r in runs if r.get("device")), 2)
+        parts.append(devices or "hardware not recorded")
+    parts.append(_dates(envs, 10) or "date not recorded")
+    return " · ".join(parts)
+
+
+# ------------------------------------------------------------------ report.md
 
 def _fmt(mean, std=None, scale=1.0, spec=".4g"):
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -275,52 +216,129 @@ def _fmt(mean, std=None, scale=1.0, spec=".4g"):
     return s if not std else f"{s} ± {format(std * scale, spec)}"
 
 
-def write_report(directory) -> str:
-    """load_runs + aggregate + CSV + plots + ``DIR/report.md``; returns its path."""
-    d = Path(directory)
-    runs = load_runs(d)
-    rows = aggregate(runs)
-    csv_path = write_csv(rows, d / "scaling.csv")
-    plots = make_plots(rows, d / "plots")
+def _md(s) -> str:
+    return clean(s, 200).replace("|", "\\|")
+
+
+def _energy_section(runs, rows, plotted) -> list[str]:
     sources = sorted({r["energy"]["source"] for r in runs})
-    lines = [
-        "# Scaling report", "",
-        f"{len(runs)} runs from `runs/`; models: "
-        f"{', '.join(sorted({r['model'] for r in runs}))}; series: "
-        f"{', '.join(sorted({r['mode'] + ':' + r['config'] for r in runs}))}.", "",
-        "T = per-run median-across-ranks step time. Speedup and efficiency are "
-        "relative to `baseline_world` (world 1 when present, else the smallest "
-        "world of the series): strong efficiency = b·T_b/(N·T_N), weak "
-        "efficiency = T_b/T_N. Values are mean ± sample std over repeats. "
-        f"Full numbers: `{os.path.relpath(csv_path, d)}`.", "",
-        "## Energy source", "",
-    ]
+    lines = ["## Energy", ""]
     for s in sources:
-        lines.append(f"- `{s}`: {ENERGY_LABELS.get(s, 'as labelled by the trainer')}")
-    if any(not s.startswith("measured") for s in sources):
+        lines.append(f"- `{_md(s)}`: {ENERGY_LABELS.get(s, 'as labelled by the trainer')}")
+    estimated = [s for s in sources if s.startswith("estimated")]
+    if estimated:
         lines += ["", "**Some energy figures below are estimates, not measurements.**"]
+    lines.append("")
+    if "energy.png" in plotted:
+        from .plots import series_labels
+        labels, left_out = series_labels(rows), defaultdict(list)
+        for r in rows:
+            if not r["energy_measured"]:
+                left_out[labels[(r["mode"], r["config"])]].append(str(r["world_size"]))
+        lines.append("`plots/energy.png` shows measured energy only." + (
+            " Left out, because their energy is not measured: "
+            + "; ".join(f"{_md(k)} at N = {', '.join(v)}" for k, v in left_out.items()) + "." if left_out else ""))
+    else:
+        lines.append("No energy plot: no run measured its energy." + (
+            " An estimate from FLOP and byte counts (Horowitz) gives a FLOP/J fixed by the model and an "
+            "estimate from run time x nominal power (TDP) gives a FLOP/J proportional to FLOP/s, so a "
+            "plot of either would only restate the FLOP/s plot." if estimated else "")
+            + " Measured energy needs readable RAPL counters (/sys/class/powercap/intel-rapl, usually "
+            "root on Linux) or NVML on an NVIDIA GPU.")
+    return lines
+
+
+def _results_table(rows) -> list[str]:
     head = ["mode", "config", "N", "base", "reps", "samples/s", "step ms", "speedup",
-            "efficiency", "compute ms", "comm ms", "wait ms", "GFLOP/s", "MFU",
+            "efficiency", "compute ms", "comm ms", "wait ms", "other ms", "GFLOP/s", "MFU",
             "FLOP/J", "J/step", "energy source"]
-    lines += ["", "## Results", "", "| " + " | ".join(head) + " |",
-              "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["mode"], r["config"], str(r["world_size"]), str(r["baseline_world"]),
+        cells = [r["mode"], _md(r["config"]), str(r["world_size"]), str(r["baseline_world"]),
                  str(r["repeats"]),
                  _fmt(r["samples_per_s_mean"], r["samples_per_s_std"]),
                  _fmt(r["step_time_s_mean"], r["step_time_s_std"], 1e3),
                  _fmt(r["speedup_mean"], r["speedup_std"]),
                  _fmt(r["efficiency_mean"], r["efficiency_std"]),
                  _fmt(r["compute_s"], scale=1e3), _fmt(r["comm_s"], scale=1e3),
-                 _fmt(r["wait_s"], scale=1e3),
+                 _fmt(r["wait_s"], scale=1e3), _fmt(r["other_s"], scale=1e3),
                  _fmt(r["flops_per_s_mean"], r["flops_per_s_std"], 1e-9),
                  _fmt(r["mfu_mean"]),
                  _fmt(r["ops_per_joule_mean"], r["ops_per_joule_std"]),
                  _fmt(r["joules_per_step_mean"], r["joules_per_step_std"]),
-                 r["energy_source"]]
+                 _md(r["energy_source"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Plots", ""]
-    for p in plots:
-        name = Path(p).stem.replace("_", " ")
-        lines += [f"![{name}]({Path(os.path.relpath(p, d)).as_posix()})", ""]
-    return atomic_write_text(d / "report.md", "\n".join(lines))
+    return lines
+
+
+def _markdown(runs, rows, plot_names, csv_name) -> str:
+    from .plots import series_labels
+    labels = series_labels(rows)
+    env = environment_lines(runs)
+    lines = ["# Scaling report", "",
+             f"{len(runs)} runs from `runs/`; series: "
+             + "; ".join(f"{_md(v)} (`{_md(k[0] + ':' + k[1])}`)" for k, v in labels.items()) + ".",
+             "", "## Where it ran", ""]
+    if env:
+        lines += ["| | |", "|---|---|"] + [f"| {k} | {_md(v)} |" for k, v in env]
+        missing = len(runs) - len(_envs(runs))
+        if missing:
+            lines += ["", f"{missing} of {len(runs)} run files have no environment record."]
+    else:
+        devices = sorted({f"{clean(r.get('device'), 40)} ({clean(r.get('backend'), 20)}, "
+                          f"{clean(r.get('dtype'), 20)})" for r in runs if r.get("device")})
+        lines.append("Not recorded: these run files predate the environment record (hosts, CPU, "
+                     "threads, MPI, BLAS, date, commit). Device: "
+                     + (_md(", ".join(devices)) if devices else "not recorded") + ".")
+    lines += [
+        "", "## Definitions", "",
+        "T = per-run median-across-ranks step time. Speedup and efficiency are "
+        "relative to `baseline_world` (world 1 when present, else the smallest "
+        "world of the series): strong efficiency = b·T_b/(N·T_N), weak "
+        "efficiency = T_b/T_N. Values are mean ± sample std over repeats. "
+        f"Full numbers: `{csv_name}`.", "",
+        "The step splits into compute (gathering the batch, forward and backward), comm (the "
+        "gradient all-reduce as the fastest rank saw it), wait (the time a rank spent in the "
+        "all-reduce beyond that: waiting for slower ranks) and other = step − compute − comm − "
+        f"wait (never below 0), which holds {OTHER_CONTAINS}. Each is the median over ranks, so "
+        "the parts can add up to slightly more or less than the median step.", ""]
+    lines += _energy_section(runs, rows, plot_names)
+    lines += ["", "## Results", ""] + _results_table(rows)
+    lines += ["", "## Plots", "",
+              "Each plot is a 300 dpi PNG with a vector PDF copy of the same name next to it "
+              "(for posters and LaTeX).", ""]
+    for name in plot_names:
+        if name.endswith(".png"):
+            lines += [f"![{ALT.get(name[:-4], name[:-4])}](plots/{name})", ""]
+    return "\n".join(lines)
+
+
+def write_report(directory) -> str:
+    """load_runs + aggregate + CSV + plots + ``DIR/report.md``; returns its path.
+
+    Everything is rendered in memory first, then written plots, CSV, report.md in that order, so
+    a failed write (ValueError naming the path) leaves the earlier report.md as it was. Plot files
+    this version no longer writes (an energy plot without measured energy, the older
+    flops_energy.*) are removed so that no stale plot sits next to the report."""
+    from .plots import KNOWN_PLOTS, render_plots
+    d = Path(directory)
+    runs = load_runs(d)
+    rows = aggregate(runs)
+    plots = render_plots(rows, hardware_line(runs))
+    md = _markdown(runs, rows, list(plots), "scaling.csv")
+    target = d
+    try:
+        for name, data in plots.items():
+            target = d / "plots" / name
+            atomic_write_bytes(target, data)
+        for name in sorted(set(KNOWN_PLOTS) - set(plots)):
+            target = d / "plots" / name
+            if target.is_file() and not target.is_symlink():
+                target.unlink()
+        target = d / "scaling.csv"
+        atomic_write_text(target, _csv_text(rows))
+        target = d / "report.md"
+        return atomic_write_text(target, md)
+    except OSError as e:
+        raise ValueError(f"cannot write {clean(str(target), 300)}: {e.strerror or e} "
+                         "(expected a writable folder)") from None

@@ -118,12 +118,30 @@ def test_csv_content(tmp_path):
     assert [g["world_size"] for g in got] == ["1", "2", "4", "2", "4", "8"]
 
 
-def test_plots_are_pngs(tmp_path):
+def png_dpi(data):
+    """Dots per inch from a PNG's pHYs chunk (pixels per metre), None without one."""
+    import struct
+    pos = 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"pHYs":
+            ppm_x, ppm_y, unit = struct.unpack(">IIB", data[pos + 8:pos + 17])
+            return round(ppm_x * 0.0254) if unit == 1 else None
+        pos += 12 + length
+    return None
+
+
+def test_plots_are_300dpi_pngs_with_pdf_copies(tmp_path):
     paths = make_plots(aggregate(all_runs()), tmp_path / "plots")
-    assert len(paths) == 4
-    for p in paths:
-        data = Path(p).read_bytes()
-        assert data[:8] == PNG_SIG and len(data) > 1024, p
+    names = sorted(Path(p).name for p in paths)
+    stems = ["efficiency", "energy", "flops", "throughput", "time_breakdown"]
+    assert names == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
+    for p in map(Path, paths):
+        data = p.read_bytes()
+        if p.suffix == ".png":
+            assert data[:8] == PNG_SIG and png_dpi(data) == 300, p
+        else:
+            assert data[:5] == b"%PDF-" and b"/Font" in data and len(data) > 5000, p
     assert not [f for f in os.listdir(tmp_path / "plots") if f.endswith(".tmp")]
 
 
@@ -132,14 +150,96 @@ def test_write_report(tmp_path):
     rp = Path(write_report(tmp_path))
     assert rp == tmp_path / "report.md"
     md = rp.read_text()
-    for name in ("throughput", "efficiency", "time_breakdown", "flops_energy"):
+    for name in ("throughput", "efficiency", "time_breakdown", "flops", "energy"):
         assert f"](plots/{name}.png)" in md
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1024
+        assert (tmp_path / "plots" / f"{name}.pdf").stat().st_size > 1024
     assert "`measured-rapl`" in md and "`estimated-horowitz45nm`" in md
     assert "estimates, not measurements" in md
+    # only the weak series measured its energy: the plot says what it leaves out
+    assert "Left out, because their energy is not measured: MLP, strong scaling at N = 1, 2, 4" in md
     assert "baseline_world" in md
     assert md.count("\n| strong |") == 3 and md.count("\n| weak |") == 3
+    assert "other ms" in md and "optimizer update" in md
     assert (tmp_path / "scaling.csv").read_text().startswith("mode,config,")
+    # runs without an environment record (older run files) still report, and say so
+    assert "Not recorded: these run files predate the environment record" in md
+
+
+def test_other_phase_fills_the_step_and_is_never_negative():
+    a = run("strong", 1, 0, 1.0)                       # 0.6 + 0.3 + 0.1 = the whole step
+    b = run("strong", 2, 0, 0.5)
+    b["compute_s"], b["comm_s"], b["wait_s"] = stat(0.2), stat(0.1), stat(0.05)
+    c = run("strong", 4, 0, 0.25)
+    c["compute_s"] = stat(0.3)                          # medians over ranks need not add up
+    rows = by_key(aggregate([a, b, c]))
+    assert rows[("strong", 1)]["other_s"] == pytest.approx(0.0, abs=1e-12)
+    assert rows[("strong", 2)]["other_s"] == pytest.approx(0.15)
+    assert rows[("strong", 4)]["other_s"] == 0.0
+
+
+def test_estimated_energy_gets_no_plot_and_a_stale_one_is_removed(tmp_path):
+    write_runs(tmp_path, [run("weak", n, 0, 0.1 * n) for n in (1, 2)])   # Horowitz estimates only
+    (tmp_path / "plots").mkdir()
+    for stale in ("energy.png", "energy.pdf", "flops_energy.png"):
+        (tmp_path / "plots" / stale).write_bytes(b"from an older report")
+    (tmp_path / "plots" / "mine.png").write_bytes(b"not ours")
+    md = Path(write_report(tmp_path)).read_text()
+    assert "No energy plot: no run measured its energy. An estimate from FLOP" in md and "energy.png" not in md
+    for name in os.listdir(tmp_path / "runs"):           # no energy recorded at all: no talk of estimates
+        r = json.loads((tmp_path / "runs" / name).read_text())
+        r["energy"] = dict.fromkeys(r["energy"]) | {"source": "none"}
+        (tmp_path / "runs" / name).write_text(json.dumps(r))
+    md = Path(write_report(tmp_path)).read_text()
+    assert "No energy plot: no run measured its energy. Measured energy needs" in md
+    assert "`none`: no energy recorded" in md and "estimate" not in md.lower()
+    assert sorted(os.listdir(tmp_path / "plots")) == sorted(
+        [f"{s}.{e}" for s in ("efficiency", "flops", "throughput", "time_breakdown") for e in ("png", "pdf")]
+        + ["mine.png"])
+
+
+def test_environment_in_report_and_subtitle(tmp_path):
+    from ddp_scratch.study.environment import describe
+    from ddp_scratch.study.report import hardware_line
+    env = describe(threads=2, hosts=["n1", "n2"], mpi_library="MPICH Version: 4.2.0", ranks=2)
+    env.update(cpu_model="AMD EPYC 7763 64-Core Processor", date_utc="2026-05-09T07:35:25Z",
+               git_commit="0123456789abcdef0123", git_dirty=True, blas="openblas 0.3.27",
+               gpus=[{"name": "NVIDIA A100-SXM4-40GB", "memory_bytes": 42949672960}], gpu_driver="550.1")
+    runs = all_runs()[:3]
+    for r in runs:
+        r["environment"] = env
+    line = hardware_line(runs)
+    assert line == "1 × NVIDIA A100-SXM4-40GB · AMD EPYC 7763 64-Core Processor · 2 hosts · 2 threads/rank · 2026-05-09"
+    old = all_runs()[:1]
+    assert hardware_line(old) == "hardware not recorded · date not recorded"
+    old[0].update(device="x86_64", backend="numpy")
+    assert hardware_line(old) == "x86_64 (numpy) · date not recorded"
+    write_runs(tmp_path, runs + all_runs()[3:4])
+    md = Path(write_report(tmp_path)).read_text()
+    top = md[:md.index("## Definitions")]
+    for want in ("| Hosts | n1, n2 (2 hosts) |", "| CPU | AMD EPYC 7763 64-Core Processor |",
+                 "| Threads per rank | 2 |", "| MPI | MPICH Version: 4.2.0 |",
+                 "| NumPy / BLAS | ", "openblas 0.3.27", "| Python | ", "| Date (UTC) | 2026-05-09 07:35 |",
+                 "| Commit | 0123456789ab (with uncommitted changes) |",
+                 "| GPUs | 1 × NVIDIA A100-SXM4-40GB (driver 550.1) |",
+                 "1 of 4 run files have no environment record."):
+        assert want in top, want
+
+
+def test_run_json_of_the_sweep_carries_the_environment():
+    from ddp_scratch.cli.sweep import run_json
+    from ddp_scratch.study.environment import describe
+    from ddp_scratch.study.report import validate_run
+    t = stat(0.01)
+    summary = {"timing": {"step_time_s": t, "compute_s": t, "comm_s": stat(0.0), "wait_s": stat(0.0),
+                          "steps_timed": 5},
+               "model": "mlp", "flops_per_s": 1e9, "peak_mem_bytes": stat(1e6), "device": "x86_64",
+               "environment": describe(ranks=1)}
+    rj = run_json(summary, "weak", "cfg", 1, 0, 64)
+    assert rj["environment"] == summary["environment"]
+    validate_run(json.loads(json.dumps(rj)), "rj.json")          # the report reads what the sweep writes
+    del summary["environment"]
+    assert run_json(summary, "weak", "cfg", 1, 0, 64)["environment"] is None
 
 
 def test_load_runs_errors_name_the_file(tmp_path):

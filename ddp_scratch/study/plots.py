@@ -1,0 +1,245 @@
+"""Poster-ready plots of a scaling report (rows of study/report.py's aggregate).
+
+Every figure comes as a 300 dpi PNG and a vector PDF of the same name; labels are words with
+units ("MLP, weak scaling", "throughput (k samples/s)"), the hardware and date sit in a subtitle,
+legends sit outside the axes and every y axis starts at 0 with headroom, so nothing is clipped or
+covered. Only measured quantities are plotted: the energy plot appears only for measured energy,
+because an estimate from FLOP counts or from run time x nominal power only restates FLOP/s.
+
+Matplotlib is imported lazily and drawn on the Agg canvas, never through pyplot: importing this
+module stays cheap for ranks and never touches a display or the global backend.
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+
+from .runfile import clean
+
+__all__ = ["render_plots", "series_labels", "KNOWN_PLOTS", "DPI"]
+
+DPI = 300
+NAMES = ("throughput", "efficiency", "time_breakdown", "flops", "energy")
+KNOWN_PLOTS = tuple(f"{n}.{ext}" for n in (*NAMES, "flops_energy") for ext in ("png", "pdf"))
+COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000")  # Okabe-Ito
+MARKERS = "osD^v<>"
+PHASES = (("compute_s", "compute (batch, forward, backward)", "#0072B2"),
+          ("comm_s", "communication (all-reduce)", "#E69F00"),
+          ("wait_s", "waiting for slower ranks", "#D55E00"),
+          ("other_s", "other (optimizer, host syncs)", "#BBBBBB"))
+MODEL_NAMES = {"mlp": "MLP", "gpt": "GPT", "cnn": "CNN", "transformer": "Transformer"}
+SOURCES = {"measured-rapl": "RAPL CPU-package counters", "measured-nvml": "NVML GPU energy counter"}
+RC = {"font.size": 11, "axes.titlesize": 11.5, "axes.labelsize": 11, "xtick.labelsize": 10,
+      "ytick.labelsize": 10, "legend.fontsize": 10, "axes.spines.top": False,
+      "axes.spines.right": False, "pdf.fonttype": 42, "svg.fonttype": "none"}
+PREFIXES = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
+            (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))
+WORDS = {"k": "thousand ", "M": "million ", "G": "billion ", "T": "trillion "}   # for counted units
+
+
+def _tx(s, limit=120) -> str:
+    """User text safe for matplotlib: one line, and '$' never starts mathtext."""
+    return clean(s, limit).replace("$", r"\$")
+
+
+def series_labels(rows) -> dict:
+    """{(mode, config): "MLP, weak scaling"}; the config is added where two series would read alike."""
+    base = {}
+    for r in rows:
+        model = clean(r["model"], 40)
+        base.setdefault((r["mode"], r["config"]), f"{MODEL_NAMES.get(model.lower(), model)}, "
+                                                  f"{r['mode']} scaling")
+    count = defaultdict(int)
+    for v in base.values():
+        count[v] += 1
+    return {k: v if count[v] == 1 else f"{v} ({clean(k[1], 40)})" for k, v in base.items()}
+
+
+def _finite(values):
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def _nan(x):
+    return float("nan") if x is None else float(x)
+
+
+def _prefix(values):
+    """(factor, SI prefix) that brings the largest finite value into [1, 1000)."""
+    top = max((abs(v) for v in _finite(values)), default=0.0)
+    if top == 0:
+        return 1.0, ""
+    return next(((f, p) for f, p in PREFIXES if top >= f), PREFIXES[-1])
+
+
+def _y_from_zero(ax, values, headroom=1.15, at_least=0.0):
+    top = max(_finite(values) + [at_least])
+    ax.set_ylim(0, top * headroom if top > 0 else 1.0)
+
+
+def _ranks_axis(ax, worlds):
+    if len(worlds) > 1:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("ranks (world size, log scale)")
+    else:
+        ax.set_xlim(worlds[0] * 0.5, worlds[0] * 1.5)
+        ax.set_xlabel("ranks (world size)")
+    ax.minorticks_off()
+    ax.set_xticks(worlds)
+    ax.set_xticklabels([str(w) for w in worlds])
+    ax.grid(True, alpha=0.3)
+
+
+class _Plotter:
+    def __init__(self, rows, subtitle):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        self.Figure, self.Canvas, self.Line2D = Figure, FigureCanvasAgg, Line2D
+        self.rows, self.subtitle = rows, _tx(subtitle, 160)
+        self.worlds = sorted({r["world_size"] for r in rows})
+        self.series = defaultdict(list)
+        for r in rows:
+            self.series[(r["mode"], r["config"])].append(r)
+        self.labels = series_labels(rows)
+        self.style = {k: (COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)])
+                      for i, k in enumerate(self.series)}
+        self.out = {}
+
+    def figure(self, title, ncols=1, width=6.4, height=4.4):
+        fig = self.Figure(figsize=(width, height), layout="constrained")
+        self.Canvas(fig)
+        fig.suptitle(_tx(title), fontweight="bold", fontsize=14)
+        sub = fig.subfigures(1, 1)
+        sub.suptitle(self.subtitle, fontsize=9.5, color="0.3")
+        return fig, sub, sub.subplots(1, ncols, squeeze=False)[0]
+
+    def legend(self, sub, handles):
+        sub.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)),
+                   frameon=False)
+
+    def save(self, fig, name):
+        for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=DPI, bbox_inches="tight", pad_inches=0.1, metadata=meta)
+            self.out[f"{name}.{ext}"] = buf.getvalue()
+
+    def lines(self, ax, key, scale, rows_of=None):
+        """Mean ± std per series as error-bar lines; returns the legend handles and plotted values."""
+        handles, values = [], []
+        for k, rs in self.series.items():
+            rs = rs if rows_of is None else rows_of(rs)
+            if not rs:
+                continue
+            color, marker = self.style[k]
+            y = [_nan(r[key + "_mean"]) / scale for r in rs]
+            e = [_nan(r[key + "_std"]) / scale for r in rs]
+            handles.append(ax.errorbar([r["world_size"] for r in rs], y, yerr=e, color=color,
+                                       marker=marker, ms=6, lw=1.8, capsize=3, label=_tx(self.labels[k], 70)))
+            values += [a + (b if math.isfinite(b) else 0.0) for a, b in zip(y, e)]
+        return handles, values
+
+    def ideal(self, ax, key, scale):
+        values = []
+        for k, rs in self.series.items():
+            base = next(r for r in rs if r["world_size"] == r["baseline_world"])
+            xs = [r["world_size"] for r in rs]
+            ys = [_nan(base[key + "_mean"]) / scale * n / base["baseline_world"] for n in xs]
+            ax.plot(xs, ys, ls="--", lw=1.2, color=self.style[k][0], alpha=0.7)
+            values += ys
+        return self.Line2D([], [], ls="--", color="0.35", label="ideal: linear from the baseline world"), values
+
+    def rate_plot(self, name, title, key, what, unit, words=False):
+        f, p = _prefix([r[key + "_mean"] for r in self.rows])
+        if words:       # "thousand samples/s"; no "milli-samples": below 1/s stays in samples/s
+            f, p = (f, WORDS[p]) if p in WORDS else (1.0, "")
+        fig, sub, (ax,) = self.figure(title)
+        handles, values = self.lines(ax, key, f)
+        proxy, ideal = self.ideal(ax, key, f)
+        _y_from_zero(ax, values + ideal)
+        ax.set_ylabel(f"{what} ({p}{unit})")
+        _ranks_axis(ax, self.worlds)
+        self.legend(sub, handles + [proxy])
+        self.save(fig, name)
+
+    def efficiency(self):
+        fig, sub, (ax,) = self.figure("Parallel efficiency (mean ± std over repeats)")
+        handles, values = self.lines(ax, "efficiency", 0.01)
+        handles.append(ax.axhline(100.0, color="0.2", ls="--", lw=1.2, label="ideal (100 %)"))
+        _y_from_zero(ax, values, 1.1, at_least=100.0)
+        ax.set_ylabel("parallel efficiency (% of ideal)")
+        _ranks_axis(ax, self.worlds)
+        self.legend(sub, handles)
+        self.save(fig, "efficiency")
+
+    def time_breakdown(self):
+        steps = [r["step_time_s_mean"] for r in self.rows]
+        f, p = _prefix(steps)
+        unit = {"": "s", "m": "ms", "µ": "µs", "n": "ns"}.get(p, "s")
+        f = f if unit != "s" else 1.0
+        n = len(self.series)
+        fig, sub, axes = self.figure("Time per training step", ncols=n, width=max(6.4, 4.2 * n), height=4.6)
+        for ax, (k, rs) in zip(axes, self.series.items()):
+            pos = list(range(len(rs)))
+            bottom = [0.0] * len(rs)
+            for key, label, color in PHASES:
+                h = [max(0.0, _nan(r[key]) / f) if r[key] is not None else 0.0 for r in rs]
+                ax.bar(pos, h, 0.6, bottom=bottom, color=color, label=label, edgecolor="white", lw=0.5)
+                bottom = [a + b for a, b in zip(bottom, h)]
+            step = [_nan(r["step_time_s_mean"]) / f for r in rs]
+            std = [_nan(r["step_time_s_std"]) / f for r in rs]
+            ax.hlines(step, [x - 0.36 for x in pos], [x + 0.36 for x in pos], colors="k", lw=2,
+                      label="measured step time (± std over repeats)")
+            ax.errorbar(pos, step, yerr=std, fmt="none", ecolor="k", capsize=4, lw=1)
+            tops = [max(b, s + (d if math.isfinite(d) else 0.0)) for b, s, d in zip(bottom, step, std)]
+            for x, s, t in zip(pos, step, tops):
+                ax.annotate(f"{s:.3g}", (x, t), xytext=(0, 3), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=9)
+            _y_from_zero(ax, tops, 1.18)
+            ax.set_xticks(pos)
+            ax.set_xticklabels([str(r["world_size"]) for r in rs])
+            ax.set_xlim(-0.6 - 0.5 * (len(rs) == 1), len(rs) - 0.4 + 0.5 * (len(rs) == 1))
+            ax.set_xlabel("ranks (world size)")
+            ax.set_ylabel(f"time per step ({unit})")
+            ax.set_title(_tx(self.labels[k], 60))
+            ax.grid(True, axis="y", alpha=0.3)
+        handles, labels = axes[0].get_legend_handles_labels()
+        sub.legend(handles, labels, loc="outside lower center", ncols=2 if n == 1 else 3, frameon=False)
+        self.save(fig, "time_breakdown")
+
+    def energy(self):
+        def measured(rs):
+            return [r for r in rs if r["energy_measured"]]
+        pts = measured(self.rows)
+        if not _finite([r["joules_per_sample_mean"] for r in pts] + [r["ops_per_joule_mean"] for r in pts]):
+            return
+        srcs = sorted({s for r in pts for s in r["energy_source"].split("|")})
+        title = "Measured energy (" + ", ".join(SOURCES.get(s, s) for s in srcs) + ")"
+        fig, sub, (ax1, ax2) = self.figure(title, ncols=2, width=10.5)
+        for ax, key, unit, what in ((ax1, "joules_per_sample", "J", "energy per training sample"),
+                                    (ax2, "ops_per_joule", "FLOP/J", "energy efficiency")):
+            f, p = _prefix([r[key + "_mean"] for r in pts])
+            handles, values = self.lines(ax, key, f, measured)
+            _y_from_zero(ax, values)
+            ax.set_ylabel(f"{what} ({p}{unit})")
+            ax.set_title(_tx(what), fontsize=11)
+            _ranks_axis(ax, sorted({r["world_size"] for r in pts}))
+        self.legend(sub, handles)
+        self.save(fig, "energy")
+
+
+def render_plots(rows: list[dict], subtitle: str = "") -> dict[str, bytes]:
+    """{file name: bytes} of every plot (PNG and PDF) for the aggregated rows."""
+    if not rows:
+        raise ValueError("no rows to plot")
+    from matplotlib import rc_context
+    with rc_context(RC):
+        p = _Plotter(rows, subtitle)
+        p.rate_plot("throughput", "Throughput (mean ± std over repeats)", "samples_per_s",
+                    "throughput, all ranks", "samples/s", words=True)
+        p.efficiency()
+        p.time_breakdown()
+        p.rate_plot("flops", "Achieved FLOP/s (model FLOPs ÷ measured time)", "flops_per_s",
+                    "FLOP/s, all ranks", "FLOP/s")
+        p.energy()
+    return p.out

@@ -1,0 +1,243 @@
+"""The run file of a scaling sweep (DIR/runs/*.json): reading it safely and checking every field
+the report uses, so that no file content can cause anything but one ValueError naming the file
+and the field (the command line turns it into one `error:` line).
+
+Schema (written by cli/sweep.py run_json; "stat" = {"min", "median", "max"}):
+  mode "strong"|"weak"; config, model: names; world_size int >= 1; repeat int >= 0;
+  global_batch >= 1; per_rank_batch > 0; steps int >= 1; samples_per_s, flops_per_s >= 0;
+  tokens_per_s, mfu: >= 0 or null; step_time_s, compute_s, comm_s, wait_s: stats in seconds
+  (median step > 0); peak_mem_bytes: stat; energy: {source, joules_per_step, joules_per_epoch,
+  ops_per_joule, mean_watts (each >= 0 or null)}; optional device/backend/dtype (string or null)
+  and environment (null or the object of study/environment.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat as st
+from pathlib import Path
+
+__all__ = ["load_runs", "validate_run", "clean", "ENERGY_LABELS", "REQUIRED"]
+
+STAT_KEYS = ("step_time_s", "compute_s", "comm_s", "wait_s", "peak_mem_bytes")
+ENERGY_KEYS = ("source", "joules_per_step", "joules_per_epoch", "ops_per_joule", "mean_watts")
+REQUIRED = ("mode", "config", "model", "world_size", "repeat", "global_batch",
+            "per_rank_batch", "steps", "samples_per_s", "tokens_per_s",
+            "flops_per_s", "mfu", "energy") + STAT_KEYS
+MIN_STEP_S, MAX_SECONDS = 1e-9, 1e6      # a step below a nanosecond or above ~11 days is no timing
+MAX_VALUE = 1e30                          # rates, bytes, joules: above any machine, far from overflow
+MAX_WORLD, MAX_NAME, MAX_RUN_BYTES = 1 << 24, 200, 64 << 20
+ENV_TEXT = ("cpu_model", "gpu_driver", "mpi_library", "numpy", "blas", "python", "os", "date_utc",
+            "git_commit")
+ENV_COUNT = ("ranks", "logical_cores", "cores_available")
+
+ENERGY_LABELS = {
+    "measured-rapl": "measured: Intel RAPL package counters (host-wide, all processes)",
+    "measured-nvml": "measured: NVML GPU total-energy counter (whole device)",
+    "estimated-horowitz45nm": "ESTIMATED, not measured: FLOP and DRAM-byte counts x "
+                              "Horowitz ISSCC'14 45 nm per-op energies (dynamic "
+                              "energy only, a lower bound)",
+    "estimated-tdp": "ESTIMATED, not measured: run time x nominal TDP/power limit",
+    "none": "no energy recorded",
+}
+
+
+def clean(s, limit=MAX_NAME) -> str:
+    """Any value as one printable line of at most `limit` characters (for messages, tables, plots)."""
+    if s is None:
+        return ""
+    s = s if isinstance(s, str) else _show(s)
+    s = s.encode("utf-8", "replace").decode("utf-8")
+    s = "".join(c if c.isprintable() else " " for c in s)
+    return s if len(s) <= limit else s[:max(0, limit - 1)] + "…"
+
+
+def _show(v) -> str:
+    """A short JSON-like rendering of a value for a message (never raises)."""
+    if isinstance(v, dict):
+        return f"an object with {len(v)} keys"
+    if isinstance(v, list):
+        return f"a list of {len(v)} items"
+    try:
+        text = json.dumps(v, ensure_ascii=True)
+    except (ValueError, TypeError, RecursionError, OverflowError):
+        return f"a {type(v).__name__}"
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _num(x):
+    """x as a finite float, or None if it is not a finite JSON number (bools are not numbers)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        f = float(x)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def validate_run(run, name: str) -> dict:
+    """Raise ValueError naming ``name`` and the field if ``run`` does not follow the schema."""
+    name = clean(str(name), 300)
+
+    def bad(field, expected, got):
+        raise ValueError(f"{name}: {field} must be {expected}, got {_show(got)}")
+
+    def number(obj, key, field, lo=0.0, hi=MAX_VALUE, null=False, what=None):
+        v = obj.get(key)
+        if v is None and null:
+            return
+        f = _num(v)
+        if f is None or not lo <= f <= hi:
+            bad(field, (what or f"a number from {lo:g} to {hi:g}") + (" or null" if null else ""), v)
+
+    def integer(obj, key, field, lo, hi):
+        v = obj.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            bad(field, f"an integer from {lo} to {hi}", v)
+
+    def text(obj, key, field, null=False):
+        v = obj.get(key)
+        if v is None and null:
+            return
+        if not isinstance(v, str) or not v or len(v) > MAX_NAME or clean(v) != v:
+            bad(field, f"a one-line string of 1 to {MAX_NAME} printable characters"
+                + (" or null" if null else ""), v)
+
+    if not isinstance(run, dict):
+        raise ValueError(f"{name}: expected a JSON object (one run of a sweep), got {_show(run)}")
+    missing = [k for k in REQUIRED if k not in run]
+    if missing:
+        raise ValueError(f"{name}: missing keys {missing} (see the run schema in study/runfile.py)")
+    if run["mode"] not in ("strong", "weak") or not isinstance(run["mode"], str):
+        bad("mode", "'strong' or 'weak'", run["mode"])
+    text(run, "config", "config")
+    text(run, "model", "model")
+    integer(run, "world_size", "world_size", 1, MAX_WORLD)
+    integer(run, "repeat", "repeat", 0, 10**9)
+    integer(run, "steps", "steps", 1, 10**12)
+    number(run, "global_batch", "global_batch", 1.0)
+    number(run, "per_rank_batch", "per_rank_batch", 1e-9, what="a positive number")
+    for k in ("samples_per_s", "flops_per_s"):
+        number(run, k, k)
+    for k in ("tokens_per_s", "mfu"):
+        number(run, k, k, null=True)
+    for k in STAT_KEYS:
+        s = run[k]
+        if not isinstance(s, dict):
+            bad(k, "an object with min, median and max", s)
+        hi = MAX_VALUE if k == "peak_mem_bytes" else MAX_SECONDS
+        for q in ("min", "median", "max"):
+            number(s, q, f"{k}.{q}", 0.0, hi)
+    number(run["step_time_s"], "median", "step_time_s.median", MIN_STEP_S, MAX_SECONDS,
+           what=f"a time in seconds from {MIN_STEP_S:g} to {MAX_SECONDS:g}")
+    e = run["energy"]
+    if not isinstance(e, dict):
+        bad("energy", "an object with " + ", ".join(ENERGY_KEYS), e)
+    missing = [k for k in ENERGY_KEYS if k not in e]
+    if missing:
+        raise ValueError(f"{name}: energy is missing keys {missing}")
+    text(e, "source", "energy.source")
+    for k in ENERGY_KEYS[1:]:
+        number(e, k, f"energy.{k}", null=True)
+    for k in ("device", "backend", "dtype"):
+        if run.get(k) is not None and not isinstance(run[k], str):
+            bad(k, "a string or null", run[k])
+    _validate_environment(run.get("environment"), bad)
+    return run
+
+
+def _validate_environment(env, bad):
+    if env is None:
+        return
+    if not isinstance(env, dict):
+        bad("environment", "an object (study/environment.py) or null", env)
+    for k in ENV_TEXT:
+        if env.get(k) is not None and not isinstance(env[k], str):
+            bad(f"environment.{k}", "a string or null", env[k])
+    for k in ENV_COUNT:
+        v = env.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 10**9):
+            bad(f"environment.{k}", "an integer >= 0 or null", v)
+    v = env.get("threads_per_rank")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, str))):
+        bad("environment.threads_per_rank", "an integer, a string or null", v)
+    if env.get("git_dirty") is not None and not isinstance(env["git_dirty"], bool):
+        bad("environment.git_dirty", "true, false or null", env["git_dirty"])
+    hosts = env.get("hosts")
+    if hosts is not None and not (isinstance(hosts, list) and all(isinstance(h, str) for h in hosts)):
+        bad("environment.hosts", "a list of host names or null", hosts)
+    gpus = env.get("gpus")
+    if gpus is None:
+        return
+    if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
+        bad("environment.gpus", "a list of objects or null", gpus)
+    for i, g in enumerate(gpus):
+        if g.get("name") is not None and not isinstance(g["name"], str):
+            bad(f"environment.gpus[{i}].name", "a string or null", g["name"])
+
+
+def _kind(mode) -> str:
+    for test, what in ((st.S_ISDIR, "a directory"), (st.S_ISFIFO, "a FIFO"), (st.S_ISSOCK, "a socket"),
+                       (st.S_ISCHR, "a character device"), (st.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _no_constants(c):
+    raise ValueError(f"{c} is not a JSON number")
+
+
+def read_run_file(path) -> object:
+    """The JSON value in `path`; ValueError for anything but a readable regular file of JSON.
+
+    Opened non-blocking and checked with fstat before reading, so a FIFO or a device named
+    x.json is refused at once instead of blocking the report."""
+    name = clean(str(path), 300)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ValueError(f"{name}: cannot open: {e.strerror or e}") from None
+    try:
+        info = os.fstat(fd)
+        if not st.S_ISREG(info.st_mode):
+            raise ValueError(f"{name}: is {_kind(info.st_mode)}, expected a regular JSON file")
+        if info.st_size > MAX_RUN_BYTES:
+            raise ValueError(f"{name}: {info.st_size} bytes, expected a run file under {MAX_RUN_BYTES} bytes")
+        chunks, size = [], 0
+        while size <= MAX_RUN_BYTES:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise ValueError(f"{name}: cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if not data.strip():
+        raise ValueError(f"{name}: invalid JSON: the file is empty (expected one run object)")
+    try:
+        return json.loads(data.decode("utf-8-sig"), parse_constant=_no_constants)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: invalid JSON: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise ValueError(f"{name}: invalid JSON: nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"{name}: invalid JSON: {clean(str(e), 120)}") from None
+
+
+def load_runs(directory) -> list[dict]:
+    """Read and validate every ``DIR/runs/*.json``, sorted by file name."""
+    run_dir = Path(directory) / "runs"
+    try:
+        files = sorted(run_dir.glob("*.json"))
+    except OSError as e:
+        raise ValueError(f"cannot list {clean(str(run_dir), 300)}: {e.strerror or e}") from None
+    if not files:
+        raise ValueError(f"no run files found in {clean(str(run_dir), 300)} (expected runs/*.json "
+                         "from a scaling sweep)")
+    return [validate_run(read_run_file(f), str(f)) for f in files]

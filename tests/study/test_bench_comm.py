@@ -1,0 +1,99 @@
+"""bench-comm: the projection says which alpha/bandwidth it used, a poor fit warns, the plot is a
+300 dpi PNG + PDF with words and units, and bad --alpha-us / --bandwidth-gbps / --out are one line."""
+import json
+
+import numpy as np
+import pytest
+
+from ddp_scratch.study import bench_comm
+from ddp_scratch.study.bench_comm import R2_POOR, analyse, fit_warning, projection_text
+from ddp_scratch.study.comm_model import predict_allreduce, project_efficiency
+from test_report import png_dpi
+
+SIZES = [4096 << (2 * k) for k in range(8)]
+COMPUTE = {"mlp_digits": (0.01, 4e6)}
+
+
+def meas(noise=0.0, seed=0, alpha=5e-6, beta=1 / 5e9):
+    rng = np.random.default_rng(seed)
+    t = predict_allreduce(np.array(SIZES, float), 2, alpha, beta) * np.exp(noise * rng.standard_normal(len(SIZES)))
+    return [{"bytes": s, "seconds": float(x), "iters": 10, "busbw_GBps": 1.0} for s, x in zip(SIZES, t)]
+
+
+def test_projection_with_the_fit_says_so_and_needs_no_warning(tmp_path):
+    res = analyse(meas(), 2, tmp_path, compute=COMPUTE)
+    assert res["fit"]["r2"] > 0.999 and not res["fit"]["poor"]
+    assert fit_warning(res) is None
+    assert projection_text(res) == "projection with the fit: alpha = 5 us, bandwidth 5 GB/s"
+    saved = json.loads((tmp_path / "bench_comm.json").read_text())
+    assert saved["projection_note"] == projection_text(res) and saved["fit"]["r2_poor_below"] == R2_POOR
+    fig = bench_comm.figure(res)
+    assert fig.axes[1].get_title().endswith("with the fit: α = 5 µs, 5 GB/s")
+    assert fig.axes[1].get_ylabel() == "predicted parallel efficiency (%)"
+    assert fig.axes[0].get_xlabel() == "message size (gradient bytes)"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["4 KiB", "64 KiB", "1 MiB", "16 MiB"]
+    png = (tmp_path / "bench_comm.png").read_bytes()
+    assert png_dpi(png) == 300 and (tmp_path / "bench_comm.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_projection_with_given_values_says_so_and_uses_them(tmp_path):
+    res = analyse(meas(), 2, tmp_path, alpha=2e-6, beta=1 / 25e9, compute=COMPUTE)
+    text = projection_text(res)
+    assert text == ("projection with the given alpha = 2 us, bandwidth 25 GB/s (--alpha-us, --bandwidth-gbps), "
+                    "not the fit")
+    want = project_efficiency(0.01, 4e6, [8, 16, 32, 64, 128, 256, 512, 1024], 2e-6, 1 / 25e9, "weak")
+    assert res["projections"]["mlp_digits"]["weak"] == want
+    fig = bench_comm.figure(res)
+    assert "with the given α = 2 µs, 25 GB/s, not the fit" in fig.axes[1].get_title()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[1].startswith("fit: α = 5 µs, 5 GB/s") and labels[2] == "given: α = 2 µs, 25 GB/s"
+
+
+def test_a_poor_fit_warns_and_names_what_to_do(tmp_path):
+    res = analyse(meas(noise=1.5, seed=3), 2, tmp_path, compute=COMPUTE)
+    assert res["fit"]["r2"] < R2_POOR and res["fit"]["poor"]
+    w = fit_warning(res)
+    assert w.startswith(f"warning: poor alpha-beta fit (r2 {res['fit']['r2']:.2f} < {R2_POOR})")
+    assert "the projection built on it is unreliable" in w
+    assert "quieter machine" in w and "--alpha-us and --bandwidth-gbps" in w and "\n" not in w
+    assert "poor fit" in bench_comm.figure(res).axes[0].get_title()
+    given = analyse(meas(noise=1.5, seed=3), 2, tmp_path, alpha=2e-6, beta=1 / 25e9)
+    assert "the projection does not use it (given values)" in fit_warning(given)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--alpha-us", "0", "--bandwidth-gbps", "25"], "bench-comm --alpha-us: expected a positive number"),
+    (["--alpha-us", "-2", "--bandwidth-gbps", "25"], "bench-comm --alpha-us: expected a positive number"),
+    (["--alpha-us", "2", "--bandwidth-gbps", "0"], "bench-comm --bandwidth-gbps: expected a positive number"),
+    (["--alpha-us", "2", "--bandwidth-gbps", "nan"], "bench-comm --bandwidth-gbps: expected a positive number"),
+    (["--alpha-us", "inf", "--bandwidth-gbps", "25"], "bench-comm --alpha-us: expected a positive number"),
+])
+def test_bad_alpha_or_bandwidth_is_one_line(tmp_path, launch, flags, message):
+    r = launch("bench-comm", "-n", 2, "--out", tmp_path / "o", "--configs", "", *flags, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), r.stderr
+    assert not (tmp_path / "o").exists()                  # refused before anything was measured
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, launch):
+    f = tmp_path / "results.json"
+    f.write_text("keep me")
+    r = launch("bench-comm", "-n", 2, "--out", f, "--configs", "", timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0] == f"error: bench-comm --out: {f} is a file, expected a folder (new or existing)"
+    assert f.read_text() == "keep me"
+
+
+def test_bench_comm_console_names_the_projection_parameters(tmp_path, launch):
+    r = launch("bench-comm", "-n", 2, "--out", tmp_path, "--configs", "", "--alpha-us", "2",
+               "--bandwidth-gbps", "25", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.splitlines()
+    assert ("projection with the given alpha = 2 us, bandwidth 25 GB/s (--alpha-us, --bandwidth-gbps), "
+            "not the fit") in out
+    res = json.loads((tmp_path / "bench_comm.json").read_text())
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == (1 if res["fit"]["r2"] < R2_POOR else 0), r.stderr
+    assert res["environment"]["logical_cores"] >= 1
+    assert png_dpi((tmp_path / "bench_comm.png").read_bytes()) == 300

@@ -1,0 +1,124 @@
+"""study/plots.py: poster-ready figures. Each figure is drawn and measured: legends outside the axes,
+y from 0 with every plotted value inside, human labels, the hardware line as subtitle."""
+import pytest
+
+from ddp_scratch.study import plots
+from ddp_scratch.study.report import aggregate
+from test_report import all_runs, run
+
+SUBTITLE = "AMD EPYC · 2 hosts · 2026-05-09"
+
+
+def figures(rows, monkeypatch, subtitle=SUBTITLE):
+    """{name: drawn matplotlib Figure} of render_plots(rows), at a low dpi for speed."""
+    got = {}
+    original = plots._Plotter.save
+
+    def keep(self, fig, name):
+        got[name] = fig
+        original(self, fig, name)
+    monkeypatch.setattr(plots._Plotter, "save", keep)
+    monkeypatch.setattr(plots, "DPI", 40)
+    out = plots.render_plots(rows, subtitle)
+    assert sorted(out) == sorted(f"{n}.{e}" for n in got for e in ("png", "pdf"))
+    for fig in got.values():
+        fig.canvas.draw()
+    return got
+
+
+def plotted_tops(ax):
+    """The highest y of every line, error bar and bar in ax (data units)."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+    ys = []
+    for line in ax.get_lines():
+        y = np.asarray(line.get_ydata(), dtype=float)
+        ys += list(y[np.isfinite(y)])
+    for patch in ax.patches:
+        ys.append(patch.get_y() + patch.get_height())
+    for coll in ax.collections:
+        if isinstance(coll, LineCollection):
+            for seg in coll.get_segments():
+                ys += [float(v) for v in seg[:, 1] if np.isfinite(v)]
+    return ys
+
+
+def overlaps(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("case", ["2 series, 3-4 worlds", "1 series, 1 world", "1 series, 4 worlds"])
+def test_layout_nothing_clipped_or_covered(case, monkeypatch):
+    runs = {"2 series, 3-4 worlds": all_runs(),
+            "1 series, 1 world": [run("weak", 1, 0, 0.5, source="measured-rapl")],
+            "1 series, 4 worlds": [run("strong", n, 0, 1.0 / n) for n in (1, 2, 4, 8)]}[case]
+    figs = figures(aggregate(runs), monkeypatch)
+    want = {"throughput", "efficiency", "time_breakdown", "flops"}
+    assert want <= set(figs) and set(figs) <= want | {"energy"}
+    for name, fig in figs.items():
+        renderer = fig.canvas.get_renderer()
+        (sub,) = fig.subfigs
+        assert fig._suptitle.get_text() and sub._suptitle.get_text() == SUBTITLE, name
+        axes = fig.get_axes()
+        legends = sub.legends
+        assert legends, f"{name}: no legend"
+        for ax in axes:
+            lo, hi = ax.get_ylim()
+            assert lo == 0, f"{name}: y axis starts at {lo}"
+            tops = plotted_tops(ax)
+            assert tops and max(tops) <= hi * 0.98, f"{name}: data reaches {max(tops)} of {hi}"
+            assert ax.get_ylabel() and "(" in ax.get_ylabel() and ax.get_xlabel(), name   # units
+            box = ax.get_window_extent(renderer)
+            for leg in legends:
+                assert not overlaps(leg.get_window_extent(renderer), box), f"{name}: legend covers axes"
+            for text in ax.texts:            # the step-time labels above the bars stay inside
+                assert box.y0 <= text.get_window_extent(renderer).y1 <= box.y1 + 1, name
+        labels = [t.get_text() for leg in legends for t in leg.get_texts()]
+        assert not [t for t in labels if "weak:" in t or "strong:" in t], labels
+        assert any("scaling" in t for t in labels) or name == "time_breakdown", labels
+
+
+def test_series_labels_are_words():
+    rows = aggregate(all_runs() + [run("weak", 2, 0, 0.5, config="other-weak")])
+    assert plots.series_labels(rows) == {("strong", "strong-mlp"): "MLP, strong scaling",
+                                         ("weak", "other-weak"): "MLP, weak scaling (other-weak)",
+                                         ("weak", "weak-mlp"): "MLP, weak scaling (weak-mlp)"}
+
+
+def test_time_breakdown_stacks_the_four_phases_to_the_step(monkeypatch):
+    r = run("strong", 1, 0, 0.1)
+    r["compute_s"], r["comm_s"], r["wait_s"] = ({"min": v, "median": v, "max": v} for v in (0.05, 0.02, 0.01))
+    ax = figures(aggregate([r]), monkeypatch)["time_breakdown"].get_axes()[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == pytest.approx([50, 20, 10, 20])            # ms: compute, comm, wait, other
+    assert sum(heights) == pytest.approx(100)                    # = the measured step
+    assert ax.get_ylabel() == "time per step (ms)"
+
+
+def test_energy_plot_only_for_measured_energy(monkeypatch):
+    est = [run("weak", n, 0, 0.1, source="estimated-tdp") for n in (1, 2)]
+    assert "energy" not in figures(aggregate(est), monkeypatch)
+    mixed = est + [run("strong", n, 0, 0.1, source="measured-nvml") for n in (1, 2)]
+    fig = figures(aggregate(mixed), monkeypatch)["energy"]
+    assert "NVML" in fig._suptitle.get_text()
+    labels = [t.get_text() for t in fig.subfigs[0].legends[0].get_texts()]
+    assert labels == ["MLP, strong scaling"]                     # the estimated series is left out
+
+
+def test_user_text_cannot_break_matplotlib(monkeypatch):
+    r = run("weak", 1, 0, 0.1, config="cost $5 in ^_{x}$ $$")
+    r["model"] = "my$model"
+    figs = figures(aggregate([r]), monkeypatch, subtitle="$\\frac{ · " + "x" * 500)
+    assert len(figs["throughput"].subfigs[0]._suptitle.get_text()) <= 170
+
+
+def test_units_follow_the_values(monkeypatch):
+    slow = [run("weak", n, 0, 400.0, per_rank=1) for n in (1, 2)]     # 0.0025-0.005 samples/s, 400 s steps
+    figs = figures(aggregate(slow), monkeypatch)
+    assert figs["throughput"].get_axes()[0].get_ylabel() == "throughput, all ranks (samples/s)"
+    assert figs["time_breakdown"].get_axes()[0].get_ylabel() == "time per step (s)"
+    fast = [run("weak", n, 0, 0.004, per_rank=4096) for n in (1, 2)]  # ~1-2 million samples/s
+    figs = figures(aggregate(fast), monkeypatch)
+    assert figs["throughput"].get_axes()[0].get_ylabel() == "throughput, all ranks (million samples/s)"
+    assert figs["time_breakdown"].get_axes()[0].get_ylabel() == "time per step (ms)"
+    assert figs["flops"].get_axes()[0].get_ylabel() == "FLOP/s, all ranks (GFLOP/s)"
