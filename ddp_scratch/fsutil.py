@@ -62,7 +62,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
 def _write_error(path, e):
     from .errors import UserError
     kept = " (the previous file is intact)" if os.path.exists(path) else ""
-    return UserError(f"cannot write {path}: {e.strerror or e}{kept}")
+    why = e.strerror or str(e)
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        why = "a file stands where its folder should be"
+    return UserError(f"cannot write {path}: {why}{kept}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str,

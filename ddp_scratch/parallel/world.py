@@ -295,6 +295,20 @@ class Comm:
     def wtime(self):
         return time.perf_counter()
 
+    def library_version(self):
+        """The MPI library this world runs on (first line of MPI_Get_library_version), or None."""
+        if self.MPI is None:
+            try:
+                from mpi4py import MPI
+            except ImportError:
+                return None
+        else:
+            MPI = self.MPI
+        try:
+            return MPI.Get_library_version().strip().splitlines()[0]
+        except Exception:
+            return None
+
 
 def initialized_world():
     """(rank, size, MPI module) if MPI is already initialised in this process, else (0, 1, None)."""

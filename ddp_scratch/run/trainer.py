@@ -151,6 +151,12 @@ class Trainer:
         self.comm.broadcast_(self.space.params, what="initial parameter broadcast")
         self.overlap = self.comm.overlapped(self.space, c.bucket_mb, c.first_bucket_mb) if c.overlap else None
         self.hosts = self.comm.allgather(platform.node(), "host names")
+        self.environment = None
+        if self.comm.rank == 0:
+            from ..study.environment import describe
+            self.environment = describe(threads=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None,
+                                        hosts=self.hosts, mpi_library=self.comm.library_version(),
+                                        ranks=self.comm.size)
 
     def _load_checkpoint(self):
         path = self.ckpt_path

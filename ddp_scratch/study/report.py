@@ -22,10 +22,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 
+from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from .runfile import ENERGY_LABELS, clean, load_runs, validate_run
 
@@ -339,6 +339,8 @@ def write_report(directory) -> str:
         atomic_write_text(target, _csv_text(rows))
         target = d / "report.md"
         return atomic_write_text(target, md)
+    except UserError as e:                  # fsutil's one line for a failed write
+        raise ValueError(str(e)) from None
     except OSError as e:
         raise ValueError(f"cannot write {clean(str(target), 300)}: {e.strerror or e} "
                          "(expected a writable folder)") from None

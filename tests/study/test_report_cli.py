@@ -48,5 +48,5 @@ def test_plots_in_the_way_keeps_the_earlier_report(tmp_path, launch):
     (tmp_path / "plots").rmdir()
     (tmp_path / "plots").write_text("a file where the plots folder should be")
     line = one_error_line(launch("report", tmp_path, timeout=120))
-    assert "cannot write" in line and "plots" in line and "expected a writable folder" in line, line
+    assert "cannot write" in line and "plots" in line and "a file stands where its folder should be" in line, line
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
