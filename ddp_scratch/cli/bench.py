@@ -2,12 +2,11 @@
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
 from ..errors import UserError
-from .local import LAUNCH_PY, find_mpiexec
+from .local import LAUNCH_PY, Launch, find_mpiexec
 
 
 def _check_args(a):
@@ -20,6 +19,10 @@ def _check_args(a):
                               ("--bandwidth-gbps", a.bandwidth_gbps, "GB/s, e.g. 25")):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"bench-comm {flag}: expected a positive number of {unit}, got {value:g}")
+    from ..config import load_config
+    a.configs = [_config_path(p) for p in filter(None, (p.strip() for p in a.configs.split(",")))]
+    for path in a.configs:           # a bad config fails now, not after the measurement
+        load_config(path)
     if os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UserError(f"bench-comm --out: {a.out} is a file, expected a folder (new or existing)")
     try:
@@ -30,6 +33,15 @@ def _check_args(a):
         raise UserError(f"bench-comm --out: {a.out} is not writable, expected a folder you can write to")
 
 
+def _config_path(path):
+    """A config as given, or else the one of that name in this checkout (the default configs
+    are named relative to the repository, wherever bench-comm is started)."""
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    here = os.path.join(os.path.dirname(LAUNCH_PY), path)
+    return here if os.path.exists(here) else path
+
+
 def cmd_bench_comm(a):
     from ..study.bench_comm import analyse, fit_warning, projection_text
     from ..study.environment import describe
@@ -37,16 +49,25 @@ def cmd_bench_comm(a):
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise UserError("bench-comm: no mpiexec found (pip install mpich)")
-    raw = os.path.join(a.out, "bench_comm_raw.json")
-    rc = subprocess.run([mpiexec, "-n", str(a.ranks), sys.executable, "-m", "ddp_scratch.study.bench_comm", raw],
-                        cwd=os.path.dirname(LAUNCH_PY)).returncode
+    raw = os.path.abspath(os.path.join(a.out, "bench_comm_raw.json"))     # the ranks run in the repo folder
+    run = Launch([mpiexec, "-n", str(a.ranks), sys.executable, "-m", "ddp_scratch.study.bench_comm", raw],
+                 cwd=os.path.dirname(LAUNCH_PY))
+    rc = run.run()
+    if run.signals:
+        err = UserError(f"bench-comm: stopped by {run.signals[0]}; nothing was written")
+        err.exit_code = 130 if run.signals[0] == "SIGINT" else 75
+        raise err
     if rc != 0:
         raise UserError(f"bench-comm: the measurement failed with exit status {rc}")
-    with open(raw) as f:
-        meas = json.load(f)["measured"]
+    try:
+        with open(raw) as f:
+            meas = json.load(f)["measured"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"bench-comm: the measurement left no readable {raw} ({type(e).__name__})") from None
     compute = {}
-    for path in filter(None, a.configs.split(",")):
-        compute[os.path.splitext(os.path.basename(path))[0]] = _step_compute(path, tempfile.mkdtemp())
+    for path in a.configs:
+        with tempfile.TemporaryDirectory() as scratch:
+            compute[os.path.splitext(os.path.basename(path))[0]] = _step_compute(path, scratch)
     alpha = a.alpha_us * 1e-6 if a.alpha_us is not None else None
     beta = 1 / (a.bandwidth_gbps * 1e9) if a.bandwidth_gbps is not None else None
     res = analyse(meas, a.ranks, a.out, alpha, beta, compute, environment=describe(ranks=a.ranks))

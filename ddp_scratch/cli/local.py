@@ -71,8 +71,8 @@ class Launch:
 
     _count = 0
 
-    def __init__(self, argv, mpi=True):
-        self.argv, self.mpi = argv, mpi
+    def __init__(self, argv, mpi=True, cwd=None):
+        self.argv, self.mpi, self.cwd = argv, mpi, cwd
         Launch._count += 1
         self.token = f"{os.getpid()}.{Launch._count}"      # marks the ranks of this job (environment)
         self.signals = []           # names of the signals we received
@@ -85,7 +85,8 @@ class Launch:
         if sys.stderr.isatty():         # the ranks write into pipes: tell rank 0 a person is watching
             env["DDP_PROGRESS"] = "tty"
         pipe = subprocess.PIPE if self.mpi else None
-        proc = self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env, stdout=pipe, stderr=pipe)
+        proc = self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env, stdout=pipe, stderr=pipe,
+                                            cwd=self.cwd)
         old = {}
         for name in FORWARD:
             old[name] = signal.signal(getattr(signal, name), self._on_signal)

@@ -196,4 +196,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:        # Ctrl-C through the launcher: stop quietly, write nothing
+        os._exit(130)
