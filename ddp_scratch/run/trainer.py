@@ -99,16 +99,16 @@ class Trainer:
                 raise err
             raise SystemExit(2)
 
-    def _save_agreed(self):
-        """Write the checkpoint (rank 0), and let every rank know whether that worked: a full disk
-        on rank 0 must not leave the others waiting in the next collective."""
+    def _agreed(self, write, what):
+        """Run `write` (it writes on rank 0 only), and let every rank know whether that worked: a
+        full disk on rank 0 must not leave the others waiting in the next collective."""
         err = None
         try:
-            self.save_checkpoint()
+            write()
         except UserError as e:
             err = e
         if self.comm.size > 1:
-            self._agree(err, f"checkpoint write at step {self.step}", self.comm.timeout_s)
+            self._agree(err, what, self.comm.timeout_s)
         elif err is not None:
             raise err
 
@@ -323,7 +323,7 @@ class Trainer:
             if t.check_every and self.step % t.check_every == 0:
                 self.check_consistency(f"step {self.step}")
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                self._save_agreed()
+                self._agreed(self.save_checkpoint, f"checkpoint write at step {self.step}")
             if opts.stop_at_step and self.step >= opts.stop_at_step and self.step < self.total_steps:
                 status = "stopped"
                 break
@@ -331,11 +331,12 @@ class Trainer:
                 status = self.stop_requested
                 break
         prog.close()
-        energy = self.energy.stop(flops=0.0, seconds=st.train_s) if self.energy else None
-        self._save_agreed()
+        energy = self.energy.stop(flops=0.0, seconds=times.total_s) if self.energy else None
+        self._agreed(self.save_checkpoint, f"checkpoint write at step {self.step}")
         summary = build_summary(self, times, status, energy)
+        self._agreed(lambda: comm.rank == 0 and atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n"),
+                     "summary write")
         if comm.rank == 0:
-            atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
             if self.wandb:
                 self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
                 self.wandb.finish()
