@@ -63,6 +63,34 @@ FORWARD = {"SIGINT": "SIGINT", "SIGTERM": "SIGTERM", "SIGHUP": "SIGTERM", "SIGUS
 SIGNAL_EXIT = {"SIGINT": 130}            # the ranks' exit status after a clean stop (else 75)
 
 
+_received = []          # every stop signal this process got since its first Launch, in order
+_current = []           # the Launch whose job is running now (at most one)
+
+
+def signals_since(mark):
+    """Names of the stop signals received after `mark` = a len(received_signals()) taken earlier."""
+    return _received[mark:]
+
+
+def signal_count():
+    return len(_received)
+
+
+def _on_signal(signum, frame):
+    name = signal.Signals(signum).name
+    _received.append(name)
+    if _current:
+        _current[0]._forward(name)
+
+
+def _install_handlers():
+    """Once per process, and for good: a signal that comes after a job ended (a late second
+    Ctrl-C) is recorded, never the default action that would kill the launcher mid-report."""
+    if signal.getsignal(signal.SIGINT) is not _on_signal:
+        for name in FORWARD:
+            signal.signal(getattr(signal, name), _on_signal)
+
+
 class Launch:
     """A launcher (mpiexec) run in its own session, so the terminal's Ctrl-C reaches only us and
     we decide what the ranks get: the first INT/TERM/HUP/USR asks them to checkpoint and stop,
@@ -75,28 +103,36 @@ class Launch:
         self.argv, self.mpi, self.cwd = argv, mpi, cwd
         Launch._count += 1
         self.token = f"{os.getpid()}.{Launch._count}"      # marks the ranks of this job (environment)
-        self.signals = []           # names of the signals we received
+        self.mark = None            # where this job's signals start in _received
+        self.proc = None
         self.ranks = {}             # pid -> rank, of the job's rank processes (scanned while alive)
         self.banner = {}
 
+    @property
+    def signals(self):
+        """Names of the signals received while this job ran."""
+        return [] if self.mark is None else _received[self.mark:self.end]
+
     def run(self):
         import threading
+        _install_handlers()         # before the job exists: no window in which a signal kills us
+        self.mark, self.end = len(_received), None
         env = dict(os.environ, DDP_LAUNCHER=self.token)
         if sys.stderr.isatty():         # the ranks write into pipes: tell rank 0 a person is watching
             env["DDP_PROGRESS"] = "tty"
         pipe = subprocess.PIPE if self.mpi else None
-        proc = self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env, stdout=pipe, stderr=pipe,
-                                            cwd=self.cwd)
-        old = {}
-        for name in FORWARD:
-            old[name] = signal.signal(getattr(signal, name), self._on_signal)
-        readers = []
-        if self.mpi:
-            readers = [threading.Thread(target=self._filter, args=(src, dst), daemon=True)
-                       for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
-            for r in readers:
-                r.start()
+        _current[:] = [self]
         try:
+            proc = self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env, stdout=pipe,
+                                                stderr=pipe, cwd=self.cwd)
+            for name in self.signals:           # arrived while the job was being started
+                self._forward(name, replay=True)
+            readers = []
+            if self.mpi:
+                readers = [threading.Thread(target=self._filter, args=(src, dst), daemon=True)
+                           for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+                for r in readers:
+                    r.start()
             while proc.poll() is None:
                 if self.mpi:
                     self._scan()
@@ -105,19 +141,18 @@ class Launch:
                 except subprocess.TimeoutExpired:
                     pass
         finally:
-            for name, h in old.items():
-                signal.signal(getattr(signal, name), h)
+            _current.clear()
+            self.end = len(_received)
         for r in readers:
             r.join(timeout=5)
         return self._status(proc.returncode)
 
-    def _on_signal(self, signum, frame):
-        name = signal.Signals(signum).name
-        self.signals.append(name)
+    def _forward(self, name, replay=False):
         proc = self.proc
-        if proc.poll() is not None:
+        if proc is None or proc.poll() is not None:
             return
-        if len(self.signals) == 1 or name == "SIGINT":
+        count = len(self.signals) if not replay else 1
+        if count == 1 or name == "SIGINT":
             proc.send_signal(getattr(signal, FORWARD[name]))
         else:                              # asked twice: do not wait for a clean stop
             for pid in [*self.ranks, proc.pid]:
@@ -163,11 +198,12 @@ class Launch:
             buf = pieces.pop()                        # the unfinished rest
             for raw in pieces:
                 text = raw.decode(errors="replace").strip()
+                # the first process named is the one that failed; later ones were cleaned up
                 m = re.match(r"=\s+PID (\d+) RUNNING AT (\S+)", text)
-                if m:
+                if m and "pid" not in self.banner:
                     self.banner["pid"], self.banner["host"] = int(m.group(1)), m.group(2)
                 m = re.search(r"EXIT STRING: .*\(signal (\d+)\)", text)
-                if m:
+                if m and "signal" not in self.banner:
                     self.banner["signal"] = int(m.group(1))
                 if (text.startswith("=") or text.startswith(self.NOISE) or (raw.strip() == b"" and raw != b"\r")
                         or (text.startswith("[mpiexec@") and "Ctrl-C" in text)

@@ -92,8 +92,9 @@ def check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, log=p
 def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, overrides=(),
           launcher=None, log=print):
     """Run the sweep locally through mpiexec (or `launcher(n, argv) -> returncode`)."""
-    from .local import Launch
+    from .local import Launch, signal_count, signals_since
     cfg, batch = check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, log)
+    mark = signal_count()
     name = os.path.splitext(os.path.basename(config))[0]
     points = [(n, r) for n in ranks for r in range(repeats)]
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
@@ -114,13 +115,13 @@ def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, o
         if launcher is not None:
             rc = launcher(n, argv)
         else:
-            run = Launch(([mpiexec, "-n", str(n)] if n > 1 else []) + argv, mpi=n > 1)
-            rc = run.run()
-            if run.signals:
-                raise SweepStopped(f"scaling: stopped by {run.signals[0]} during point {k + 1}/{len(points)} "
+            rc = Launch(([mpiexec, "-n", str(n)] if n > 1 else []) + argv, mpi=n > 1).run()
+            got = signals_since(mark)
+            if got:
+                raise SweepStopped(f"scaling: stopped by {got[0]} during point {k + 1}/{len(points)} "
                                    f"({n} rank(s)); the {k} finished point(s) are in {out}/runs "
                                    f"(launch.py report {out} builds a report from them)",
-                                   130 if run.signals[0] == "SIGINT" else 75)
+                                   130 if got[0] == "SIGINT" else 75)
         if rc != 0:
             raise UserError(f"scaling: the run with {n} rank(s) failed with exit status {rc} (see above)")
         done_s.append(time.time() - ts)
