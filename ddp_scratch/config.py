@@ -51,7 +51,7 @@ class DataConfig:
     seed: int = F(1234, min=0, help="seed of splits and synthetic data")
     n_samples: int = F(8192, gt=0, help="synthetic")
     n_features: int = F(784, gt=0, help="synthetic")
-    n_classes: int = F(10, gt=1, help="synthetic")
+    n_classes: int = F(10, gt=1, max=1 << 20, help="synthetic and mnist (labels must lie in [0, n_classes))")
     digits: int = F(2, min=1, max=9, help="addition task: digits per operand")
 
 
@@ -320,6 +320,15 @@ def _suggest(name, options):
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _elsewhere(cls, key):
+    """' (did you mean 'optim.lr'?)' for a section's key given at the top level."""
+    if cls is not Config:
+        return ""
+    hits = [f"{name}.{key}" for name, tp in typing.get_type_hints(Config).items()
+            if is_dataclass(tp) and key in {g.name for g in fields(tp)}]
+    return f" (did you mean {hits[0]!r}?)" if hits else ""
+
+
 def _build(cls, data, prefix):
     if isinstance(data, Scalar) and data.null:
         data = {}                            # `model:` with nothing under it
@@ -332,8 +341,8 @@ def _build(cls, data, prefix):
         path = f"{prefix}{key}"
         if key not in known:
             where = getattr(data, "key_where", {}).get(key, "")
-            _fail(where, f"unknown config key {path!r}{_suggest(str(key), known)}; "
-                         f"valid keys here: {', '.join(known)}")
+            hint = _suggest(str(key), known) or _elsewhere(cls, str(key))
+            _fail(where, f"unknown config key {path!r}{hint}; valid keys here: {', '.join(known)}")
         tp = hints[key]
         if is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{path}.")

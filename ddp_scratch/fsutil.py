@@ -61,7 +61,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
 
 def _write_error(path, e):
     from .errors import UserError
-    kept = " (the previous file is intact)" if os.path.exists(path) else ""
+    kept = " (the previous file is intact)" if os.path.isfile(path) else ""
     why = e.strerror or str(e)
     if isinstance(e, (FileExistsError, NotADirectoryError)):
         why = "a file stands where its folder should be"

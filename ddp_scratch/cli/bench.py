@@ -6,7 +6,7 @@ import sys
 import tempfile
 
 from ..errors import UserError
-from .local import LAUNCH_PY, Launch, find_mpiexec
+from .local import LAUNCH_PY, Launch, find_mpiexec, warn_if_oversubscribed
 
 
 def _check_args(a):
@@ -21,8 +21,9 @@ def _check_args(a):
             raise UserError(f"bench-comm {flag}: expected a positive number of {unit}, got {value:g}")
     from ..config import load_config
     a.configs = [_config_path(p) for p in filter(None, (p.strip() for p in a.configs.split(",")))]
-    for path in a.configs:           # a bad config fails now, not after the measurement
-        load_config(path)
+    from ..data.tasks import check_data
+    for path in a.configs:           # a bad config or data file fails now, not after the measurement
+        check_data(load_config(path))
     if os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UserError(f"bench-comm --out: {a.out} is a file, expected a folder (new or existing)")
     try:
@@ -49,12 +50,14 @@ def cmd_bench_comm(a):
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise UserError("bench-comm: no mpiexec found (pip install mpich)")
+    warn_if_oversubscribed(a.ranks, 1, "bench-comm")
     raw = os.path.abspath(os.path.join(a.out, "bench_comm_raw.json"))     # the ranks run in the repo folder
     run = Launch([mpiexec, "-n", str(a.ranks), sys.executable, "-m", "ddp_scratch.study.bench_comm", raw],
                  cwd=os.path.dirname(LAUNCH_PY))
     rc = run.run()
     if run.signals:
-        err = UserError(f"bench-comm: stopped by {run.signals[0]}; nothing was written")
+        err = UserError(f"bench-comm: stopped by {run.signals[0]} during the measurement; "
+                        "bench_comm.json and its plot were not written")
         err.exit_code = 130 if run.signals[0] == "SIGINT" else 75
         raise err
     if rc != 0:
@@ -92,6 +95,6 @@ def _step_compute(config, out):
     from ..run.trainer import Options, Trainer
     cfg = load_config(config, ["train.max_steps=12", "train.epochs=0", "logging.progress=false",
                                "train.timing_skip=2", "train.checkpoint_every=0"])
-    tr = Trainer(cfg, Options(out=out, quiet=True, overwrite=True), comm=Comm(serial=True))
+    tr = Trainer(cfg, Options(out=out, quiet=True, overwrite=True, signals=False), comm=Comm(serial=True))
     s = tr.run()
     return s["timing"]["compute_s"]["median"], tr.space.n_params * tr.space.params.itemsize

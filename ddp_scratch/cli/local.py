@@ -12,7 +12,7 @@ from ..errors import UserError
 LAUNCH_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "launch.py")
 
 
-def _local_ranks():
+def local_ranks():
     for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
         v = os.environ.get(var, "")
         if v.isdigit():
@@ -25,14 +25,26 @@ def _local_ranks():
 
 def set_threads(requested=0):
     """BLAS/OpenMP threads per rank: threads x ranks on a node <= cores. Must run before numpy loads."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    n = requested or int(os.environ.get("DDP_THREADS", 0)) or max(1, cores // _local_ranks())
+    cores = cores_here()
+    n = requested or int(os.environ.get("DDP_THREADS", 0)) or max(1, cores // local_ranks())
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
     return n
+
+
+def cores_here():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def warn_if_oversubscribed(ranks, threads, what):
+    """One warning line when ranks x threads exceed this machine's cores (they would share them)."""
+    cores = cores_here()
+    if ranks * threads > cores:
+        print(f"warning: {what}: {ranks} rank(s) x {threads} thread(s) = {ranks * threads} > {cores} cores here; "
+              "they share cores, so it runs slower and its timings measure that", file=sys.stderr, flush=True)
 
 
 def find_mpiexec():
@@ -44,7 +56,8 @@ def cmd_local(a):
     from .checks import preflight
     if a.ranks < 1:
         raise UserError(f"local -n: expected a number of ranks >= 1, got {a.ranks}")
-    _, out = preflight(a, a.ranks)        # fail fast, once, before starting N processes
+    cfg, out = preflight(a, a.ranks)        # fail fast, once, before starting N processes
+    warn_if_oversubscribed(a.ranks, cfg.train.threads or max(1, cores_here() // a.ranks), "local")
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise UserError("local: no mpiexec found (pip install mpich, or load your cluster's MPI module)")
@@ -57,9 +70,10 @@ def cmd_local(a):
     return run_forwarding(argv)
 
 
-# Signals a launcher passes on to the job it started (mpiexec forwards them to every rank). A
-# hang-up becomes TERM: mpiexec itself would die of it and leave the ranks without a stop request.
-FORWARD = {"SIGINT": "SIGINT", "SIGTERM": "SIGTERM", "SIGHUP": "SIGTERM", "SIGUSR1": "SIGUSR1", "SIGUSR2": "SIGUSR2"}
+# Signals a launcher passes on to the job it started (mpiexec forwards INT, TERM and USR1 to
+# every rank). HUP and USR2 are passed as TERM and USR1: mpiexec itself would die of them and
+# leave the ranks without a stop request.
+FORWARD = {"SIGINT": "SIGINT", "SIGTERM": "SIGTERM", "SIGHUP": "SIGTERM", "SIGUSR1": "SIGUSR1", "SIGUSR2": "SIGUSR1"}
 SIGNAL_EXIT = {"SIGINT": 130}            # the ranks' exit status after a clean stop (else 75)
 
 
@@ -76,16 +90,26 @@ def signal_count():
     return len(_received)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal that came while no job of ours was running: this process stops itself."""
+
+    def __init__(self, name):
+        super().__init__(f"stopped by {name}")
+        self.code = 130 if name == "SIGINT" else 128 + getattr(signal, name)
+
+
 def _on_signal(signum, frame):
     name = signal.Signals(signum).name
     _received.append(name)
     if _current:
         _current[0]._forward(name)
+    else:
+        raise Interrupted(name)
 
 
 def _install_handlers():
-    """Once per process, and for good: a signal that comes after a job ended (a late second
-    Ctrl-C) is recorded, never the default action that would kill the launcher mid-report."""
+    """Once per process, and for good: a signal that comes while no job runs stops this process
+    through `Interrupted` (one line, no traceback), never by the default action mid-report."""
     if signal.getsignal(signal.SIGINT) is not _on_signal:
         for name in FORWARD:
             signal.signal(getattr(signal, name), _on_signal)
@@ -99,14 +123,15 @@ class Launch:
 
     _count = 0
 
-    def __init__(self, argv, mpi=True, cwd=None):
-        self.argv, self.mpi, self.cwd = argv, mpi, cwd
+    def __init__(self, argv, mpi=True, cwd=None, env=None):
+        self.argv, self.mpi, self.cwd, self.extra_env = argv, mpi, cwd, env or {}
         Launch._count += 1
         self.token = f"{os.getpid()}.{Launch._count}"      # marks the ranks of this job (environment)
         self.mark = None            # where this job's signals start in _received
         self.proc = None
         self.ranks = {}             # pid -> rank, of the job's rank processes (scanned while alive)
         self.banner = {}
+        self.mpi_said, self.said_error = [], False      # MPI's own error lines (held back); ours
 
     @property
     def signals(self):
@@ -117,9 +142,10 @@ class Launch:
         import threading
         _install_handlers()         # before the job exists: no window in which a signal kills us
         self.mark, self.end = len(_received), None
-        env = dict(os.environ, DDP_LAUNCHER=self.token)
+        env = dict(os.environ, DDP_LAUNCHER=self.token, **self.extra_env)
         if sys.stderr.isatty():         # the ranks write into pipes: tell rank 0 a person is watching
             env["DDP_PROGRESS"] = "tty"
+            env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
         pipe = subprocess.PIPE if self.mpi else None
         _current[:] = [self]
         try:
@@ -181,7 +207,11 @@ class Launch:
             if rank is not None and rank.isdigit():
                 self.ranks[pid] = int(rank)
 
-    NOISE = ("YOUR APPLICATION TERMINATED", "This typically refers", "Please see the FAQ", "Ctrl-C caught")
+    NOISE = ("YOUR APPLICATION TERMINATED", "This typically refers", "Please see the FAQ", "Ctrl-C caught",
+             "[proxy:", "[mpiexec@")
+    # MPICH's own report of a failed collective after a rank died: its 'Abort(...) on node' line
+    # and an error stack of 'function(line)....: text' frames
+    MPI_STACK = r"^(Abort\(\d+\) on node|\[?\w+\(\d+\)\.*:|\(unknown\)\(\):|\[unset\]:)"
 
     def _filter(self, src, dst):
         """Pass one of the job's streams through, minus mpiexec's banners and Ctrl-C chatter
@@ -205,10 +235,13 @@ class Launch:
                 m = re.search(r"EXIT STRING: .*\(signal (\d+)\)", text)
                 if m and "signal" not in self.banner:
                     self.banner["signal"] = int(m.group(1))
-                if (text.startswith("=") or text.startswith(self.NOISE) or (raw.strip() == b"" and raw != b"\r")
-                        or (text.startswith("[mpiexec@") and "Ctrl-C" in text)
-                        or "application called MPI_Abort" in text):
+                if re.match(self.MPI_STACK, text) or "application called MPI_Abort" in text:
+                    self.mpi_said.append(text)
                     continue
+                if text.startswith("=") or text.startswith(self.NOISE) or (raw.strip() == b"" and raw != b"\r"):
+                    continue
+                if text.startswith("error:"):
+                    self.said_error = True
                 try:
                     dst.buffer.write(raw)
                     dst.flush()
@@ -236,6 +269,8 @@ class Launch:
             sys.stderr.write(f"error: {who} (pid {pid} on {self.banner.get('host', '?')}) was killed by "
                              f"{signame}; mpiexec ended the other ranks (exit status {128 + sig})\n")
             return 128 + sig
+        if rc not in (0, 75, 130) and not self.said_error and self.mpi_said and not self.signals:
+            sys.stderr.write(f"error: the MPI library ended the job (exit status {rc}): {self.mpi_said[0][:300]}\n")
         return rc
 
 

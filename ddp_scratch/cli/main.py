@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 from ..errors import UserError
-from .args import add_slurm_resource_args, add_train_args
+from .args import add_slurm_resource_args, add_train_args, integer, number, path
 from .bench import cmd_bench_comm
 from .local import cmd_local, set_threads
 from .submit import add_submit_parser, submit
@@ -46,8 +46,12 @@ EXAMPLES = {
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kw):
+        kw.setdefault("allow_abbrev", False)    # --ov must not silently mean --overwrite
+        super().__init__(*args, **kw)
+
     def error(self, message):   # one line and exit 2, like every other bad input
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser():
@@ -55,52 +59,77 @@ def build_parser():
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
     sub.required = True
+    ap.commands = {}
 
     def cmd(name, help_):
-        return sub.add_parser(name, help=help_, description=help_,
-                              epilog="examples:" + textwrap.dedent(EXAMPLES.get(name, "")),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = ap.commands[name] = sub.add_parser(name, help=help_, description=help_,
+                                               epilog="examples:" + textwrap.dedent(EXAMPLES.get(name, "")),
+                                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        return p
 
     add_train_args(cmd("train", "train one model in this process (one rank of mpiexec/srun, or alone)"))
     p = cmd("local", "run `train` on N local ranks through mpiexec")
-    p.add_argument("-n", "--ranks", type=int, required=True, help="number of ranks")
+    p.add_argument("-n", "--ranks", type=integer(1, "a number of ranks"), required=True, help="number of ranks")
     add_train_args(p)
     p = cmd("download", "fetch MNIST-format IDX files and verify their checksums")
     p.add_argument("dataset", help="mnist or fashion-mnist")
-    p.add_argument("--to", required=True, help="destination folder")
-    p.add_argument("--base-url", default=None, help="mirror to fetch from (folder URL)")
+    p.add_argument("--to", type=path("a destination folder"), required=True, help="destination folder")
+    p.add_argument("--base-url", default=None, help="mirror to fetch from (a folder URL holding the .gz files)")
     p = cmd("scaling", "run a strong or weak scaling sweep and write the report")
-    p.add_argument("config")
-    p.add_argument("--mode", choices=["strong", "weak"], required=True)
+    p.add_argument("config", type=path("a YAML config file"), help="YAML config of the model and data")
+    p.add_argument("--mode", choices=["strong", "weak"], required=True,
+                   help="strong: the global batch stays; weak: the per-rank batch stays")
     p.add_argument("--ranks", required=True, help="comma-separated world sizes, e.g. 1,2,4")
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per point")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--repeats", type=integer(1, "a number of repeats"), default=1,
+                   help="runs per world size (default 1)")
+    p.add_argument("--steps", type=integer(1, "a number of steps"), default=20, help="timed steps per point (default 20)")
+    p.add_argument("--warmup", type=integer(0, "a number of steps"), default=5,
+                   help="untimed steps before them (default 5)")
+    p.add_argument("--batch", type=integer(1, "a batch size"), default=None,
                    help="strong: global batch; weak: per-rank batch (default train.batch_size)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value for every point (repeatable)")
+    p.add_argument("--out", type=path("an output folder"), required=True,
+                   help="folder of the sweep: points/, runs/*.json, scaling.csv, plots/, report.md")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the runs of an earlier, different sweep in --out")
     p.add_argument("--slurm", action="store_true",
                    help="run each point as a SLURM job through submitit (one task per rank)")
     add_slurm_resource_args(p, tasks_per_node=0, time=30)
     p = cmd("report", "rebuild a scaling report (CSV, plots, report.md) from DIR/runs/*.json")
-    p.add_argument("dir")
+    p.add_argument("dir", type=path("a sweep folder"), help="the --out folder of a scaling sweep")
     p = cmd("bench-comm", "all-reduce micro-benchmark, alpha-beta fit and projection to large worlds")
-    p.add_argument("-n", "--ranks", type=int, default=2)
-    p.add_argument("--out", required=True)
-    p.add_argument("--alpha-us", type=float, default=None, help="interconnect latency for the projection")
-    p.add_argument("--bandwidth-gbps", type=float, default=None, help="interconnect bandwidth (GB/s)")
+    p.add_argument("-n", "--ranks", type=integer(2, "a number of ranks"), default=2,
+                   help="ranks that all-reduce (default 2)")
+    p.add_argument("--out", type=path("an output folder"), required=True,
+                   help="folder for bench_comm.json and its plot")
+    p.add_argument("--alpha-us", type=float, default=None,
+                   help="interconnect latency in microseconds, for the projection (with --bandwidth-gbps)")
+    p.add_argument("--bandwidth-gbps", type=float, default=None,
+                   help="interconnect bandwidth in GB/s (gigabytes per second; divide Gbit/s by 8)")
     p.add_argument("--configs", default="experiments/mlp_digits.yaml,experiments/gpt_addition.yaml",
-                   help="models whose step time and gradient size are projected")
+                   help="comma-separated configs whose step time and gradient size are projected")
     add_submit_parser(cmd)
     p = cmd("sample", "continue a prompt with a trained GPT checkpoint")
-    p.add_argument("checkpoint", help="OUT/checkpoint.npz of a gpt training run")
+    p.add_argument("checkpoint", type=path("a checkpoint file"), help="OUT/checkpoint.npz of a gpt training run")
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
-    p.add_argument("--tokens", type=int, default=200, metavar="N", help="characters to generate (default 200)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
-    p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest; 0 = all")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text (default 0)")
+    p.add_argument("--tokens", type=integer(0, "a count of characters"), default=200, metavar="N",
+                   help="characters to generate (default 200)")
+    p.add_argument("--temperature", type=number(low=0.0, what="a temperature"), default=1.0,
+                   help="softmax temperature; 0 = greedy (default 1)")
+    p.add_argument("--top-k", type=integer(0, "a count"), default=0, metavar="K",
+                   help="sample among the K likeliest; 0 = all (default 0)")
+    p.add_argument("--seed", type=integer(0, "a seed"), default=0, help="the same seed gives the same text (default 0)")
     return ap
+
+
+def parse_args(argv=None):
+    """Parse, and say an unknown flag against the command it was given to."""
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        ap.commands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def cmd_download(a):
@@ -111,19 +140,19 @@ def cmd_download(a):
 
 def cmd_scaling(a):
     from .sweep import parse_ranks, sweep
-    if a.repeats < 1 or a.steps < 1 or a.warmup < 0:
-        raise UserError("scaling: --repeats and --steps must be >= 1 and --warmup >= 0")
     launcher = None
     if a.slurm:
         from .submit import slurm_launcher
         launcher = slurm_launcher(a)
     sweep(a.config, a.mode, parse_ranks(a.ranks), a.out, a.repeats, a.steps, a.warmup, a.batch, a.overrides,
-          launcher=launcher)
+          launcher=launcher, overwrite=a.overwrite)
     return 0
 
 
 def cmd_report(a):
     from ..study.report import write_report
+    if os.path.exists(a.dir) and not os.path.isdir(a.dir):
+        raise UserError(f"report: {a.dir} is a file, expected the --out folder of a scaling sweep")
     if not os.path.isdir(os.path.join(a.dir, "runs")):
         raise UserError(f"report: {a.dir}/runs not found (expected the output folder of a scaling sweep)")
     try:
@@ -144,7 +173,7 @@ HANDLERS = {"train": cmd_train, "local": cmd_local, "submit": submit, "download"
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return HANDLERS[args.cmd](args)
     except UserError as e:
@@ -158,21 +187,21 @@ def main(argv=None):
         if size > 1 and not (getattr(e, "collective", False) or getattr(e, "agreed", False)):
             abort_world(e.exit_code, settle_s=0.2)   # this rank alone: the others may sit in a collective
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         from ..parallel.world import initialized_world
         rank, size, _ = initialized_world()
         if rank == 0:
-            print("interrupted (a second Ctrl-C): stopped at once, no checkpoint written for this step",
-                  file=sys.stderr, flush=True)
+            print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr, flush=True)
+        code = getattr(e, "code", 130)
         if size > 1:
-            os._exit(130)   # no MPI_Finalize: a rank that sits in a collective would wait forever
-        return 130
+            os._exit(code)   # no MPI_Finalize: a rank that sits in a collective would wait forever
+        return code
     except Exception as e:
         from ..parallel.world import abort_world, initialized_world
         from ..run.trainer import Stopped
         rank, size, _ = initialized_world()
         if isinstance(e, Stopped):
-            if rank == 0:
+            if rank == 0 and not os.environ.get("DDP_NESTED"):   # a sweep's point: the sweep says it
                 print(str(e), file=sys.stderr, flush=True)
             return e.code
         if size > 1:    # the other ranks may sit in a collective: take the whole world down now

@@ -12,7 +12,7 @@ import time
 
 from ..errors import UserError
 from ..fsutil import atomic_write_text
-from .local import LAUNCH_PY, find_mpiexec
+from .local import LAUNCH_PY, cores_here, find_mpiexec
 
 
 def parse_ranks(text):
@@ -66,38 +66,79 @@ class SweepStopped(UserError):
         self.exit_code = code
 
 
-def check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, log=print):
-    """Everything a point would refuse, for every point, before the first one starts."""
+MAX_RANKS_PER_CORE = 16     # beyond this a local point would only thrash (1000 ranks on 2 cores hung)
+
+
+def check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, slurm=False, overwrite=False, log=print):
+    """Everything a point would refuse, for every point, before the first one starts. Returns
+    (config, batch, the overrides every point gets, the sweep's identity)."""
     from ..config import load_config
     from ..data.tasks import check_data
     cfg = load_config(config, overrides)
-    if batch is not None and batch < 1:
-        raise UserError(f"scaling --batch: expected a batch >= 1, got {batch}")
     batch = batch or cfg.train.batch_size
+    cores = cores_here()
+    # One thread count for every point, so the sweep compares ranks, not BLAS threads (by
+    # default 1 rank would get all cores, N ranks 1/N each: 'efficiency' above 100 %).
+    threads = cfg.train.threads or int(os.environ.get("DDP_THREADS", 0) or 0) or max(1, cores // max(ranks))
+    common = [] if slurm or cfg.train.threads else [f"train.threads={threads}"]
     for n in ranks:
-        load_config(config, [*overrides, *point_overrides(mode, n, batch, steps, warmup)[1]])
+        load_config(config, [*overrides, *common, *point_overrides(mode, n, batch, steps, warmup)[1]])
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"scaling --out {out} is a file, expected a folder")
+    ident = {"config": os.path.splitext(os.path.basename(config))[0], "mode": mode, "batch": batch,
+             "overrides": list(overrides), "steps": steps, "warmup": warmup}
+    _check_same_sweep(out, ident, overwrite)
     check_data(cfg)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = cfg.train.threads or int(os.environ.get("DDP_THREADS", 0) or 0)
-    for n in ranks:
-        used = n * (threads or max(1, cores // n))
-        if used > cores:
-            log(f"warning: {n} ranks x {used // n} thread(s) = {used} > {cores} cores here: the ranks share "
-                "cores, so this point measures oversubscription, not scaling")
-    return cfg, batch
+    if not slurm:
+        for n in ranks:
+            if n > MAX_RANKS_PER_CORE * cores:
+                raise UserError(f"scaling --ranks: {n} ranks on the {cores} cores here would only thrash "
+                                f"(at most {MAX_RANKS_PER_CORE * cores}); run large worlds with --slurm")
+            if n * threads > cores:
+                log(f"warning: {n} ranks x {threads} thread(s) = {n * threads} > {cores} cores here: the ranks "
+                    "share cores, so this point measures oversubscription, not scaling")
+        log(f"threads per rank: {threads} at every point" + ("" if cfg.train.threads else
+                                                           f" (the {cores} cores here over at most {max(ranks)} ranks)"))
+    return cfg, batch, common, ident
+
+
+def _check_same_sweep(out, ident, overwrite):
+    """A sweep folder holds one sweep: runs of another (other config, mode, batch, overrides,
+    steps) would be mixed into one report. Refused, or replaced with --overwrite."""
+    path = os.path.join(out, "sweep.json")
+    runs = os.path.join(out, "runs")
+    old = None
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = {}
+    elif not (os.path.isdir(runs) and any(f.endswith(".json") for f in os.listdir(runs))):
+        return
+    if old == ident:
+        return
+    if not overwrite:
+        what = ", ".join(f"{k} {old.get(k)!r} before, {v!r} now" for k, v in ident.items()
+                         if isinstance(old, dict) and old.get(k) != v) if old else "runs of an unrecorded sweep"
+        raise UserError(f"scaling --out {out} holds another sweep ({what}); use a new --out, or --overwrite "
+                        "to replace its runs")
+    for f in os.listdir(runs):
+        if f.endswith(".json"):
+            os.remove(os.path.join(runs, f))
 
 
 def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, overrides=(),
-          launcher=None, log=print):
+          launcher=None, log=print, overwrite=False):
     """Run the sweep locally through mpiexec (or `launcher(n, argv) -> returncode`)."""
     from .local import Launch, signal_count, signals_since
-    cfg, batch = check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, log)
+    cfg, batch, common, ident = check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup,
+                                            launcher is not None, overwrite, log)
     mark = signal_count()
     name = os.path.splitext(os.path.basename(config))[0]
     points = [(n, r) for n in ranks for r in range(repeats)]
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    atomic_write_text(os.path.join(out, "sweep.json"), json.dumps(ident, indent=1) + "\n")
     mpiexec = find_mpiexec()
     if mpiexec is None and max(ranks) > 1 and launcher is None:
         raise UserError("scaling: no mpiexec found (pip install mpich)")
@@ -109,13 +150,13 @@ def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, o
         log(f"[{k + 1}/{len(points)}] {mode} scaling of {name}: {n} rank(s), repeat {r + 1}/{repeats}, "
             f"global batch {gb}" + (f", ETA {eta:.0f}s" if eta is not None else ""))
         argv = [sys.executable, LAUNCH_PY, "train", config, "--out", pdir, "--overwrite", "--quiet"]
-        for o in [*overrides, *extra]:
+        for o in [*overrides, *common, *extra]:
             argv += ["--set", o]
         ts = time.time()
         if launcher is not None:
             rc = launcher(n, argv)
         else:
-            rc = Launch(([mpiexec, "-n", str(n)] if n > 1 else []) + argv, mpi=n > 1).run()
+            rc = Launch(([mpiexec, "-n", str(n)] if n > 1 else []) + argv, mpi=n > 1, env={"DDP_NESTED": "1"}).run()
             got = signals_since(mark)
             if got:
                 raise SweepStopped(f"scaling: stopped by {got[0]} during point {k + 1}/{len(points)} "

@@ -1,13 +1,18 @@
 """`launch.py train`: one rank of a training run (alone, or one of mpiexec's/srun's ranks)."""
+import os
+
+from ..parallel.world import launcher_rank
 from .args import check_train_args, default_out
-from .local import set_threads
+from .local import local_ranks, set_threads, warn_if_oversubscribed
 
 
 def cmd_train(a):
     from ..config import load_config
     check_train_args(a)
     cfg = load_config(a.config, a.overrides)
-    set_threads(cfg.train.threads)
+    threads = set_threads(cfg.train.threads)
+    if cfg.train.threads and launcher_rank() == 0 and not os.environ.get("DDP_LAUNCHER"):
+        warn_if_oversubscribed(local_ranks(), threads, "train.threads")
     from ..run.progress import final_line
     from ..run.trainer import Options, Trainer
     opts = Options(out=a.out or default_out(a.config), resume=a.resume, overwrite=a.overwrite,

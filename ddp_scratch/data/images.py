@@ -39,6 +39,9 @@ def read_idx(path, header_only=False):
     """An IDX file (MNIST format), raw or gzip, as a numpy array; DataError if malformed.
     header_only: just (dtype, dims), checked against the file's size, without the data."""
     raw = read_regular_file(path, "data file", DataError)
+    if not raw:
+        raise DataError(f"data file {path} is empty (expected an IDX file: a 4-byte magic number, "
+                        "the dimensions, the data)")
     if raw[:2] == b"\x1f\x8b":
         raw = _gunzip(raw, path, MAX_IDX_BYTES)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] == 0:
@@ -66,6 +69,16 @@ MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
 }
+
+
+def stored_size(path):
+    """Bytes of an IDX file's content, without reading it (a gzip file's trailer holds its size
+    modulo 2**32)."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return os.fstat(f.fileno()).st_size
+        f.seek(-4, os.SEEK_END)
+        return int.from_bytes(f.read(4), "little")
 
 
 def find_mnist_file(folder, stem):
@@ -96,14 +109,17 @@ def check_pair(ipath, lpath, images, labels):
         raise DataError(f"data file {ipath}: holds no images")
 
 
-def check_labels(path, y):
+def check_labels(path, y, n_classes):
     if y.dtype.kind not in "iu":
         raise DataError(f"data file {path}: labels of type {y.dtype}, expected integer class indices")
-    if len(y) and y.min() < 0:
-        raise DataError(f"data file {path}: holds the negative label {int(y.min())}; expected class indices 0, 1, ...")
+    bad = np.flatnonzero((y < 0) | (y >= n_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"data file {path}: label {int(y[i])} (item {i}) is outside [0, {n_classes}) "
+                        f"({len(bad)} such label(s)); data.n_classes is {n_classes}")
 
 
-def load_mnist(folder, header_only=False):
+def load_mnist(folder, header_only=False, n_classes=10):
     """((X, y) train, (X, y) test) from a folder of the four MNIST-format IDX files; header_only:
     every check that needs no pixel data (files, headers, sizes, labels), returning nothing."""
     folder = os.path.expanduser(folder)
@@ -116,7 +132,7 @@ def load_mnist(folder, header_only=False):
         images = read_idx(ipath, header_only)
         dims = images[1] if header_only else images.shape
         check_pair(ipath, lpath, dims, labels.shape)
-        check_labels(lpath, labels)
+        check_labels(lpath, labels, n_classes)
         shapes[split] = (ipath, dims[1:])
         if not header_only:
             out[split] = (images.reshape(len(images), -1).astype(np.float64) / 255.0, labels.astype(np.int64))
@@ -169,7 +185,7 @@ class ClassificationTask:
             te, va, tr = _split(len(X), [d.test_fraction, d.val_fraction], d.seed)
             splits = {"train": (X[tr], y[tr]), "val": (X[va], y[va]), "test": (X[te], y[te])}
         elif d.name == "mnist":
-            (X, y), test = load_mnist(d.path)
+            (X, y), test = load_mnist(d.path, n_classes=d.n_classes)
             va, tr = _split(len(X), [d.val_fraction], d.seed)
             splits = {"train": (X[tr], y[tr]), "val": (X[va], y[va]), "test": test}
         elif d.name == "synthetic":
@@ -184,9 +200,7 @@ class ClassificationTask:
         if d.normalize:   # one scalar mean/std from the training split, applied to every split
             mu, sd = float(Xtr.mean()), float(Xtr.std()) or 1.0
             splits = {k: ((X - mu) / sd, y) for k, (X, y) in splits.items()}
-        self.n_out = int(max(int(s[1].max()) for s in splits.values() if len(s[1])) + 1)
-        if d.name == "synthetic":
-            self.n_out = d.n_classes
+        self.n_out = 10 if d.name == "digits" else d.n_classes
         self.d_in = Xtr.shape[1]
         xp = B.xp
         self.dev = {k: (xp.asarray(X.astype(t.dtype)), xp.asarray(y)) for k, (X, y) in splits.items()}

@@ -15,7 +15,26 @@ def check_data(cfg):
     d = cfg.data
     if d.name == "mnist":
         from .images import load_mnist
-        load_mnist(d.path, header_only=True)
+        load_mnist(d.path, header_only=True, n_classes=d.n_classes)
     elif d.name in ("text", "addition"):
         from .text import build_text_task
         build_text_task(cfg, 0, 1)
+
+
+def data_bytes(cfg):
+    """Host bytes the data will take while it is loaded and split, known before reading it
+    (float64 features and about three copies of them; text as characters and int64 ids)."""
+    import os
+    d = cfg.data
+    if d.name == "synthetic":
+        return 3 * d.n_samples * d.n_features * 8
+    try:
+        if d.name == "text":
+            return 20 * os.stat(d.path).st_size
+        if d.name == "mnist":
+            from .images import MNIST_FILES, find_mnist_file, stored_size
+            return 3 * 8 * sum(stored_size(find_mnist_file(d.path, MNIST_FILES[k]))
+                               for k in ("train_images", "test_images"))
+    except Exception:          # a missing or bad file is said when it is read, in its own words
+        return 0
+    return 0

@@ -124,7 +124,11 @@ class TextTask:
 
     def describe(self):
         evals = ", ".join(f"{len(x):,} {s} windows" for s, (x, _, _) in self.evals.items())
-        return (f"{self.name}: {len(self.ids):,} train tokens" + (f", {evals}" if evals else "")
+        train = f"{len(self.ids):,} train tokens"
+        if self.scored is not None:                 # addition: problems, and tokens for the loss
+            problems = int((self.ids == self.tok.stoi["\n"]).sum())
+            train = f"{problems:,} train problems ({train})"
+        return (f"{self.name}: {train}" + (f", {evals}" if evals else "")
                 + f", vocabulary of {len(self.tok)} characters, context {self.T}")
 
     def batch(self, epoch, i):
@@ -171,9 +175,9 @@ class TextTask:
     def extra_summary(self, model, comm):
         """No collective: the trainer has just evaluated val and test."""
         out = {}
-        for split, key in (("test", "exact_match"), ("val", "val_exact_match")):
+        for split, keys in (("test", ("exact_match", "test_exact_match")), ("val", ("val_exact_match",))):
             if "exact_match" in self.last.get(split, {}):
-                out[key] = self.last[split]["exact_match"]
+                out.update(dict.fromkeys(keys, self.last[split]["exact_match"]))
         return out
 
 

@@ -5,11 +5,15 @@ checkpoint intact; loaded with allow_pickle=False and validated before anything 
 """
 import io
 import json
+import sys
 
 import numpy as np
 
+from .. import backend as B
+from ..config import config_hash
 from ..errors import CheckpointError
 from ..fsutil import atomic_write_bytes, read_regular_file
+from ..nn.optim import lr_at
 
 FORMAT = "ddp_scratch-checkpoint"
 VERSION = 1
@@ -88,3 +92,56 @@ def diff_fingerprints(saved: dict, current: dict, prefix=""):
         elif a != b:
             out.append(f"{prefix}{k} is {a!r} in the checkpoint but {b!r} now")
     return out
+
+
+# ----------------------------------------------------------------------------- a trainer's checkpoint
+
+def restore(tr):
+    """Put trainer `tr` where its checkpoint left it, after checking the checkpoint fits it."""
+    path = tr.ckpt_path
+    arrays, meta = load(path)
+    diffs = diff_fingerprints(field(meta, path, "fingerprint", dict), tr.fp)
+    if diffs:
+        raise CheckpointError(f"checkpoint {path} does not match the config: {diffs[0]}"
+                              + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""))
+    if field(meta, path, "layout", list) != tr.space.layout():
+        raise CheckpointError(f"checkpoint {path} holds parameters of another model layout")
+    state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
+    for name, a in [("params", arrays["params"]), *((f"opt.{k}", v) for k, v in state.items())]:
+        check_array(a, path, name, tr.space.params.shape, tr.space.params.dtype)
+    missing = [n for n in tr.opt.state_names if n not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks optimizer state {missing[0]!r} "
+                              f"(optimizer {tr.cfg.optim.name})")
+    step = field(meta, path, "step", int)
+    if step < 0:
+        raise CheckpointError(f"checkpoint {path}: metadata 'step' is {step}, expected >= 0")
+    from .summary import RunState
+    tr.state = RunState.from_meta(meta.get("run"), f"checkpoint {path}")
+    before = meta["run"].get("total_steps") if isinstance(meta.get("run"), dict) else None
+    if isinstance(before, int) and before != tr.total_steps and tr.cfg.optim.schedule != "constant" \
+            and tr.comm.rank == 0 and step < tr.total_steps:      # a schedule follows the run's length
+        print(f"note: this run now has {tr.total_steps:,} steps (it had {before:,}): the "
+              f"{tr.cfg.optim.schedule} learning-rate schedule follows the new length from step "
+              f"{step:,} (lr {lr_at(tr.cfg.optim, step, tr.total_steps):.3g} there, "
+              f"{lr_at(tr.cfg.optim, step, before):.3g} before)", flush=True)
+    tr.space.params[...] = B.xp.asarray(arrays["params"])
+    tr.opt.load_state_dict(state | {"t": field(meta, path, "opt_t", int)})
+    tr.step = step
+
+
+def write(tr):
+    """Trainer `tr`'s parameters, optimizer state and run state, atomically (rank 0 calls it)."""
+    arrays = {"params": B.to_numpy(tr.space.params)}
+    for k, v in tr.opt.state_dict().items():
+        if k != "t":
+            arrays[f"opt.{k}"] = B.to_numpy(v)
+    epoch, i = divmod(tr.step, tr.spe)
+    meta = {"step": tr.step, "epoch": epoch, "step_in_epoch": i, "opt_t": tr.opt.t,
+            "fingerprint": tr.fp, "config_hash": config_hash(tr.fp), "layout": tr.space.layout(),
+            "config": tr.cfg.to_dict(), "world_size": tr.comm.size,
+            "run": tr.state.to_meta() | {"total_steps": tr.total_steps},
+            "rng": "stateless: data order from (train.seed, epoch), dropout from (train.seed, step)"}
+    if getattr(tr.task, "vocab", None):      # text tasks: the tokenizer, for `launch.py sample`
+        meta["vocab"] = tr.task.vocab
+    save(tr.ckpt_path, arrays, meta)

@@ -24,18 +24,15 @@ def _gib(n):
     return f"{n} bytes"
 
 
-def synthetic_bytes(cfg):
-    """Host bytes the synthetic dataset takes while it is generated and split (float64, ~3 copies)."""
-    d = cfg.data
-    return 3 * d.n_samples * d.n_features * 8 if d.name == "synthetic" else 0
-
-
 def check_out_folder(out, resume, overwrite):
     """The output folder is usable: not a file, inside a writable place, and no run is lost."""
     if not out:
         raise UserError("--out: expected a folder, got an empty path")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, expected a folder (or a path to create)")
+    for name in ("checkpoint.npz", "summary.json"):
+        if os.path.isdir(os.path.join(out, name)):
+            raise UserError(f"--out {out}: {name} there is a folder; a run writes a file of that name")
     ckpt_path = os.path.join(out, "checkpoint.npz")
     if os.path.exists(ckpt_path) and not (resume or overwrite):
         raise UserError(f"{ckpt_path} already exists: pass --resume to continue it or "
@@ -54,3 +51,26 @@ def make_out_folder(out):
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+
+
+def lock_out_folder(out):
+    """Create the output folder and hold OUT/.lock for the rest of this process: a second run
+    into the same folder is refused instead of both writing it. Returns the lock's descriptor."""
+    import fcntl
+    import socket
+    make_out_folder(out)
+    path = os.path.join(out, ".lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create its lock file ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"--out {out}: another run ({holder}) is writing there now; wait for it to end "
+                        "or use another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd

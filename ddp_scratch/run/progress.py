@@ -12,6 +12,20 @@ import time
 from .. import backend as B
 
 
+def _columns():
+    """The terminal's width (COLUMNS when a launcher passed it on), 100 if unknown."""
+    try:
+        return max(20, int(os.environ.get("COLUMNS", "")))
+    except ValueError:
+        import shutil
+        return shutil.get_terminal_size((100, 24)).columns
+
+
+def _plural(n, word):
+    text = f"{n:,.0f}" if n == int(n) else f"{n:,.2f}"
+    return f"{text} {word}" + ("" if n == 1 else "s")
+
+
 def _si(n):
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
@@ -44,7 +58,10 @@ def startup_text(tr):
     dev = f"{B.name} on {B.device_name()}" + ("" if B.on_gpu() else " (CPU)")
     lo, hi = t.batch_size // comm.size, -(-t.batch_size // comm.size)
     per = f"{lo}" if lo == hi else f"{lo}-{hi}"
-    ev = f"every {t.eval_every} steps" if t.eval_every else "every epoch"
+    has_val = bool(getattr(tr.task, "evals", {}).get("val") is not None or
+                   len(getattr(tr.task, "dev", {}).get("val", ((), ()))[1]))
+    ev = ("validation " + (f"every {_plural(t.eval_every, 'step')}" if t.eval_every else "every epoch")
+          if has_val else "no validation split")
     epochs = tr.total_steps / tr.spe
     model = getattr(tr.model, "describe", lambda: cfg.model.name)()
     lines = [
@@ -52,9 +69,8 @@ def startup_text(tr):
         f"  model: {model}, {tr.space.n_params:,} parameters, {t.dtype}; "
         f"optimizer {cfg.optim.name}, lr {cfg.optim.lr:g} ({cfg.optim.schedule})",
         f"  data:  {tr.task.describe()}",
-        f"  batch: {t.batch_size} global = {per} per rank; {tr.total_steps:,} steps = "
-        + (f"{epochs:,.0f}" if epochs == int(epochs) else f"{epochs:,.2f}")
-        + f" epochs of {tr.spe:,} steps; validation {ev}",
+        f"  batch: {t.batch_size} global = {per} per rank; {_plural(tr.total_steps, 'step')} = "
+        + _plural(epochs, "epoch") + f" of {_plural(tr.spe, 'step')}; {ev}",
     ]
     lines.append(f"  out:   {tr.opts.out}" + (f" (resuming from step {tr.resumed_from:,})" if tr.resumed_from else ""))
     return "\n".join(lines)
@@ -67,9 +83,9 @@ def final_line(s, out):
     parts = [f"{s['status']}: step {s['steps']}/{s.get('total_steps', s['steps'])}"]
     name, value = headline(s)
     if s.get("train_loss") is not None and name != "train_loss":
-        parts.append(f"train_loss {s['train_loss']:.4f}")
+        parts.append(f"train_loss {s['train_loss']:.4g} (last epoch's mean)")
     if name is not None:
-        parts.append(f"{name} {value:.4f}")
+        parts.append(f"{name} {value:.4g}")
     if rate:
         parts.append(f"{_si(rate)} {unit}/s")
     return ", ".join(parts) + f" -> {out}/summary.json"
@@ -87,10 +103,11 @@ class Progress:
         self.t0 = time.perf_counter()
         self.last_draw = 0.0
         self.val = ""
+        self.width = _columns()
 
     def set_validation(self, rec):
         keys = [k for k in ("val_loss", "val_accuracy", "val_exact_match") if rec.get(k) is not None]
-        self.val = " ".join(f"{k} {rec[k]:.4f}" for k in keys)
+        self.val = " ".join(f"{k} {rec[k]:.4g}" for k in keys) + (f" (at step {rec['step']})" if keys else "")
 
     def _eta(self, step):
         done = step - self.start
@@ -109,15 +126,15 @@ class Progress:
             frac = step / max(1, self.total)
             eta = self._eta(step)
             bar = "#" * int(24 * frac)
-            text = (f"\r[{bar:<24}] {step}/{self.total} ep {epoch:.2f} loss {loss:.4f}"
+            text = (f"[{bar:<24}] {step}/{self.total} ep {epoch:.2f} loss {loss:.4g}"
                     + (f" | {self.val}" if self.val else "") + f" | {_si(rate)} {self.unit}/s"
                     + (f" | eta {_duration(eta)}" if eta is not None else ""))
-            self.stream.write(text + "\x1b[K")
+            self.stream.write("\r" + text[:self.width - 1] + "\x1b[K")
         else:
             if not (last or (step - self.start) % self.every == 0):
                 return
             eta = self._eta(step)
-            self.stream.write(f"step {step}/{self.total} (epoch {epoch:.2f}): loss {loss:.4f}"
+            self.stream.write(f"step {step}/{self.total} (epoch {epoch:.2f}): loss {loss:.4g}"
                               + (f", {self.val}" if self.val else "") + f", {_si(rate)} {self.unit}/s"
                               + (f", eta {_duration(eta)}" if eta is not None and not last else "") + "\n")
         self.stream.flush()

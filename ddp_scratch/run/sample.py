@@ -61,38 +61,44 @@ def load_model(path):
     return model, tok, cfg
 
 
-def generate(model, ids, n_tokens, temperature=1.0, top_k=0, seed=0):
-    """Token ids that continue `ids`: greedy when temperature is 0, else sampled from the
-    temperature-scaled softmax over the top_k most likely (all when top_k is 0)."""
+def stream(model, ids, n_tokens, temperature=1.0, top_k=0, seed=0):
+    """Token ids that continue `ids`, one at a time: greedy when temperature is 0, else sampled
+    from the temperature-scaled softmax over the top_k most likely (all when top_k is 0)."""
     rng = np.random.default_rng(seed)
     seq = [int(i) for i in ids]
     for _ in range(n_tokens):
         ctx = np.asarray(seq[-model.Tmax:], dtype=np.int64)[None]            # (1,T) cropped
         logits = B.to_numpy(model.predict(B.xp.asarray(ctx))[0, -1]).astype(np.float64)   # (V,)
         if temperature == 0:
-            seq.append(int(np.argmax(logits)))
-            continue
-        logits /= temperature
-        if 0 < top_k < len(logits):
-            logits[logits < np.sort(logits)[-top_k]] = -np.inf
-        p = np.exp(logits - logits.max())
-        seq.append(int(rng.choice(len(p), p=p / p.sum())))
-    return seq[len(ids):]
+            nxt = int(np.argmax(logits))
+        else:
+            if 0 < top_k < len(logits):
+                logits[logits < np.sort(logits)[-top_k]] = -np.inf
+            with np.errstate(over="ignore", under="ignore"):   # a tiny temperature is argmax, not NaN
+                p = np.exp((logits - logits.max()) / temperature)
+            nxt = int(rng.choice(len(p), p=p / p.sum()))
+        seq.append(nxt)
+        yield nxt
+
+
+def generate(model, ids, n_tokens, temperature=1.0, top_k=0, seed=0):
+    return list(stream(model, ids, n_tokens, temperature, top_k, seed))
 
 
 def run_sample(a):
-    if a.tokens < 0:
-        raise UserError(f"sample --tokens: expected a count >= 0, got {a.tokens}")
-    if not a.temperature >= 0:
-        raise UserError(f"sample --temperature: expected a number >= 0 (0 = greedy), got {a.temperature}")
-    if a.top_k < 0:
-        raise UserError(f"sample --top-k: expected a count >= 0 (0 = no limit), got {a.top_k}")
     model, tok, cfg = load_model(a.checkpoint)
     prompt = a.prompt if a.prompt is not None else ("\n" if "\n" in tok.stoi else tok.chars[0])
     if not prompt:
         raise UserError("sample --prompt: empty; give at least one character to continue")
     ids = tok.encode(prompt, what="sample --prompt")
-    out = tok.decode(generate(model, ids, a.tokens, a.temperature, a.top_k, a.seed))
-    sys.stdout.write(prompt + out + ("" if (prompt + out).endswith("\n") else "\n"))
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    last = prompt[-1]
+    for i in stream(model, ids, a.tokens, a.temperature, a.top_k, a.seed):   # shown as it is made
+        last = tok.chars[i]
+        sys.stdout.write(last)
+        sys.stdout.flush()
+    if last != "\n":
+        sys.stdout.write("\n")
     sys.stdout.flush()
     return 0

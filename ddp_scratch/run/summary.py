@@ -1,6 +1,8 @@
-"""OUT/summary.json of a run, and what a run carries across a stop and a resume so that the
+"""OUT/summary.json of a run (and its Weights & Biases mirror), and what a run carries across a stop and a resume so that the
 summary of a resumed run covers the whole run, as an uninterrupted one would."""
+import json
 import os
+import sys
 
 from .. import backend as B
 from ..study.metrics import peak_rss_bytes, scaling_metrics
@@ -83,3 +85,25 @@ def build_summary(tr, times, status, energy=None):
     if getattr(tr, "environment", None) is not None:
         s["environment"] = tr.environment
     return s
+
+
+def summary_status(path, step):
+    """The status of OUT/summary.json if it describes step `step`, else None."""
+    try:
+        with open(path) as f:
+            s = json.load(f)
+        return s.get("status") if isinstance(s, dict) and s.get("steps") == step else None
+    except (OSError, ValueError):
+        return None
+
+
+def wandb_init(cfg, out):
+    os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
+    os.environ.setdefault("WANDB_DIR", os.path.abspath(out))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        import wandb
+        return wandb.init(project=cfg.logging.wandb_project, config=cfg.to_dict(), dir=os.path.abspath(out))
+    except Exception as e:   # logging must never take a training run down
+        print(f"warning: wandb disabled ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+        return None

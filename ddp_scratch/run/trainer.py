@@ -11,15 +11,13 @@ import math
 import os
 import platform
 import signal
-import sys
 import time
 
 import numpy as np
 
 from .. import backend as B
-from ..config import config_hash
-from ..data.tasks import build_task
-from ..errors import CheckpointError, ConfigError, UserError
+from ..data.tasks import build_task, data_bytes
+from ..errors import ConfigError, UserError
 from ..fsutil import atomic_write_text
 from ..nn.flat import EXTRA_CORRECT, EXTRA_ITEMS, EXTRA_LOSS, EXTRA_NONFINITE, EXTRA_STOP
 from ..nn.optim import build_optimizer, lr_at
@@ -27,9 +25,9 @@ from ..nn.registry import build_model, memory_estimate
 from ..parallel.world import Comm
 from ..study.metrics import StepTimes, energy_meter, now
 from . import checkpoint as ckpt
-from .preflight import check_memory, check_out_folder, make_out_folder, synthetic_bytes
+from .preflight import check_memory, check_out_folder, lock_out_folder
 from .progress import Progress, startup_text
-from .summary import RunState, build_summary
+from .summary import RunState, build_summary, summary_status, wandb_init
 
 EXIT_PREEMPTED = 75     # EX_TEMPFAIL: checkpoint written after a stop signal; requeue and --resume
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C, checkpoint written
@@ -65,6 +63,7 @@ class Options:
     overwrite: bool = False
     stop_at_step: int = 0
     quiet: bool = False
+    signals: bool = True      # stop signals checkpoint and stop the run (off for in-process probes)
 
 
 class Trainer:
@@ -120,8 +119,8 @@ class Trainer:
             raise ConfigError(f"train.batch_size: the global batch ({cfg.train.batch_size}) must be at least "
                               f"the number of ranks ({comm.size})")
         check_out_folder(opts.out, opts.resume, opts.overwrite)
-        check_memory("the synthetic dataset", {"data": synthetic_bytes(cfg)}, comm.local_size,
-                     "use fewer data.n_samples or data.n_features")
+        check_memory(f"the {cfg.data.name} data", {"data": data_bytes(cfg)}, comm.local_size,
+                     "use a smaller dataset (data.n_samples / data.n_features, a shorter text)")
         self.task = build_task(cfg, comm.rank, comm.size)
         rows = -(-cfg.train.batch_size // comm.size)
         eval_rows = rows if cfg.model.name == "gpt" else min(cfg.train.eval_batch, 1 << 20)
@@ -141,7 +140,13 @@ class Trainer:
         if opts.resume and os.path.exists(self.ckpt_path):
             self._load_checkpoint()
         self.resumed_from = self.step
-        self.complete = opts.resume and self.step > 0 and self.step >= self.total_steps
+        # Done and said so: a resume changes nothing. A run that reached its (possibly shortened)
+        # length but was stopped there still gets its final evaluation and summary.
+        self.complete = (opts.resume and self.step > 0 and self.step >= self.total_steps
+                         and summary_status(self.summary_path, self.step) == "completed")
+        if cfg.comm.accumulate > t.batch_size // comm.size:
+            raise ConfigError(f"comm.accumulate: {cfg.comm.accumulate} micro-batches, but a rank's share of the "
+                              f"global batch is {t.batch_size // comm.size} rows (at most that many)")
 
     def _setup_shared(self):
         """The collective part of the set-up: NCCL, identical starting parameters, the reducer."""
@@ -159,44 +164,11 @@ class Trainer:
                                         ranks=self.comm.size)
 
     def _load_checkpoint(self):
-        path = self.ckpt_path
-        arrays, meta = ckpt.load(path)
-        diffs = ckpt.diff_fingerprints(ckpt.field(meta, path, "fingerprint", dict), self.fp)
-        if diffs:
-            raise CheckpointError(f"checkpoint {path} does not match the config: {diffs[0]}"
-                                  + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""))
-        if ckpt.field(meta, path, "layout", list) != self.space.layout():
-            raise CheckpointError(f"checkpoint {path} holds parameters of another model layout")
-        state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
-        for name, a in [("params", arrays["params"]), *((f"opt.{k}", v) for k, v in state.items())]:
-            ckpt.check_array(a, path, name, self.space.params.shape, self.space.params.dtype)
-        missing = [n for n in self.opt.state_names if n not in state]
-        if missing:
-            raise CheckpointError(f"checkpoint {path} lacks optimizer state {missing[0]!r} "
-                                  f"(optimizer {self.cfg.optim.name})")
-        step = ckpt.field(meta, path, "step", int)
-        if step < 0:
-            raise CheckpointError(f"checkpoint {path}: metadata 'step' is {step}, expected >= 0")
-        self.state = RunState.from_meta(meta.get("run"), f"checkpoint {path}")
-        self.space.params[...] = B.xp.asarray(arrays["params"])
-        self.opt.load_state_dict(state | {"t": ckpt.field(meta, path, "opt_t", int)})
-        self.step = step
+        ckpt.restore(self)
 
     def save_checkpoint(self):
-        if self.comm.rank != 0:
-            return
-        arrays = {"params": B.to_numpy(self.space.params)}
-        for k, v in self.opt.state_dict().items():
-            if k != "t":
-                arrays[f"opt.{k}"] = B.to_numpy(v)
-        epoch, i = divmod(self.step, self.spe)
-        meta = {"step": self.step, "epoch": epoch, "step_in_epoch": i, "opt_t": self.opt.t,
-                "fingerprint": self.fp, "config_hash": config_hash(self.fp), "layout": self.space.layout(),
-                "config": self.cfg.to_dict(), "world_size": self.comm.size, "run": self.state.to_meta(),
-                "rng": "stateless: data order from (train.seed, epoch), dropout from (train.seed, step)"}
-        if getattr(self.task, "vocab", None):      # text tasks: the tokenizer, for `launch.py sample`
-            meta["vocab"] = self.task.vocab
-        ckpt.save(self.ckpt_path, arrays, meta)
+        if self.comm.rank == 0:
+            ckpt.write(self)
 
     # ------------------------------------------------------------------ signals
     def _install_signals(self):
@@ -205,10 +177,13 @@ class Trainer:
             # signal may reach the ranks during different steps (or reach only some of them).
             # A second Ctrl-C does not wait for the step: it ends the run now.
             if signum == signal.SIGINT and self.signum == signal.SIGINT:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt("a second Ctrl-C stopped the run at once; the last checkpoint "
+                                        "written stays (--resume continues from it)")
             self.signal_seen = True
             self.signum = signum
         self.signum, self.previous_handlers = None, {}
+        if not self.opts.signals:
+            return
         for name in STOP_SIGNALS:
             if hasattr(signal, name):
                 num = getattr(signal, name)
@@ -281,13 +256,12 @@ class Trainer:
         cfg, comm, opts, st = self.cfg, self.comm, self.opts, self.state
         if self.complete:
             return None
-        if comm.rank == 0:
-            make_out_folder(opts.out)
-            if not opts.quiet:
-                print(startup_text(self), flush=True)
+        self._agreed(self._lock_out, "output folder lock")
+        if comm.rank == 0 and not opts.quiet:
+            print(startup_text(self), flush=True)
         self.skips = 0
         self.gnorm = 0.0
-        self.wandb = _wandb_init(cfg, opts.out) if comm.rank == 0 and cfg.logging.wandb else None
+        self.wandb = wandb_init(cfg, opts.out) if comm.rank == 0 and cfg.logging.wandb else None
         times = StepTimes()
         prog = Progress(self.total_steps, start=self.step, unit=self.task.items,
                         enabled=comm.rank == 0 and cfg.logging.progress and not opts.quiet)
@@ -330,12 +304,13 @@ class Trainer:
             if self.stop_requested and self.step < self.total_steps:
                 status = self.stop_requested
                 break
+        if self.step >= self.total_steps and (not st.history or st.history[-1]["step"] != self.step):
+            self._evaluate(self.step / self.spe, times, prog)     # a resumed run that had reached its end
         prog.close()
         energy = self.energy.stop(flops=0.0, seconds=times.total_s) if self.energy else None
         self._agreed(self.save_checkpoint, f"checkpoint write at step {self.step}")
         summary = build_summary(self, times, status, energy)
-        self._agreed(lambda: comm.rank == 0 and atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n"),
-                     "summary write")
+        self._agreed(lambda: self._write_summary(summary), "summary write")
         if comm.rank == 0:
             if self.wandb:
                 self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
@@ -349,6 +324,14 @@ class Trainer:
             e.summary = summary
             raise e
         return summary
+
+    def _lock_out(self):
+        if self.comm.rank == 0:
+            self.lock = lock_out_folder(self.opts.out)     # held until this process ends
+
+    def _write_summary(self, summary):
+        if self.comm.rank == 0:
+            atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
     def _evaluate(self, epoch, times, prog):
         """One validation pass (a collective), recorded in the learning curve."""
@@ -375,15 +358,3 @@ class Trainer:
         if bad:
             raise RankDivergence(f"ranks diverged at {when}: parameters on rank(s) {bad} differ from rank 0 "
                                  f"(checksums {allv[0]} vs {allv[bad[0]]})")
-
-
-def _wandb_init(cfg, out):
-    os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
-    os.environ.setdefault("WANDB_DIR", os.path.abspath(out))
-    os.environ.setdefault("WANDB_SILENT", "true")
-    try:
-        import wandb
-        return wandb.init(project=cfg.logging.wandb_project, config=cfg.to_dict(), dir=os.path.abspath(out))
-    except Exception as e:   # logging must never take a training run down
-        print(f"warning: wandb disabled ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
-        return None

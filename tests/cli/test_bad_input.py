@@ -236,7 +236,9 @@ CASES = [
     ("ckpt-other-layout", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m["layout"].pop()), "--resume"], "another model layout", 0),
     # --- data files
     ("mnist-path-is-file", lambda t, g: ["train", MNIST, "--set", f"data.path={_file_in_the_way(t)}"], "is a file, expected a folder", 0),
-    ("mnist-negative-label", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: _mnist_labels(d, [-1] * 20, 0x09))], "negative label -1", 0),
+    ("mnist-negative-label", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: _mnist_labels(d, [-1] * 20, 0x09))], "label -1 (item 0) is outside [0, 10)", 0),
+    ("mnist-label-too-big", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: _mnist_labels(d, [3] * 7 + [200] + [1] * 12))], "label 200 (item 7) is outside [0, 10)", 2),
+    ("mnist-label-vs-n-classes", lambda t, g: ["train", MNIST, "--set", "data.n_classes=5", *_mnist(t, lambda d: _mnist_labels(d, [7] * 20))], "outside [0, 5)", 0),
     ("mnist-float-labels", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "train-labels-idx1-ubyte", np.zeros(20), magic_type=0x08) or (d / "train-labels-idx1-ubyte").write_bytes(b"\0\0\x0d\x01" + (20).to_bytes(4, "big") + np.zeros(20, ">f4").tobytes()))], "labels of type", 0),
     ("mnist-test-shape", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "t10k-images-idx3-ubyte", np.zeros((10, 32, 32))))], "test images are 32x32 but the training images", 2),
     ("mnist-file-is-fifo", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: (os.remove(d / "t10k-labels-idx1-ubyte"), os.mkfifo(d / "t10k-labels-idx1-ubyte")))], "not a regular file", 0),

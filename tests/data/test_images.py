@@ -68,7 +68,7 @@ def test_real_fashion_mnist_from_debian():
 
 @pytest.mark.parametrize("case,fragment", [
     ("bad_magic", "bad IDX magic"), ("truncated", "truncated"), ("trailing", "trailing bytes"),
-    ("empty", "bad IDX magic"), ("bad_gzip", "(corrupt|truncated) gzip stream"), ("missing", "does not exist")])
+    ("empty", "is empty"), ("bad_gzip", "(corrupt|truncated) gzip stream"), ("missing", "does not exist")])
 def test_corrupt_idx_errors(tmp_path, case, fragment):
     p = tmp_path / "f-idx1-ubyte"
     if case == "bad_magic":

@@ -142,7 +142,7 @@ def test_exact_match_counts_whole_answers():
     first = int(np.flatnonzero(Y.reshape(-1) >= 0)[0])          # one wrong digit, one problem lost
     res = task.evaluate(Oracle(task.n_out, wrong=[first]), "test", World())
     assert res["exact_match"] == pytest.approx(1999 / 2000)
-    assert task.extra_summary(None, World()) == {"exact_match": 1999 / 2000}
+    assert task.extra_summary(None, World()) == {"exact_match": 1999 / 2000, "test_exact_match": 1999 / 2000}
 
 
 def test_bad_input_gives_clear_errors(tmp_path):
