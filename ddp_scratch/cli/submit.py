@@ -1,7 +1,8 @@
 """`launch.py submit`: the training job through submitit, on SLURM (one task per rank, each
 calling the same train entry as `launch.py train`) or, with --local, through submitit's local
 executor (one task that runs mpiexec through cli/local.py's Launch, since a local job has no MPI
-launcher of its own).
+launcher of its own). Also `launch.py sweep-point`, which files a finished run of a SLURM
+job-array sweep (slurm/sweep_array.sbatch) as a point of a scaling report.
 
 Everything the job would refuse is refused before it is queued (`preflight`, one line, exit 2).
 
@@ -18,8 +19,8 @@ Preemption and time limits: submitit signals USR2 shortly before the limit; ever
 its step, rank 0 writes the checkpoint, then submitit's own handler requeues the job with
 `checkpoint()`'s resubmission, which resumes from OUT/checkpoint.npz.
 
-Size: one file for a job's whole life on the cluster (check, submit, wait, stop, report); the
-parts share the job object, its signals and its states.
+Size: one file for a job's whole life on the cluster (check, submit, wait, stop, report) and the
+one step after an array sweep's point; the parts share the job object, its signals and its states.
 """
 import argparse
 import json
@@ -416,6 +417,58 @@ def add_submit_parser(cmd):
                    help="follow the job to its end and print its result (exit 0 completed, 1 failed; "
                         "Ctrl-C/SIGTERM cancels the job)")
     return p
+
+
+# ----------------------------------------------------------------------------- sweep-point
+
+def add_sweep_point_parser(cmd):
+    p = cmd("sweep-point", "file a finished run (RUN/summary.json) as a point of a scaling sweep, "
+                           "DIR/runs/NAME-MODE-nN-rR.json, as `scaling` does (slurm/sweep_array.sbatch runs it)")
+    p.add_argument("run", help="output folder of the finished training run")
+    p.add_argument("--into", required=True, metavar="DIR", help="the sweep folder (`launch.py report DIR` reads it)")
+    p.add_argument("--mode", choices=["strong", "weak"], required=True)
+    p.add_argument("--name", required=True, help="the series: the config's file name without .yaml")
+    p.add_argument("--repeat", type=int, default=0, help="repeat number of this point (default 0)")
+    p.epilog = ("examples:\n  python launch.py sweep-point runs/weak/points/n2 --into runs/weak --mode weak "
+                "--name mlp_digits\n  python launch.py report runs/weak")
+    return p
+
+
+def sweep_point(a, log=print):
+    from ..fsutil import atomic_write_text
+    from ..study.report import validate_run
+    from .sweep import run_json
+    if a.repeat < 0:
+        raise UserError(f"sweep-point --repeat: expected a number >= 0, got {a.repeat}")
+    if not re.fullmatch(r"[\w.+-]+", a.name):
+        raise UserError(f"sweep-point --name: expected a file-name-safe name like mlp_digits, got {a.name!r}")
+    path = os.path.join(a.run, "summary.json")
+    try:
+        with open(path) as f:
+            s = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"sweep-point: {path} not found (expected the output folder of a finished training run)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"sweep-point: {path} cannot be read as JSON ({e})") from None
+    if not isinstance(s, dict) or s.get("status") != "completed":
+        raise UserError(f"sweep-point: {path} is a run with status {s.get('status') if isinstance(s, dict) else s!r}, "
+                        "expected a completed run (resume it first)")
+    n, gb = s.get("world_size"), s.get("global_batch")
+    if not s.get("timing") and isinstance(n, int) and isinstance(gb, int):
+        raise UserError(f"sweep-point: {path} timed no steps (train.timing_skip skips all the steps it ran: "
+                        "raise train.max_steps or lower train.timing_skip)")
+    try:
+        rj = validate_run(run_json(s, a.mode, a.name, n, a.repeat, gb), path)
+    except (KeyError, TypeError, ValueError, UserError) as e:
+        raise UserError(f"sweep-point: {path} lacks what a scaling point needs ({type(e).__name__}: {e})") from None
+    dst = os.path.join(a.into, "runs", f"{a.name}-{a.mode}-n{n}-r{a.repeat}.json")
+    try:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"sweep-point --into {a.into}: cannot create {os.path.dirname(dst)} ({e.strerror})") from None
+    atomic_write_text(dst, json.dumps(rj, indent=1))
+    log(f"{a.run}: {n} rank(s), global batch {gb}, {rj['samples_per_s']:.4g} samples/s -> {dst}")
+    return 0
 
 
 def slurm_launcher(a):
