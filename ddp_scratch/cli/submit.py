@@ -242,8 +242,10 @@ def submit(a, log=print):
         why = f"its ranks were stopped by {res['stopped']} (exit status {res.get('exit_status')}), not by this submit"
     if why is None and isinstance(res, dict) and "status" in res and state in ("COMPLETED", "FINISHED"):
         from ..run.progress import final_line
-        log(f"{what} {job.job_id} {state} in {time.time() - t0:.0f}s: {final_line(res, os.path.abspath(out))}")
+        extra = f" ({job.killed} leftover process(es) killed)" if getattr(job, "killed", 0) else ""
+        log(f"{what} {job.job_id} {state} in {time.time() - t0:.0f}s: {final_line(res, os.path.abspath(out))}{extra}")
         return 0
+    state = "FAILED" if a.local else state        # (submitit calls every local job that exited FINISHED)
     raise JobFailed(f"{what} {job.job_id} {state}: {why or 'no result from rank 0'} (log: {logf})")
 
 
@@ -295,9 +297,16 @@ def _marked(token):
 
 
 def _kill_marked(token, timeout=10.0):
-    """SIGKILL every process of the local job; -> how many there were."""
-    pids = _marked(token)
+    """SIGKILL every process of the local job; -> how many there were. The MPICH shared-memory
+    segments its ranks had mapped are removed too: killed ranks never unlink them (2 MB each
+    in /dev/shm, and a later job whose id hashes alike would open a stale one)."""
+    pids, shm = _marked(token), set()
     for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                shm.update(re.findall(r"/dev/shm/mpich_(?:shm|vci)_\S+", f.read()))
+        except OSError:
+            pass
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -305,6 +314,11 @@ def _kill_marked(token, timeout=10.0):
     deadline = time.monotonic() + timeout
     while _marked(token) and time.monotonic() < deadline:
         time.sleep(0.1)
+    for path in shm:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     return len(pids)
 
 
@@ -322,6 +336,7 @@ def _wait_local(job, sig, token):
     task yet; a second stop, or no end within STOP_GRACE_S, kills them all. No process of the
     job outlives this function."""
     pid, stopped = int(job.job_id), None        # a local job's id is its controller's pid
+    job.killed = 0
     while not job.done():
         now = time.monotonic()
         if sig.names:
@@ -334,9 +349,9 @@ def _wait_local(job, sig, token):
                     except OSError:
                         pass
             if len(sig.names) > 1 or now - stopped > STOP_GRACE_S:
-                _kill_marked(token)
+                job.killed += _kill_marked(token)
         time.sleep(0.2)
-    job.leftovers = _kill_marked(token)         # normally none: said in the result line if any
+    job.killed += _kill_marked(token)           # normally none after a clean end: said if any
     return job.state
 
 
@@ -380,8 +395,8 @@ def _stopped(job, what, state, sig, out, local):
     first = sig.names[0]
     code = 128 + getattr(signal, first)
     if local:
-        done = f"stopped on {first}" + (f" (killed {job.leftovers} process(es) that did not stop)"
-                                        if getattr(job, "leftovers", 0) else "")
+        done = f"stopped on {first}" + (f" ({job.killed} process(es) killed: asked twice, or no stop within "
+                                        f"{STOP_GRACE_S}s)" if job.killed else "")
     else:
         done = (f"cancelled on {first} (scancel {job.job_id}): {state}" if state in FINAL else
                 f"cancel requested on {first} (scancel {job.job_id}); not waiting for its end (state {state or '?'})")

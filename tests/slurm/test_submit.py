@@ -17,7 +17,7 @@ from conftest import LAUNCH, ROOT
 CFG = "experiments/mlp_digits.yaml"
 
 
-def submit(*args, timeout=120):
+def submit(*args, timeout=240):
     return subprocess.run([sys.executable, LAUNCH, "submit", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -26,7 +26,7 @@ def job_id(text):
     return re.search(r"submitted job (\d+)", text).group(1)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_submit_refuses_a_job_bound_to_fail_in_one_line_and_queues_nothing(slurm, tmp_path):
     done = tmp_path / "done"
     done.mkdir()
@@ -61,7 +61,7 @@ def test_submit_refuses_a_job_bound_to_fail_in_one_line_and_queues_nothing(slurm
     assert q.returncode == 0 and q.stdout.strip() == "", f"jobs were queued: {q.stdout}"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_submit_wait_reports_the_final_state_and_rank0_result_line(slurm, tmp_path):
     """Once the result files exist the job may still be RUNNING or COMPLETING: --wait returns
     only when sacct calls it COMPLETED, with `train`'s one-line result."""
@@ -79,7 +79,7 @@ def test_submit_wait_reports_the_final_state_and_rank0_result_line(slurm, tmp_pa
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_submit_wait_says_why_a_job_failed_in_one_line(slurm, tmp_path):
     # The ranks refuse at start-up (a dataset far larger than the node's memory: checked by the
     # trainer, not before queueing) ...
@@ -100,24 +100,25 @@ def test_submit_wait_says_why_a_job_failed_in_one_line(slurm, tmp_path):
     assert re.fullmatch(rf"error: job {job_id(r.stdout)} FAILED: srun: error: .*nonesuch.* \(log: \S+\)", lines[0])
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_to_the_waiting_submit_cancels_the_job(slurm, tmp_path, sig):
-    out = tmp_path / "run"
+    out, name = tmp_path / "run", f"cancel-{uuid.uuid4().hex[:8]}"
     p = subprocess.Popen([sys.executable, LAUNCH, "submit", CFG, "--quiet", "--tasks-per-node", "2", "--time", "10",
-                          "--out", str(out), "--set", "train.checkpoint_every=20", "--set", "train.epochs=5000",
+                          "--job-name", name, "--out", str(out), "--set", "train.checkpoint_every=20", "--set", "train.epochs=5000",
                           "--wait"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 150   # generous: the machine may be busy
         while not (out / "checkpoint.npz").exists():            # training is under way
             assert p.poll() is None and time.monotonic() < deadline, p.communicate()
             time.sleep(0.2)
         os.killpg(p.pid, sig)           # as Ctrl-C does (to the terminal's foreground group), or `kill`
-        stdout, stderr = p.communicate(timeout=60)
+        stdout, stderr = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()
+            subprocess.run(["scancel", "-n", name])
     job = job_id(stdout)
     slurm.submitted.append(job)
     assert p.returncode == 128 + sig, stderr
