@@ -214,6 +214,8 @@ def submit(a, log=print):
     from .checks import preflight
     check_submit_args(a)
     _, out = preflight(a, ranks=a.nodes * a.tasks_per_node)     # fail here, not in a queued job
+    if a.local and find_mpiexec() is None:
+        raise UserError("submit --local: no mpiexec found (pip install mpich, or load your cluster's MPI module)")
     a.out = out
     task = TrainTask(a.config, out, a.overrides, a.resume, local_ranks=a.nodes * a.tasks_per_node if a.local else 0,
                      stop_at_step=a.stop_at_step, overwrite=a.overwrite, quiet=a.quiet)
@@ -240,6 +242,8 @@ def submit(a, log=print):
     res, why, logf = _outcome(job)
     if why is None and isinstance(res, dict) and res.get("stopped"):
         why = f"its ranks were stopped by {res['stopped']} (exit status {res.get('exit_status')}), not by this submit"
+    if why is None and state not in ("COMPLETED", "FINISHED"):
+        why = f"every task returned its result, but SLURM ended the job {state}"
     if why is None and isinstance(res, dict) and "status" in res and state in ("COMPLETED", "FINISHED"):
         from ..run.progress import final_line
         extra = f" ({job.killed} leftover process(es) killed)" if getattr(job, "killed", 0) else ""
@@ -398,7 +402,8 @@ def _stopped(job, what, state, sig, out, local):
         done = f"stopped on {first}" + (f" ({job.killed} process(es) killed: asked twice, or no stop within "
                                         f"{STOP_GRACE_S}s)" if job.killed else "")
     else:
-        done = (f"cancelled on {first} (scancel {job.job_id}): {state}" if state in FINAL else
+        done = (f"cancelled on {first} (scancel {job.job_id}): {state}" if state == "CANCELLED" else
+                f"ended {state} before the cancel on {first} (scancel {job.job_id}) took effect" if state in FINAL else
                 f"cancel requested on {first} (scancel {job.job_id}); not waiting for its end (state {state or '?'})")
     ck = os.path.join(os.path.abspath(out), "checkpoint.npz")
     try:
