@@ -209,6 +209,18 @@ class _Signals:
         for s, h in self.old.items():
             signal.signal(getattr(signal, s), h)
 
+    @staticmethod
+    def deferred(fn, *args):
+        """fn(*args) with the stops held back until it returns, also in the programs it runs
+        (sbatch, sacct, squeue, scancel inherit the mask): a Ctrl-C reaches the terminal's whole
+        foreground group and would kill them halfway, e.g. sbatch after it queued the job."""
+        nums = {getattr(signal, s) for s in STOPS}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, nums)
+        try:
+            return fn(*args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
 
 def submit(a, log=print):
     from .checks import preflight
@@ -223,7 +235,7 @@ def submit(a, log=print):
     ex = make_executor(a, token)
     with _Signals() as sig:
         try:
-            job = ex.submit(task)
+            job = sig.deferred(ex.submit, task)
         except Exception as e:   # sbatch rejected it: say why in one line
             msg = str(e).strip().splitlines()
             raise UserError(f"submit: the job was not accepted: {msg[-1] if msg else type(e).__name__}") from None
@@ -270,15 +282,15 @@ def _wait_slurm(job, sig, max_poll_s=30.0):
     state = None
     while True:
         now = time.monotonic()
-        if sig is not None and sig.names:
+        if sig.names:
             if cancelled is None:
-                job.cancel(check=False)          # scancel JOBID
+                sig.deferred(job.cancel, False)  # scancel JOBID
                 cancelled, next_poll = now, now
             if len(sig.names) > 1 or now - cancelled > CANCEL_WAIT_S:
                 return state                     # asked twice, or the job does not end: stop waiting
         ready = all(t.paths.result_pickle.exists() for t in tasks)
         if now >= next_poll or (ready and next_poll - now > 1.0):
-            state = _slurm_state(job)
+            state = sig.deferred(_slurm_state, job)
             if state in FINAL:
                 return state
             interval = 1.0 if (ready or cancelled) else min(interval * 1.5, max_poll_s)
