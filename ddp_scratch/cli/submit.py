@@ -97,6 +97,7 @@ class TrainTask:
         def note(signum, frame):
             early.append(signal.Signals(signum).name)
         old = {s: signal.signal(getattr(signal, s), note) for s in STOPS}
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {getattr(signal, s) for s in STOPS})   # mpiexec inherits it
         try:
             if early:
                 return {"stopped": early[0], "exit_status": None}
@@ -235,7 +236,9 @@ def submit(a, log=print):
     ex = make_executor(a, token)
     with _Signals() as sig:
         try:
-            job = sig.deferred(ex.submit, task)
+            # (not --local: its controller would inherit the blocked mask, and every rank with it;
+            # it runs in a session of its own, out of the terminal's reach)
+            job = ex.submit(task) if a.local else sig.deferred(ex.submit, task)
         except Exception as e:   # sbatch rejected it: say why in one line
             msg = str(e).strip().splitlines()
             raise UserError(f"submit: the job was not accepted: {msg[-1] if msg else type(e).__name__}") from None
