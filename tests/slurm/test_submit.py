@@ -105,9 +105,9 @@ def test_submit_wait_says_why_a_job_failed_in_one_line(slurm, tmp_path):
 def test_a_stop_to_the_waiting_submit_cancels_the_job(slurm, tmp_path, sig):
     out, name = tmp_path / "run", f"cancel-{uuid.uuid4().hex[:8]}"
     p = subprocess.Popen([sys.executable, LAUNCH, "submit", CFG, "--quiet", "--tasks-per-node", "2", "--time", "10",
-                          "--job-name", name, "--out", str(out), "--set", "train.checkpoint_every=20", "--set", "train.epochs=5000",
-                          "--wait"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                          "--job-name", name, "--out", str(out), "--set", "train.checkpoint_every=20",
+                          "--set", "train.epochs=5000", "--wait"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 150   # generous: the machine may be busy
         while not (out / "checkpoint.npz").exists():            # training is under way
@@ -126,3 +126,6 @@ def test_a_stop_to_the_waiting_submit_cancels_the_job(slurm, tmp_path, sig):
     assert len(lines) == 1, stderr
     assert re.fullmatch(rf"job {job} cancelled on {sig.name} \(scancel {job}\): CANCELLED; .*--resume.*", lines[0])
     assert not slurm.queued(job) and slurm.state(job) == "CANCELLED"
+    # the dev cluster's ranks run here: `python -m submitit.core._submit OUT/submitit` under srun
+    ranks = subprocess.run(["pgrep", "-af", str(out)], capture_output=True, text=True).stdout
+    assert ranks.strip() == "", ranks
