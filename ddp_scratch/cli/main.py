@@ -13,7 +13,7 @@ from ..errors import UserError
 from .args import add_slurm_resource_args, add_train_args, integer, number, path
 from .bench import cmd_bench_comm
 from .local import cmd_local, set_threads
-from .submit import add_submit_parser, submit
+from .submit import add_submit_parser, add_sweep_point_parser, submit, sweep_point
 from .train import cmd_train
 
 EXAMPLES = {
@@ -110,6 +110,7 @@ def build_parser():
     p.add_argument("--configs", default="experiments/mlp_digits.yaml,experiments/gpt_addition.yaml",
                    help="comma-separated configs whose step time and gradient size are projected")
     add_submit_parser(cmd)
+    add_sweep_point_parser(cmd)
     p = cmd("sample", "continue a prompt with a trained GPT checkpoint")
     p.add_argument("checkpoint", type=path("a checkpoint file"), help="OUT/checkpoint.npz of a gpt training run")
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
@@ -169,7 +170,8 @@ def cmd_sample(a):
 
 
 HANDLERS = {"train": cmd_train, "local": cmd_local, "submit": submit, "download": cmd_download,
-            "scaling": cmd_scaling, "report": cmd_report, "bench-comm": cmd_bench_comm, "sample": cmd_sample}
+            "scaling": cmd_scaling, "report": cmd_report, "bench-comm": cmd_bench_comm, "sample": cmd_sample,
+            "sweep-point": sweep_point}
 
 
 def main(argv=None):

@@ -119,3 +119,40 @@ def test_submitit_checkpoint_requeue_restarts_the_mpi_job(slurm, tmp_path):
     # attempt overwrites it. The job leaving the queue is the reliable end.
     assert slurm.wait(job.job_id, timeout=120) == "COMPLETED"
     assert job.results() == [(0, 2, "1"), (1, 2, "1")]
+
+
+@pytest.mark.timeout(120)
+def test_sacct_shim_answers_for_array_jobs(slurm, tmp_path):
+    """slurm/bin/sacct on array jobs: `-j ARRAY` lists every element, `-j ARRAY_N` one, in sacct's
+    table and in the --parsable2 form submitit reads (the table once failed: 'Unknown type
+    ArrayJobId'); a pending array cancelled as a whole is `ARRAY_[1-3]`, which submitit expands."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    def sacct(*args):
+        r = subprocess.run(["sacct", *args], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        return r.stdout.splitlines()
+
+    def submitit_view(job):     # what submitit's watcher makes of `sacct -o JobID,State,NodeList --parsable2`
+        out = "\n".join(sacct("-o", "JobID,State,NodeList", "--parsable2", "-j", job))
+        return {k: v["State"] for k, v in SlurmInfoWatcher().read_info(out).items()}
+
+    job = slurm.sbatch("--array=1-2", f"--output={tmp_path}/a-%A_%a.out", "--wrap", "true")
+    assert slurm.wait(job, timeout=60) == {f"{job}_1": "COMPLETED", f"{job}_2": "COMPLETED"}
+    head, dashes, *rows = sacct("-j", job)
+    assert head.split() == ["JobID", "JobName", "Partition", "Account", "AllocCPUS", "State", "ExitCode"]
+    assert set(dashes) == {"-", " "}
+    assert sorted((r.split()[0], r.split()[-2]) for r in rows) == [(f"{job}_1", "COMPLETED"), (f"{job}_2", "COMPLETED")]
+    _, _, row = sacct("-j", f"{job}_2", "-o", "JobID%15,State,ExitCode")
+    assert row.split() == [f"{job}_2", "COMPLETED", "0:0"]
+    assert row.index("COMPLETED") == 15 + 1 + (10 - len("COMPLETED"))     # widths: JobID%15, State 10
+    assert submitit_view(job) == {f"{job}_1": "COMPLETED", f"{job}_2": "COMPLETED"}
+    assert submitit_view(f"{job}_1") == {f"{job}_1": "COMPLETED"}
+    assert sacct("-n", "-P", "-o", "JobID,ArrayJobID,ArrayTaskID", "-j", f"{job}_1") == [f"{job}_1|{job}|1"]
+
+    held = slurm.sbatch("--array=1-3", "--hold", "--output=/dev/null", "--wrap", "true")
+    assert submitit_view(held) == {f"{held}_{i}": "PENDING" for i in (1, 2, 3)}
+    slurm.scancel(held)
+    assert slurm.wait(held, timeout=30) == {f"{held}_[1-3]": "CANCELLED"}
+    assert submitit_view(f"{held}_2") == {f"{held}_{i}": "CANCELLED" for i in (1, 2, 3)}
+    assert [r.split()[0] for r in sacct("-n", "-j", held)] == [f"{held}_[1-3]"]

@@ -4,13 +4,18 @@ The template tests run tests/slurm/stub_launch.py (LAUNCH=...), which keeps laun
 (stop signal -> checkpoint -> exit 75; --resume) with a predictable pace; the last test runs the
 real launch.py through the same template.
 """
+import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 TRAIN = "slurm/train.sbatch"
 SWEEP = "slurm/sweep_array.sbatch"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _export(slurm, **extra):
@@ -49,22 +54,58 @@ def test_train_template_scancel_is_not_requeued(slurm, tmp_path):
     assert "checkpoint written; requeueing" not in log.read_text()
 
 
-@pytest.mark.timeout(120)
-def test_sweep_array_runs_one_point_per_element(slurm, tmp_path):
-    points = tmp_path / "points.txt"
-    points.write_text(f"""# ranks config out extra
-1  cfg.yaml  {tmp_path}/r1  --steps 5 --set x=1
+POINT = ("--quiet --set train.epochs=0 --set train.max_steps=12 --set train.timing_skip=2 "
+         "--set train.checkpoint_every=0 --set train.check_every=0 --set logging.progress=false")
 
-2  cfg.yaml  {tmp_path}/r2  --steps 5 --set x=2 --set y=3
+
+@pytest.mark.timeout(150)
+def test_sweep_array_points_become_a_scaling_report(slurm, tmp_path):
+    """The array sweep with SWEEP_DIR and MODE: each element trains its point (its own RANKS and
+    extra args), files it with `launch.py sweep-point`, and `launch.py report` reads them."""
+    sweep, points = tmp_path / "weak", tmp_path / "points.txt"
+    points.write_text(f"""# ranks config out extra
+1  experiments/mlp_digits.yaml  {sweep}/points/n1  --set train.batch_size=32 {POINT}
+
+2  experiments/mlp_digits.yaml  {sweep}/points/n2  --set train.batch_size=64 {POINT}
 """)
-    job = slurm.sbatch(_export(slurm, LAUNCH=slurm.stub_launch), "--array=1-2", "--ntasks=2",
-                       f"--output={tmp_path}/sweep-%A_%a.out", SWEEP, points)
-    states = slurm.wait(job, timeout=90)
-    assert states == {f"{job}_1": "COMPLETED", f"{job}_2": "COMPLETED"}, states
-    r1 = json.loads((tmp_path / "r1" / "ckpt.json").read_text())
-    r2 = json.loads((tmp_path / "r2" / "ckpt.json").read_text())
-    assert (r1["world"], r1["set"]) == (1, ["x=1"])
-    assert (r2["world"], r2["set"]) == (2, ["x=2", "y=3"])
+    job = slurm.sbatch(_export(slurm), "--array=1-2", "--ntasks=2", f"--output={tmp_path}/sweep-%A_%a.out",
+                       SWEEP, points, sweep, "weak")
+    states = slurm.wait(job, timeout=120)
+    logs = "".join(p.read_text() for p in sorted(tmp_path.glob("sweep-*.out")))
+    assert states == {f"{job}_1": "COMPLETED", f"{job}_2": "COMPLETED"}, logs
+    for n, gb in ((1, 32), (2, 64)):        # each element ran its own line
+        s = json.loads((sweep / "points" / f"n{n}" / "summary.json").read_text())
+        assert (s["world_size"], s["global_batch"], s["steps"]) == (n, gb, 12)
+    assert sorted(p.name for p in (sweep / "runs").glob("*.json")) == [
+        "mlp_digits-weak-n1-r0.json", "mlp_digits-weak-n2-r0.json"], logs
+    r = subprocess.run([slurm.python, "launch.py", "report", str(sweep)], cwd=slurm.repo,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((sweep / "scaling.csv").open()))
+    assert [(r["mode"], r["config"], r["world_size"], r["baseline_world"]) for r in rows] == [
+        ("weak", "mlp_digits", "1", "1"), ("weak", "mlp_digits", "2", "1")]
+    assert all(float(r[k]) > 0 for r in rows for k in ("samples_per_s_mean", "speedup_mean", "efficiency_mean")), rows
+    report = (sweep / "report.md").read_text()
+    assert "2 runs from `runs/`" in report and "weak:mlp_digits" in report
+
+
+def test_sweep_point_refuses_what_is_not_a_finished_run(tmp_path):
+    """`launch.py sweep-point` bad input: one line, exit 2, nothing written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for summary, expected in [(None, "summary.json not found"),
+                              ({"status": "preempted", "world_size": 2}, "status 'preempted', expected a completed run"),
+                              ({"status": "completed", "world_size": 1, "global_batch": 8, "timing": {}}, "timed no steps"),
+                              ({"status": "completed"}, "lacks what a scaling point needs")]:
+        if summary is not None:
+            (run / "summary.json").write_text(json.dumps(summary))
+        r = subprocess.run([sys.executable, str(REPO / "launch.py"), "sweep-point", str(run), "--into",
+                            str(tmp_path / "sweep"), "--mode", "weak", "--name", "mlp"],
+                           capture_output=True, text=True, timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: sweep-point"), r.stderr
+        assert expected in lines[0], lines[0]
+    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.timeout(240)
