@@ -5,7 +5,6 @@ checkpoint intact; loaded with allow_pickle=False and validated before anything 
 """
 import io
 import json
-import sys
 
 import numpy as np
 
