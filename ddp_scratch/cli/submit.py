@@ -33,7 +33,7 @@ import time
 import uuid
 
 from ..errors import UserError
-from .args import add_slurm_resource_args, add_train_args
+from .args import add_slurm_resource_args, add_train_args, integer, path
 from .local import LAUNCH_PY, Launch, find_mpiexec
 
 # SLURM job states after which nothing more happens to the job (submitit counts PREEMPTED as
@@ -178,17 +178,23 @@ def make_executor(a, token=None):
     return ex
 
 
+def _memory(text):
+    if not re.fullmatch(r"\d+[KMGT]?", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected memory per node like 16G or 16000M, got {text!r}")
+    return text.strip()
+
+
+def _job_name(text):
+    if not text.strip() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"expected a job name without spaces, got {text!r}")
+    return text
+
+
 def check_submit_args(a):
-    """The job-shape flags, in one line each (argparse only knows they are integers)."""
-    for name in ("nodes", "tasks_per_node", "cpus_per_task", "time"):
-        if getattr(a, name) < 1:
-            raise UserError(f"submit --{name.replace('_', '-')}: expected an integer >= 1"
-                            f"{' (minutes)' if name == 'time' else ''}, got {getattr(a, name)}")
-    for name, what in (("gpus_per_node", "GPUs per node"), ("max_requeue", "requeues")):
-        if getattr(a, name) < 0:
-            raise UserError(f"submit --{name.replace('_', '-')}: expected a number of {what} >= 0, got {getattr(a, name)}")
-    if a.signal_delay < 0:
-        raise UserError(f"submit --signal-delay: expected seconds >= 0 before the time limit, got {a.signal_delay}")
+    """What argparse cannot see in the job-shape flags (it checks each one's range): how they go
+    together, and a log folder that is not a file."""
+    if a.logs is not None and os.path.exists(a.logs) and not os.path.isdir(a.logs):
+        raise UserError(f"submit --logs {a.logs} is a file, expected a folder for the job's logs")
     if a.signal_delay >= a.time * 60:
         raise UserError(f"submit --signal-delay: expected fewer seconds than the time limit (--time {a.time} min = "
                         f"{a.time * 60} s), got {a.signal_delay}: lower --signal-delay or raise --time")
@@ -333,9 +339,9 @@ def _kill_marked(token, timeout=10.0):
     deadline = time.monotonic() + timeout
     while _marked(token) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for path in shm:
+    for segment in shm:
         try:
-            os.unlink(path)
+            os.unlink(segment)
         except OSError:
             pass
     return len(pids)
@@ -440,13 +446,16 @@ def _stopped(job, what, state, sig, out, local):
 def add_submit_parser(cmd):
     p = cmd("submit", "submit training as a SLURM job through submitit (or a local submitit job)")
     add_train_args(p)
-    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--nodes", type=integer(1, "a number of nodes"), default=1, help="nodes (default 1)")
     add_slurm_resource_args(p, tasks_per_node=1, time=60)
-    p.add_argument("--mem", default=None, help="e.g. 16G per node")
-    p.add_argument("--job-name", default="ddp_scratch")
-    p.add_argument("--signal-delay", type=int, default=120, help="seconds before the time limit to checkpoint")
-    p.add_argument("--max-requeue", type=int, default=3, help="requeues after time limits")
-    p.add_argument("--logs", default=None, help="submitit folder (default OUT/submitit)")
+    p.add_argument("--mem", type=_memory, default=None, help="memory per node, e.g. 16G (SLURM's --mem)")
+    p.add_argument("--job-name", type=_job_name, default="ddp_scratch", help="the job's name in squeue")
+    p.add_argument("--signal-delay", type=integer(0, "seconds"), default=120,
+                   help="seconds before the time limit to checkpoint (default 120)")
+    p.add_argument("--max-requeue", type=integer(0, "a number of requeues"), default=3,
+                   help="requeues after time limits (default 3)")
+    p.add_argument("--logs", type=path("a folder for the job's logs"), default=None,
+                   help="submitit folder (default OUT/submitit)")
     p.add_argument("--local", action="store_true", help="run through submitit's local executor")
     p.add_argument("--wait", action="store_true",
                    help="follow the job to its end and print its result (exit 0 completed, 1 failed; "
@@ -463,7 +472,7 @@ def add_sweep_point_parser(cmd):
     p.add_argument("--into", required=True, metavar="DIR", help="the sweep folder (`launch.py report DIR` reads it)")
     p.add_argument("--mode", choices=["strong", "weak"], required=True)
     p.add_argument("--name", required=True, help="the series: the config's file name without .yaml")
-    p.add_argument("--repeat", type=int, default=0, help="repeat number of this point (default 0)")
+    p.add_argument("--repeat", type=integer(0, "a repeat number"), default=0, help="repeat number of this point (default 0)")
     p.epilog = ("examples:\n  python launch.py sweep-point runs/weak/points/n2 --into runs/weak --mode weak "
                 "--name mlp_digits\n  python launch.py report runs/weak")
     return p

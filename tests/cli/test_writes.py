@@ -52,7 +52,7 @@ def test_a_full_disk_mid_run_keeps_the_previous_checkpoint_and_summary(mount, ra
                    "--out", out, "--resume", ranks=ranks, timeout=60)
     one_line_error(r, "No space left on device (the previous file is intact)")
     assert {f: (out / f).read_bytes() for f in before} == before
-    assert not [f for f in os.listdir(out) if f.startswith(".")], "a temporary file was left behind"
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")], "a temporary file was left behind"
     assert json.loads(before["summary.json"])["status"] == "completed"
 
 
