@@ -131,6 +131,17 @@ def _file_in_the_way(tmp):
     return str(p)
 
 
+def _old_sweep(tmp):
+    """A sweep folder that holds an earlier weak sweep of the digits MLP."""
+    import json
+    d = tmp / "old"
+    (d / "runs").mkdir(parents=True)
+    (d / "sweep.json").write_text(json.dumps({"config": "mlp_digits", "mode": "weak", "batch": 64, "overrides": [],
+                                              "steps": 20, "warmup": 5}))
+    (d / "runs" / "mlp_digits-weak-n1-r0.json").write_text("{}")
+    return str(d)
+
+
 def _sweep_out(tmp):
     p = tmp / "sweepfile"
     p.write_text("x")
@@ -277,6 +288,21 @@ CASES = [
     ("sample-bad-vocab", lambda t, g: ["sample", _gpt_vocab(t, 7)], "its vocabulary is 7", 0),
     ("download-to-file", lambda t, g: ["download", "mnist", "--to", _file_in_the_way(t)], "is a file, expected a folder", 0),
     ("download-unreachable", lambda t, g: ["download", "fashion-mnist", "--to", str(t / "dl"), "--base-url", "http://127.0.0.1:9/"], "cannot be reached", 0),
+    # --- found by a new user's walkthrough
+    ("flag-abbreviation", lambda t, g: ["train", DIGITS, "--ov"], "unrecognized arguments: --ov", 0),
+    ("unknown-flag-names-command", lambda t, g: ["train", DIGITS, "--ouput", "x"], "launch.py train: unrecognized arguments: --ouput", 0),
+    ("config-empty-path", lambda t, g: ["train", ""], "expected a YAML config file, got an empty string", 0),
+    ("scaling-out-empty", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1", "--out", ""], "expected an output folder, got an empty string", 0),
+    ("report-empty", lambda t, g: ["report", ""], "expected a sweep folder, got an empty string", 0),
+    ("report-on-a-file", lambda t, g: ["report", _file_in_the_way(t)], "is a file, expected the --out folder", 0),
+    ("download-to-empty", lambda t, g: ["download", "mnist", "--to", ""], "expected a destination folder, got an empty string", 0),
+    ("sample-negative-seed", lambda t, g: ["sample", str(g / "checkpoint.npz"), "--seed", "-1"], "argument --seed: expected a seed (an integer >= 0)", 0),
+    ("sample-inf-temperature", lambda t, g: ["sample", str(g / "checkpoint.npz"), "--temperature", "inf"], "a finite number >= 0", 0),
+    ("accumulate-beyond-rows", lambda t, g: ["train", DIGITS, "--set", "comm.accumulate=100"], "comm.accumulate: 100 micro-batches", 2),
+    ("set-top-level-key", lambda t, g: ["train", DIGITS, "--set", "lr=0.1"], "did you mean 'optim.lr'", 0),
+    ("scaling-too-many-ranks", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1000", "--out", str(t / "s")], "would only thrash", 0),
+    ("scaling-other-sweep", lambda t, g: ["scaling", DIGITS, "--mode", "strong", "--ranks", "1", "--out", _old_sweep(t)], "holds another sweep (mode 'weak' before, 'strong' now", 0),
+    ("bench-comm-bad-data", lambda t, g: ["bench-comm", "--out", str(t / "b"), "--configs", _cfg(t, "data:\n  name: mnist\n  path: /nonexistent\n")], "/nonexistent does not exist", 0),
     ("download-not-a-url", lambda t, g: ["download", "mnist", "--to", str(t / "dl"), "--base-url", "nowhere"], "cannot be reached", 0),
 ]
 

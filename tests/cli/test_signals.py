@@ -48,7 +48,7 @@ def finish(p, out, timeout=60):
     return stdout, stderr
 
 
-@pytest.mark.parametrize("sig, code, status", [("SIGTERM", 75, "preempted"), ("SIGHUP", 75, "preempted"),
+@pytest.mark.parametrize("sig, code, status", [("SIGTERM", 75, "preempted"), ("SIGHUP", 75, "preempted"), ("SIGUSR2", 75, "preempted"),
                                                 ("SIGINT", 130, "interrupted")])
 def test_a_signal_to_local_checkpoints_every_rank_and_stops(tmp_path, sig, code, status):
     p, out = start(["local", "-n", "2", *LONG, "--quiet"], tmp_path)

@@ -72,3 +72,25 @@ def test_sweep_is_logged_to_wandb_offline_when_enabled(tmp_path, launch):
     assert "warning" not in r.stdout
     sweep_runs = list((out / "wandb").glob("offline-run-*"))
     assert len(sweep_runs) == 1, "one W&B run for the sweep's table and plots"
+
+
+def test_every_point_uses_one_thread_count_and_a_folder_holds_one_sweep(tmp_path, launch):
+    """By default 1 rank would take all cores and N ranks 1/N each (efficiency above 100 %): the
+    sweep pins one count. A second, different sweep into the folder is refused, or replaces it."""
+    out = tmp_path / "one"
+    args = ["scaling", "experiments/mlp_digits.yaml", "--mode", "weak", "--ranks", "1,2", "--steps", "3",
+            "--warmup", "1", "--out", out]
+    r = launch(*args, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "threads per rank: 1 at every point" in r.stdout
+    threads = {json.load(open(p))["environment"]["threads_per_rank"] for p in (out / "runs").glob("*.json")}
+    assert threads == {1}
+    r = launch(*args[:-6], "--ranks", "1", "--steps", "3", "--warmup", "1", "--batch", "8", "--out", out)
+    assert r.returncode == 2 and "holds another sweep (batch 64 before, 8 now)" in r.stderr
+    r = launch(*args[:-6], "--ranks", "1", "--steps", "3", "--warmup", "1", "--batch", "8", "--out", out,
+               "--overwrite", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (out / "runs").glob("*.json")) == ["mlp_digits-weak-n1-r0.json"]
+    r = launch(*args[:-6], "--ranks", "2", "--steps", "3", "--warmup", "1", "--batch", "8", "--out", out, timeout=300)
+    assert r.returncode == 0, r.stderr             # the same sweep, one more point: added
+    assert len(list((out / "runs").glob("*.json"))) == 2

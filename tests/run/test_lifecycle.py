@@ -129,3 +129,58 @@ def test_history_kept_in_the_checkpoint(tmp_path):
     _, meta = ckpt.load(str(out / "checkpoint.npz"))
     assert [h["step"] for h in meta["run"]["history"]] == [19] and meta["run"]["ep_steps"] == 6
     assert os.path.exists(out / "summary.json")
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from conftest import LAUNCH, ROOT
+    out = tmp_path / "busy"
+    p = subprocess.Popen([sys.executable, LAUNCH, "train", "experiments/mlp_digits.yaml", "--quiet", "--out", str(out),
+                          "--set", "train.epochs=100000"], cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while not (out / ".lock").exists() or not (out / ".lock").read_text():
+            assert p.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        r = run_launch("train", "experiments/mlp_digits.yaml", "--out", out, "--overwrite")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+        assert f"--out {out}: another run (pid {p.pid} on " in r.stderr and "is writing there now" in r.stderr
+    finally:
+        p.kill()
+        p.wait()
+    r = run_launch("train", "experiments/mlp_digits.yaml", "--out", out, "--overwrite", "--set", "train.max_steps=2")
+    assert r.returncode == 0, r.stderr          # the lock died with its process
+
+
+def test_a_stopped_run_whose_length_was_reached_is_finished_on_resume(tmp_path):
+    out = tmp_path / "short"
+    assert run_launch("train", *ARGS, "--out", out, "--stop-at-step", 30).returncode == 0
+    r = run_launch("train", *ARGS, "--set", "train.epochs=1", "--out", out, "--resume")
+    assert r.returncode == 0 and "already complete" not in r.stdout
+    s = summary(out)
+    assert s["status"] == "completed" and s["steps"] == 30 and s["test_accuracy"] is not None
+    assert s["history"][-1]["step"] == 30
+    r = run_launch("train", *ARGS, "--set", "train.epochs=1", "--out", out, "--resume")
+    assert "already complete at step 30" in r.stdout
+
+
+def test_a_resume_that_changes_a_schedule_says_so(tmp_path):
+    out = tmp_path / "sched"
+    cos = [*ARGS, "--set", "optim.schedule=cosine", "--out", out]
+    assert run_launch("train", *cos, "--stop-at-step", 10).returncode == 0
+    r = run_launch("train", *cos, "--set", "train.epochs=6", "--resume", "--quiet")
+    assert r.returncode == 0 and not r.stderr
+    assert "note: this run now has 114 steps (it had 57): the cosine learning-rate schedule" in r.stdout
+
+
+def test_integer_flags_take_any_notation(tmp_path):
+    r = run_launch("train", *ARGS, "--out", tmp_path / "n", "--stop-at-step", "1e1")
+    assert r.returncode == 0 and summary(tmp_path / "n")["steps"] == 10
+
+
+def test_oversubscribing_the_cores_is_warned_once(tmp_path):
+    r = run_launch("local", "-n", str(os.cpu_count() + 1), *ARGS, "--set", "train.max_steps=2", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning: local:") == 1 and "they share cores" in r.stderr
