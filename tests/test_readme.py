@@ -15,7 +15,7 @@ from conftest import FASHION, ROOT
 README = os.path.join(ROOT, "README.md")
 FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.M | re.S)
 NOT_RUN_REASON = re.compile(r"^# not run by tests/test_readme\.py: (needs a SLURM cluster|needs the network|"
-                            r"needs a GPU)")
+                            r"needs a GPU)")   # the only reasons a block may be left out
 
 
 def blocks():
