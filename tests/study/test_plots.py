@@ -117,7 +117,7 @@ def test_units_follow_the_values(monkeypatch):
     figs = figures(aggregate(slow), monkeypatch)
     assert figs["throughput"].get_axes()[0].get_ylabel() == "throughput, all ranks (samples/s)"
     assert figs["time_breakdown"].get_axes()[0].get_ylabel() == "time per step (s)"
-    fast = [run("weak", n, 0, 0.004, per_rank=4096) for n in (1, 2)]  # ~1-2 million samples/s
+    fast = [run("weak", n, 0, 0.004, per_rank=4096, flops_per_sample=1e3) for n in (1, 2)]  # ~1-2 million samples/s
     figs = figures(aggregate(fast), monkeypatch)
     assert figs["throughput"].get_axes()[0].get_ylabel() == "throughput, all ranks (million samples/s)"
     assert figs["time_breakdown"].get_axes()[0].get_ylabel() == "time per step (ms)"
