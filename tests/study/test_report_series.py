@@ -2,12 +2,16 @@
 batches; an efficiency above 100 % and different thread counts per rank are remarked on; numbers
 have one format per column, and a ± only where the repeats really differ; GPUs are "none" where
 that is known."""
+import shutil
 from pathlib import Path
 
 import pytest
 
 from ddp_scratch.study.report import aggregate, fmt, write_report
 from test_report import run, stat, write_runs
+
+REPO = Path(__file__).resolve().parents[2]
+
 
 def env(threads=1, gpus=None):
     return {"threads_per_rank": threads, "gpus": gpus, "hosts": ["n1"]}
@@ -114,3 +118,12 @@ def test_gpus_none_is_said_as_none_and_unknown_as_not_recorded(tmp_path, backend
     for r in rs:
         r.update(backend=backend, environment=env(gpus=gpus))
     assert want in report_of(tmp_path, rs)
+
+
+def test_the_committed_cpu_reports_are_built_by_this_code(tmp_path):
+    """benchmarks/results/scaling-cpu-mlp-*: report.md regenerated from its run files is the same."""
+    for name in ("scaling-cpu-mlp-strong", "scaling-cpu-mlp-weak"):
+        src = REPO / "benchmarks" / "results" / name
+        shutil.copytree(src / "runs", tmp_path / name / "runs")
+        assert Path(write_report(tmp_path / name)).read_text() == (src / "report.md").read_text(), name
+        assert (tmp_path / name / "scaling.csv").read_text() == (src / "scaling.csv").read_text(), name
