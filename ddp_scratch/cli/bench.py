@@ -1,6 +1,5 @@
 """`launch.py bench-comm`: the all-reduce micro-benchmark under mpiexec, then its fit and projection."""
 import json
-import math
 import os
 import sys
 import tempfile
@@ -15,10 +14,11 @@ def _check_args(a):
         raise UserError("bench-comm -n: an all-reduce needs at least 2 ranks")
     if (a.alpha_us is None) != (a.bandwidth_gbps is None):
         raise UserError("bench-comm: give both --alpha-us and --bandwidth-gbps, or neither")
-    for flag, value, unit in (("--alpha-us", a.alpha_us, "microseconds of latency, e.g. 2"),
-                              ("--bandwidth-gbps", a.bandwidth_gbps, "GB/s, e.g. 25")):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UserError(f"bench-comm {flag}: expected a positive number of {unit}, got {value:g}")
+    from ..study.bench_comm import check_given
+    try:                             # positive, finite, and what an interconnect can have
+        check_given(a.alpha_us, a.bandwidth_gbps)
+    except ValueError as e:
+        raise UserError(f"bench-comm {e}") from None
     from ..config import load_config
     a.configs = [_config_path(p) for p in filter(None, (p.strip() for p in a.configs.split(",")))]
     from ..data.tasks import check_data
@@ -44,7 +44,7 @@ def _config_path(path):
 
 
 def cmd_bench_comm(a):
-    from ..study.bench_comm import analyse, fit_warning, projection_text
+    from ..study.bench_comm import GBPS, analyse, fit_warning, projection_lines, projection_text
     from ..study.environment import describe
     _check_args(a)
     mpiexec = find_mpiexec()
@@ -75,15 +75,14 @@ def cmd_bench_comm(a):
     beta = 1 / (a.bandwidth_gbps * 1e9) if a.bandwidth_gbps is not None else None
     res = analyse(meas, a.ranks, a.out, alpha, beta, compute, environment=describe(ranks=a.ranks))
     f = res["fit"]
-    print(f"fit: alpha {f['alpha_s'] * 1e6:.2f} us, bandwidth {f['bandwidth_GBps'] or 0:.2f} GB/s, r2 {f['r2']:.3f}")
+    print(f"fit: alpha {f['alpha_s'] * 1e6:.2f} us, bandwidth {f['bandwidth_GBps'] or 0:.2f} {GBPS}, "
+          f"r2 {f['r2']:.3f}")
     warning = fit_warning(res)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     print(projection_text(res))
-    for name, p in res["projections"].items():
-        eff = ", ".join(f"{r['world_size']}: {r['efficiency']:.2f}" for r in p["weak"])
-        print(f"{name} (compute {p['compute_s'] * 1e3:.2f} ms/step, {p['grad_bytes'] / 1e6:.1f} MB grads) "
-              f"weak efficiency {eff}")
+    for line in projection_lines(res):
+        print(line)
     print(f"-> {a.out}/bench_comm.json, {a.out}/bench_comm.png (+ .pdf)")
     return 0
 

@@ -4,11 +4,18 @@ an alpha-beta fit of it, and projections of step time and efficiency to large wo
 Measure (under mpiexec):  python -m ddp_scratch.study.bench_comm OUT.json [sizes...]
 Warm-up iterations are skipped, ranks meet at a barrier before timing, and the time of an
 operation is the slowest rank's mean (a collective is as slow as its last rank); rank 0 writes.
+busbw is the bus bandwidth 2(N-1)/N x bytes / time, the figure NCCL-tests and OSU report.
+
+Bandwidths are GB/s, gigabytes per second (not gigabits: divide Gbit/s by 8). Given projection
+values outside what any interconnect has (check_given) are refused in one line, and the plot
+draws only finite values with numeric warnings silenced, so nothing but the result reaches stderr.
 """
 import json
+import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -16,6 +23,31 @@ from ..fsutil import atomic_write_bytes, atomic_write_text
 from .comm_model import fit_alpha_beta, predict_allreduce, project_efficiency
 
 DEFAULT_SIZES = [4 << 10 << k for k in range(0, 15, 2)]      # 4 KiB .. 64 MiB
+GBPS = "GB/s (gigabytes per second; divide Gbit/s by 8)"
+MAX_ALPHA_US = 1e6                        # 1 s of latency per message: no interconnect is that slow
+BANDWIDTH_GBPS = (1e-3, 1e4)              # 1 MB/s .. 10 TB/s
+BUSBW_NOTE = ("busbw = bus bandwidth 2(N-1)/N x bytes / time, in GB/s (gigabytes per second), the figure "
+              "NCCL-tests and OSU report")
+
+
+def check_given(alpha_us=None, bandwidth_gbps=None):
+    """ValueError (one line, naming the flag) unless each value given is plausible for an
+    interconnect: a latency up to 1 s, a bandwidth from 1 MB/s to 10 TB/s."""
+    if alpha_us is not None:
+        if not (math.isfinite(alpha_us) and alpha_us > 0):
+            raise ValueError(f"--alpha-us: expected a positive number of microseconds of latency, e.g. 2, "
+                             f"got {alpha_us:g}")
+        if alpha_us > MAX_ALPHA_US:
+            raise ValueError(f"--alpha-us: expected a latency of at most {MAX_ALPHA_US:,.0f} microseconds "
+                             f"(1 s; an interconnect has about 1 to 100), got {alpha_us:g}")
+    if bandwidth_gbps is not None:
+        lo, hi = BANDWIDTH_GBPS
+        if not (math.isfinite(bandwidth_gbps) and bandwidth_gbps > 0):
+            raise ValueError(f"--bandwidth-gbps: expected a positive number of {GBPS}, e.g. 25, "
+                             f"got {bandwidth_gbps:g}")
+        if not lo <= bandwidth_gbps <= hi:
+            raise ValueError(f"--bandwidth-gbps: expected {lo:g} to {hi:,.0f} {GBPS}, that is 1 MB/s to "
+                             f"10 TB/s, got {bandwidth_gbps:g}")
 
 
 def measure(comm, sizes, iters=None, warmup=3):
@@ -43,7 +75,7 @@ def _params_text(alpha_s, beta_s_per_byte, plot=False):
     bw = 1 / beta_s_per_byte / 1e9 if beta_s_per_byte else float("inf")
     if plot:
         return f"α = {alpha_s * 1e6:.3g} µs, {bw:.3g} GB/s"
-    return f"alpha = {alpha_s * 1e6:.3g} us, bandwidth {bw:.3g} GB/s"
+    return f"alpha = {alpha_s * 1e6:.3g} us, bandwidth {bw:.3g} {GBPS}"
 
 
 def projection_text(res, plot=False) -> str:
@@ -52,7 +84,7 @@ def projection_text(res, plot=False) -> str:
     params = _params_text(p["alpha_s"], p["beta_s_per_byte"], plot)
     if p["source"] == "given":
         return f"with the given {params}, not the fit" if plot else \
-            f"projection with the given {params} (--alpha-us, --bandwidth-gbps), not the fit"
+            f"projection with the given {params} from --alpha-us and --bandwidth-gbps, not the fit"
     return f"with the fit: {params}" if plot else f"projection with the fit: {params}"
 
 
@@ -65,7 +97,21 @@ def fit_warning(res) -> str | None:
             else "the projection built on it is unreliable")
     return (f"warning: poor alpha-beta fit (r2 {r2:.2f} < {R2_POOR}): the timings are noisy or outside the "
             f"ring model, and {used}; measure again on a quieter machine (no other jobs running), or "
-            "project with your interconnect's --alpha-us and --bandwidth-gbps")
+            f"project with your interconnect's --alpha-us in microseconds and --bandwidth-gbps in {GBPS}")
+
+
+def projection_lines(res) -> list[str]:
+    """The projection for the console: per model its compute and gradients, then one row of
+    predicted efficiency (%) per mode, weak and strong, under one row of world sizes."""
+    out = []
+    for name, p in res["projections"].items():
+        worlds = [r["world_size"] for r in p["weak"]]
+        out += [f"{name}: compute {p['compute_s'] * 1e3:.3g} ms/step, gradients {_size_label(p['grad_bytes'])}; "
+                "predicted parallel efficiency (%):",
+                "  ranks " + "".join(f"{n:>7}" for n in worlds)]
+        out += [f"  {mode:<6}" + "".join(f"{100 * r['efficiency']:>7.3g}" for r in p[mode])
+                for mode in ("weak", "strong")]
+    return out
 
 
 def analyse(meas, world, out_dir, alpha=None, beta=None, compute=None, worlds=(8, 16, 32, 64, 128, 256, 512, 1024),
@@ -74,7 +120,10 @@ def analyse(meas, world, out_dir, alpha=None, beta=None, compute=None, worlds=(8
 
     compute: {name: (compute_seconds_per_step, grad_bytes)}; alpha/beta override the fit (e.g. the
     cluster's InfiniBand: alpha ~ 2e-6 s, beta = 1 / 25e9 s/B). environment: describe() of the
-    machine that measured (study/environment.py), shown in the plot's subtitle."""
+    machine that measured (study/environment.py), shown in the plot's subtitle. Given alpha/beta
+    must be plausible (check_given), else ValueError before anything is written."""
+    check_given(None if alpha is None else alpha * 1e6,
+                None if beta is None else (1 / beta / 1e9 if beta > 0 else 0.0))
     sizes = [m["bytes"] for m in meas]
     times = [m["seconds"] for m in meas]
     fit = fit_alpha_beta(sizes, times, world)
@@ -112,7 +161,7 @@ def _subtitle(res):
 def _size_label(nbytes):
     for unit, f in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if nbytes >= f:
-            return f"{nbytes / f:g} {unit}"
+            return f"{nbytes / f:.4g} {unit}"
     return f"{nbytes:g} B"
 
 
@@ -121,7 +170,8 @@ def _plot(res):
     import io
     from matplotlib import rc_context
     from .plots import RC
-    with rc_context(RC):
+    with rc_context(RC), warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
         fig = figure(res)
         out = {}
         for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
@@ -129,6 +179,12 @@ def _plot(res):
             fig.savefig(buf, format=ext, dpi=300, bbox_inches="tight", pad_inches=0.1, metadata=meta)
             out[f"bench_comm.{ext}"] = buf.getvalue()
     return out
+
+
+def _drawable(sizes, seconds):
+    """(sizes, microseconds) of the points a log-log axis can show: finite and positive."""
+    pts = [(s, t * 1e6) for s, t in zip(sizes, seconds) if math.isfinite(t * 1e6) and 0 < t * 1e6 < 1e300]
+    return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def figure(res):
@@ -146,13 +202,13 @@ def figure(res):
     ax, ax2 = sub.subplots(1, 2)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.plot(sizes, [m["seconds"] * 1e6 for m in res["measured"]], "o", color="#0072B2",
+    ax.plot(*_drawable(sizes, [m["seconds"] for m in res["measured"]]), "o", color="#0072B2",
             label=f"measured ({res['world_size']} ranks, slowest rank)")
-    ax.plot(sizes, [t * 1e6 for t in res["predicted_here"]], "-", color="#E69F00",
+    ax.plot(*_drawable(sizes, res["predicted_here"]), "-", color="#E69F00",
             label=f"fit: {_params_text(fit['alpha_s'], fit['beta_s_per_byte'], True)}, r² = {fit['r2']:.2f}")
     if pp["source"] == "given":
         given = [predict_allreduce(s, res["world_size"], pp["alpha_s"], pp["beta_s_per_byte"]) for s in sizes]
-        ax.plot(sizes, [t * 1e6 for t in given], "--", color="0.4",
+        ax.plot(*_drawable(sizes, given), "--", color="0.4",
                 label=f"given: {_params_text(pp['alpha_s'], pp['beta_s_per_byte'], True)}")
     ticks = sizes[::max(1, len(sizes) // 4)]
     ax.set_xticks(ticks, [_size_label(t) for t in ticks])
@@ -191,6 +247,8 @@ def main(argv):
     meas = measure(comm, sizes)
     if comm.rank == 0:
         atomic_write_text(out, json.dumps({"world_size": comm.size, "measured": meas}))
+        print(f"all-reduce (sum of float32) on {comm.size} ranks: time = the slowest rank's mean; "
+              f"{BUSBW_NOTE}", flush=True)
         for m in meas:
             print(f"{m['bytes']:>10d} B  {m['seconds'] * 1e6:10.1f} us  busbw {m['busbw_GBps']:.2f} GB/s", flush=True)
 

@@ -6,6 +6,12 @@ legends sit outside the axes and every y axis starts at 0 with headroom, so noth
 covered. Only measured quantities are plotted: the energy plot appears only for measured energy,
 because an estimate from FLOP counts or from run time x nominal power only restates FLOP/s.
 
+Throughput is shown in each series' own unit: tokens/s for a series that records tokens_per_s (a
+GPT, whose "samples" are windows), samples/s otherwise, one panel per unit, so a slow unit is never
+flattened against a fast one. Ideal scaling (the baseline's rate x N/b) is drawn dashed in its
+series' colour, with a legend entry of its own, and sampled densely: on the log-2 ranks axis a
+linear rate is a curve, not straight segments between the measured worlds.
+
 Matplotlib is imported lazily and drawn on the Agg canvas, never through pyplot: importing this
 module stays cheap for ranks and never touches a display or the global backend.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections import defaultdict
 
 from .runfile import clean
@@ -114,8 +121,10 @@ class _Plotter:
         sub.suptitle(self.subtitle, fontsize=9.5, color="0.3")
         return fig, sub, sub.subplots(1, ncols, squeeze=False)[0]
 
-    def legend(self, sub, handles):
-        sub.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)),
+    def legend(self, sub, handles, width=6.4):
+        """Below the axes, in two columns where the longest label fits half the figure's width."""
+        wide = max(len(h.get_label()) for h in handles) * 0.075 > width / 2 - 0.7
+        sub.legend(handles=handles, loc="outside lower center", ncols=1 if wide else min(2, len(handles)),
                    frameon=False)
 
     def save(self, fig, name):
@@ -124,10 +133,13 @@ class _Plotter:
             fig.savefig(buf, format=ext, dpi=DPI, bbox_inches="tight", pad_inches=0.1, metadata=meta)
             self.out[f"{name}.{ext}"] = buf.getvalue()
 
-    def lines(self, ax, key, scale, rows_of=None):
-        """Mean ± std per series as error-bar lines; returns the legend handles and plotted values."""
+    def lines(self, ax, key, scale, rows_of=None, keys=None):
+        """Mean ± std per series (those in keys, default all) as error-bar lines; returns the legend
+        handles and plotted values."""
         handles, values = [], []
         for k, rs in self.series.items():
+            if keys is not None and k not in keys:
+                continue
             rs = rs if rows_of is None else rows_of(rs)
             if not rs:
                 continue
@@ -139,27 +151,60 @@ class _Plotter:
             values += [a + (b if math.isfinite(b) else 0.0) for a, b in zip(y, e)]
         return handles, values
 
-    def ideal(self, ax, key, scale):
-        values = []
-        for k, rs in self.series.items():
+    def ideal(self, ax, key, scale, keys):
+        """Ideal scaling per series, dashed in its colour: the baseline rate x N/b, sampled at 64
+        points per doubling so that it is the smooth curve it is on a log-2 axis. Returns one legend
+        handle per series (none for a series with one world) and the plotted values."""
+        handles, values = [], []
+        for k in keys:
+            rs = self.series[k]
             base = next(r for r in rs if r["world_size"] == r["baseline_world"])
-            xs = [r["world_size"] for r in rs]
-            ys = [_nan(base[key + "_mean"]) / scale * n / base["baseline_world"] for n in xs]
-            ax.plot(xs, ys, ls="--", lw=1.2, color=self.style[k][0], alpha=0.7)
+            lo, hi = min(r["world_size"] for r in rs), max(r["world_size"] for r in rs)
+            rate = _nan(base[key + "_mean"]) / scale
+            if hi == lo or not math.isfinite(rate):
+                continue
+            n = 1 + 64 * max(1, math.ceil(math.log2(hi / lo)))
+            xs = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+            ys = [rate * x / base["baseline_world"] for x in xs]
+            ax.plot(xs, ys, ls="--", lw=1.2, color=self.style[k][0], alpha=0.8)
+            handles.append(self.Line2D([], [], ls="--", lw=1.2, color=self.style[k][0], alpha=0.8,
+                                       label=f"ideal: linear from N = {base['baseline_world']}"
+                                       if len(self.series) == 1 else _tx(f"{self.labels[k]}: ideal (linear)", 90)))
             values += ys
-        return self.Line2D([], [], ls="--", color="0.35", label="ideal: linear from the baseline world"), values
+        return handles, values
 
-    def rate_plot(self, name, title, key, what, unit, words=False):
-        f, p = _prefix([r[key + "_mean"] for r in self.rows])
-        if words:       # "thousand samples/s"; no "milli-samples": below 1/s stays in samples/s
-            f, p = (f, WORDS[p]) if p in WORDS else (1.0, "")
-        fig, sub, (ax,) = self.figure(title)
-        handles, values = self.lines(ax, key, f)
-        proxy, ideal = self.ideal(ax, key, f)
-        _y_from_zero(ax, values + ideal)
-        ax.set_ylabel(f"{what} ({p}{unit})")
-        _ranks_axis(ax, self.worlds)
-        self.legend(sub, handles + [proxy])
+    def unit_groups(self):
+        """[(key, unit, series keys)]: tokens/s for the series that record tokens_per_s at every
+        point, samples/s for the others; one entry per unit in use."""
+        groups = defaultdict(list)
+        for k, rs in self.series.items():
+            tokens = all(r["tokens_per_s_mean"] is not None for r in rs)
+            groups[("tokens_per_s", "tokens/s") if tokens else ("samples_per_s", "samples/s")].append(k)
+        return [(key, unit, ks) for (key, unit), ks in sorted(groups.items(), reverse=True)]
+
+    def rate_plot(self, name, title, what, groups, words=False):
+        """One panel per (key, unit, series) group, each with its own scale, plus ideal scaling."""
+        width = 6.4 if len(groups) == 1 else 11.0
+        fig, sub, axes = self.figure(title, ncols=len(groups), width=width)
+        handles = []
+        for ax, (key, unit, keys) in zip(axes, groups):
+            f, p = _prefix([r[key + "_mean"] for k in keys for r in self.series[k]])
+            if words:   # "thousand samples/s"; no "milli-samples": below 1/s stays in samples/s
+                f, p = (f, WORDS[p]) if p in WORDS else (1.0, "")
+            values = []
+            for k in keys:                  # each series' entry, then its ideal's
+                got, measured = self.lines(ax, key, f, keys=[k])
+                ideal, top = self.ideal(ax, key, f, [k])
+                handles += got + ideal
+                values += measured + top
+            _y_from_zero(ax, values)
+            if len(groups) > 1:         # the panel's title names its unit; a short axis label
+                ax.set_title(f"{unit.replace('/s', ' per second')}, all ranks", fontsize=11)
+                ax.set_ylabel(f"{what} ({p}{unit})")
+            else:
+                ax.set_ylabel(f"{what}, all ranks ({p}{unit})")
+            _ranks_axis(ax, sorted({r["world_size"] for k in keys for r in self.series[k]}))
+        self.legend(sub, handles, width)
         self.save(fig, name)
 
     def efficiency(self):
@@ -232,14 +277,16 @@ def render_plots(rows: list[dict], subtitle: str = "") -> dict[str, bytes]:
     """{file name: bytes} of every plot (PNG and PDF) for the aggregated rows."""
     if not rows:
         raise ValueError("no rows to plot")
+    import numpy as np
     from matplotlib import rc_context
-    with rc_context(RC):
+    with rc_context(RC), warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)     # extreme valid values: no stderr noise
         p = _Plotter(rows, subtitle)
-        p.rate_plot("throughput", "Throughput (mean ± std over repeats)", "samples_per_s",
-                    "throughput, all ranks", "samples/s", words=True)
+        p.rate_plot("throughput", "Throughput (mean ± std over repeats)", "throughput", p.unit_groups(),
+                    words=True)
         p.efficiency()
         p.time_breakdown()
-        p.rate_plot("flops", "Achieved FLOP/s (model FLOPs ÷ measured time)", "flops_per_s",
-                    "FLOP/s, all ranks", "FLOP/s")
+        p.rate_plot("flops", "Achieved FLOP/s (model FLOPs ÷ measured time)", "FLOP/s",
+                    [("flops_per_s", "FLOP/s", list(p.series))])
         p.energy()
     return p.out

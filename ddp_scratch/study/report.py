@@ -11,11 +11,18 @@ repeats, i.e. the mean *rate*, so the baseline row's mean efficiency is 1):
 so in both modes speedup is the throughput ratio and efficiency = speedup*b/N.
 Each repeat at N is compared with the baseline *mean* (repeats are not paired)
 and the row reports mean and sample std (ddof=1; 0 for a single repeat).
-The step splits into compute, comm, wait and other = step - compute - comm - wait
-(clipped at 0: medians over ranks do not add exactly).
+The step splits into compute, comm, wait and other = step - compute - comm - wait (per repeat,
+clipped at 0: medians over ranks do not add exactly), each as mean (`compute_s`) and std
+(`compute_s_std`) over repeats.
 
 Every run file is checked field by field (study/runfile.py) before anything is computed, so a
-wrong file is one ValueError naming the file and the field, never a traceback.
+wrong file is one ValueError naming the file and the field, never a traceback; so are two files
+for one point and points of one series that compare different models, batches or dtypes.
+
+report.md gives one table per series, headed by its model, dtype and the batch it holds fixed,
+with both batches and the threads per rank on every row; numbers have 4 significant figures in
+plain notation (fmt), and it says why an efficiency above 100 % is suspect and when the points
+of a series ran with different thread counts per rank.
 """
 from __future__ import annotations
 
@@ -28,10 +35,13 @@ from pathlib import Path
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from .runfile import ENERGY_LABELS, clean, load_runs, validate_run
+from .where import environment_lines, envs, hardware_line, threads_of
 
 __all__ = ["load_runs", "validate_run", "aggregate", "write_csv", "make_plots", "write_report",
-           "environment_lines", "hardware_line"]
+           "environment_lines", "hardware_line", "fmt"]
 
+NOISE_REL = 1e-9      # a std (or an 'other' time) below this fraction of the mean (step) is rounding noise
+SUPERLINEAR = 1.05    # efficiency above this is remarked on under the table
 ALT = {"throughput": "throughput", "efficiency": "parallel efficiency",
        "time_breakdown": "time per step by phase", "flops": "achieved FLOP/s", "energy": "measured energy"}
 OTHER_CONTAINS = ("the optimizer update, the gradient norm (and clipping), copying the loss and "
@@ -47,6 +57,13 @@ def _mean_std(values):
     if len(vals) < 2:
         return m, 0.0
     return m, math.sqrt(sum((v - m) * (v - m) for v in vals) / (len(vals) - 1))
+
+
+def _other(r) -> float:
+    """step - compute - comm - wait of one run: 0 where it is below 0 or rounding noise."""
+    step = r["step_time_s"]["median"]
+    other = step - r["compute_s"]["median"] - r["comm_s"]["median"] - r["wait_s"]["median"]
+    return other if other > NOISE_REL * step else 0.0
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -69,7 +86,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
             row = {"mode": mode, "config": config, "model": rs[0]["model"],
                    "world_size": n, "baseline_world": b, "repeats": len(rs),
                    "global_batch": rs[0]["global_batch"],
-                   "per_rank_batch": rs[0]["per_rank_batch"]}
+                   "per_rank_batch": rs[0]["per_rank_batch"], "dtype": rs[0].get("dtype"),
+                   "n_params": rs[0].get("n_params"), "threads_per_rank": "; ".join(threads_of(rs)) or None}
 
             def put(name, vals):
                 row[name + "_mean"], row[name + "_std"] = _mean_std(vals)
@@ -79,9 +97,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
             put("speedup", speedups)
             put("efficiency", [s * b / n for s in speedups])
             for k in ("compute_s", "comm_s", "wait_s"):
-                row[k] = _mean_std(r[k]["median"] for r in rs)[0]
-            row["other_s"] = max(0.0, row["step_time_s_mean"] - row["compute_s"] - row["comm_s"]
-                                 - row["wait_s"])
+                row[k], row[k + "_std"] = _mean_std(r[k]["median"] for r in rs)
+            row["other_s"], row["other_s_std"] = _mean_std(_other(r) for r in rs)
             put("flops_per_s", [r["flops_per_s"] for r in rs])
             row["mfu_mean"] = _mean_std(r["mfu"] for r in rs)[0]
             put("ops_per_joule", [r["energy"]["ops_per_joule"] for r in rs])
@@ -121,99 +138,38 @@ def make_plots(rows: list[dict], outdir, subtitle: str = "") -> list[str]:
             for name, data in render_plots(rows, subtitle).items()]
 
 
-# ------------------------------------------------------------------ where the runs ran
-
-def _envs(runs):
-    return [r["environment"] for r in runs if isinstance(r.get("environment"), dict)]
-
-
-def _distinct(values, limit=4):
-    seen = []
-    for v in values:
-        if v not in (None, "", []) and v not in seen:
-            seen.append(v)
-    more = f" (+{len(seen) - limit} more)" if len(seen) > limit else ""
-    return "; ".join(seen[:limit]) + more if seen else None
-
-
-def _gpu_text(e, limit=60):
-    """"4 × NVIDIA H100 80GB HBM3" for the GPUs NVML saw on one run's host; None for none."""
-    names = [clean(g.get("name"), limit) or "unnamed GPU" for g in (e.get("gpus") or [])]
-    return ", ".join(f"{names.count(x)} × {x}" for x in dict.fromkeys(names)) or None
-
-
-def _dates(envs, length=16):
-    """'first' or 'first to last' of the runs' UTC dates, cut to `length` (16: minutes, 10: days)."""
-    days = sorted({clean(e.get("date_utc"), 25).replace("T", " ")[:length] for e in envs
-                   if isinstance(e.get("date_utc"), str) and e["date_utc"][:4].isdigit()})
-    if not days:
-        return None
-    return days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
-
-
-def environment_lines(runs) -> list[tuple[str, str]]:
-    """(what, value) pairs for the report's "Where it ran" table; [] when no run recorded it."""
-    envs = _envs(runs)
-    if not envs:
-        return []
-    hosts = sorted({clean(h, 60) for e in envs for h in (e.get("hosts") or [])})
-    gpus = _distinct(_gpu_text(e) for e in envs)
-    nvml = any(isinstance(e.get("gpus"), list) for e in envs)
-
-    def cores(e):
-        parts = [f"{e['logical_cores']} logical cores" if e.get("logical_cores") is not None else None,
-                 f"{e['cores_available']} available to each rank" if e.get("cores_available") is not None
-                 else None]
-        return ", ".join(p for p in parts if p) or None
-
-    def commit(e):
-        if not e.get("git_commit"):
-            return None
-        return clean(e["git_commit"], 40)[:12] + (" (with uncommitted changes)" if e.get("git_dirty") else "")
-
-    def field(k, n=120):
-        return _distinct(clean(e.get(k), n) for e in envs)
-    numpy = _distinct(" / ".join(clean(e.get(k), 60) for k in ("numpy", "blas") if e.get(k)) for e in envs)
-    out = [("Hosts", f"{', '.join(hosts[:8])}{' …' if len(hosts) > 8 else ''} ({len(hosts)} host"
-                     f"{'s' if len(hosts) != 1 else ''})" if hosts else None),
-           ("CPU", field("cpu_model")), ("Cores", _distinct(cores(e) for e in envs)),
-           ("GPUs", (gpus + (f" (driver {field('gpu_driver', 40)})" if field("gpu_driver", 40) else ""))
-            if gpus else ("none found by NVML" if nvml else None)),
-           ("Threads per rank", _distinct(clean(e.get("threads_per_rank"), 20) for e in envs)),
-           ("MPI", field("mpi_library")), ("NumPy / BLAS", numpy), ("Python", field("python")),
-           ("OS", field("os")), ("Date (UTC)", _dates(envs)), ("Commit", _distinct(commit(e) for e in envs))]
-    return [(k, v if v else "not recorded") for k, v in out]
-
-
-def hardware_line(runs) -> str:
-    """The plots' subtitle: hardware and date, from the runs' environment (else their device)."""
-    envs = _envs(runs)
-    parts = []
-    if envs:
-        gpus = _distinct((_gpu_text(e, 40) for e in envs), 2)
-        cpu = _distinct((clean(e.get("cpu_model"), 40) for e in envs), 2)
-        parts += [p for p in (gpus, cpu) if p]
-        hosts = {clean(h, 60) for e in envs for h in (e.get("hosts") or [])}
-        if hosts:
-            parts.append(f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}")
-        threads = _distinct((clean(e.get("threads_per_rank"), 8) for e in envs), 2)
-        if threads:
-            parts.append(f"{threads} thread{'' if threads == '1' else 's'}/rank")
-    if not parts:
-        devices = _distinct((f"{clean(r.get('device'), 40)} ({clean(r.get('backend'), 20) or 'backend ?'})"
-                             for r in runs if r.get("device")), 2)
-        parts.append(devices or "hardware not recorded")
-    parts.append(_dates(envs, 10) or "date not recorded")
-    return " · ".join(parts)
-
-
 # ------------------------------------------------------------------ report.md
 
-def _fmt(mean, std=None, scale=1.0, spec=".4g"):
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+def _plain(x, decimals) -> str:
+    return f"{round(x, decimals):,.{max(0, decimals)}f}"
+
+
+def fmt(mean, std=None, scale=1.0, sig=4) -> str:
+    """`mean ± std` of one table cell: `sig` significant figures in plain notation with thousands
+    separators (17,590 ± 720; 7.286 ± 0.302), the std to the mean's last digit but at least two
+    significant figures of its own, and left out where it is 0 or rounding noise (below NOISE_REL
+    of the mean). Scientific notation only outside 1e-6..1e15, where no real column lands."""
+    if mean is None or not math.isfinite(mean * scale):
         return "—"
-    s = format(mean * scale, spec)
-    return s if not std else f"{s} ± {format(std * scale, spec)}"
+    m = mean * scale
+    sd = abs(std * scale) if std is not None and math.isfinite(std * scale) else 0.0
+    show = sd > NOISE_REL * abs(m) and sd > 0
+    if m != 0 and not 1e-6 <= abs(m) < 1e15:
+        return f"{m:.{sig - 1}e}" + (f" ± {sd:.1e}" if show else "")
+    dec = sig - 1 - math.floor(math.log10(abs(m))) if m else 0
+    if m and abs(round(m, dec)) >= 10 ** (sig - dec):      # 0.99995 rounds up to 1.000, not 1.0000
+        dec -= 1
+    text = _plain(m, dec)
+    if not show:
+        return text
+    if not 1e-6 <= sd < 1e15:
+        return f"{text} ± {sd:.1e}"
+    return f"{text} ± {_plain(sd, max(dec, 1 - math.floor(math.log10(sd))))}"
+
+
+def _count(v) -> str:
+    """A batch or a parameter count: 128, 0.5, 1,234,567."""
+    return f"{v:,.0f}" if float(v).is_integer() else fmt(v)
 
 
 def _md(s) -> str:
@@ -248,27 +204,68 @@ def _energy_section(runs, rows, plotted) -> list[str]:
     return lines
 
 
-def _results_table(rows) -> list[str]:
-    head = ["mode", "config", "N", "base", "reps", "samples/s", "step ms", "speedup",
-            "efficiency", "compute ms", "comm ms", "wait ms", "other ms", "GFLOP/s", "MFU",
-            "FLOP/J", "J/step", "energy source"]
+COLUMNS = (  # (header, key of the mean, scale); the std is under _std_key(key)
+    ("samples/s", "samples_per_s_mean", 1.0), ("tokens/s", "tokens_per_s_mean", 1.0),
+    ("step ms", "step_time_s_mean", 1e3), ("speedup", "speedup_mean", 1.0),
+    ("efficiency %", "efficiency_mean", 100.0), ("compute ms", "compute_s", 1e3),
+    ("comm ms", "comm_s", 1e3), ("wait ms", "wait_s", 1e3), ("other ms", "other_s", 1e3),
+    ("GFLOP/s", "flops_per_s_mean", 1e-9), ("MFU %", "mfu_mean", 100.0),
+    ("GFLOP/J", "ops_per_joule_mean", 1e-9), ("J/step", "joules_per_step_mean", 1.0))
+
+
+def _std_key(key):
+    return key[:-5] + "_std" if key.endswith("_mean") else key + "_std"
+
+
+def _series_table(rs) -> list[str]:
+    """One series: N, baseline, repeats, both batches, threads, then every measured column."""
+    cols = [c for c in COLUMNS if c[0] != "tokens/s" or any(r["tokens_per_s_mean"] is not None for r in rs)]
+    threads = any(r["threads_per_rank"] for r in rs)
+    head = ["N", "base", "reps", "global batch", "per-rank batch"] + ["threads/rank"] * threads
+    head += [c[0] for c in cols] + ["energy source"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["mode"], _md(r["config"]), str(r["world_size"]), str(r["baseline_world"]),
-                 str(r["repeats"]),
-                 _fmt(r["samples_per_s_mean"], r["samples_per_s_std"]),
-                 _fmt(r["step_time_s_mean"], r["step_time_s_std"], 1e3),
-                 _fmt(r["speedup_mean"], r["speedup_std"]),
-                 _fmt(r["efficiency_mean"], r["efficiency_std"]),
-                 _fmt(r["compute_s"], scale=1e3), _fmt(r["comm_s"], scale=1e3),
-                 _fmt(r["wait_s"], scale=1e3), _fmt(r["other_s"], scale=1e3),
-                 _fmt(r["flops_per_s_mean"], r["flops_per_s_std"], 1e-9),
-                 _fmt(r["mfu_mean"]),
-                 _fmt(r["ops_per_joule_mean"], r["ops_per_joule_std"]),
-                 _fmt(r["joules_per_step_mean"], r["joules_per_step_std"]),
-                 _md(r["energy_source"])]
-        lines.append("| " + " | ".join(cells) + " |")
+    for r in rs:
+        cells = [str(r["world_size"]), str(r["baseline_world"]), str(r["repeats"]),
+                 _count(r["global_batch"]), _count(r["per_rank_batch"])]
+        cells += [_md(r["threads_per_rank"] or "—")] * threads
+        cells += [fmt(r[key], r.get(_std_key(key)), scale) for _, key, scale in cols]
+        lines.append("| " + " | ".join(cells + [_md(r["energy_source"])]) + " |")
     return lines
+
+
+def _series_notes(rs, runs) -> list[str]:
+    """Under a series' table: different thread counts per rank (bold), efficiency above 100 %."""
+    lines = []
+    per_point = {r["world_size"]: r["threads_per_rank"] for r in rs if r["threads_per_rank"]}
+    if len(threads_of(runs)) > 1:
+        lines += ["", "**The points of this series used different thread counts per rank ("
+                  + ", ".join(f"N = {n}: {_md(t)}" for n, t in per_point.items())
+                  + "), so they are not comparable: speedup and efficiency mix the change in threads "
+                  "with the change in ranks.** Run the sweep again with one thread count for every "
+                  "point (`--set train.threads=1`) into a new output folder."]
+    high = [r for r in rs if r["efficiency_mean"] is not None and r["efficiency_mean"] > SUPERLINEAR]
+    if high:
+        lines += ["", "Efficiency above 100 % ("
+                  + ", ".join(f"N = {r['world_size']}: {fmt(r['efficiency_mean'], scale=100.0)} %" for r in high)
+                  + ") says each rank got more done per second than a rank of the baseline. That is not "
+                  "real superlinear scaling unless you can explain it. Usual causes on a CPU: the baseline ran "
+                  "with another number of BLAS threads per rank than the other points (see threads/rank: "
+                  "with small matrices, more threads can make a rank slower, not faster, and fewer threads "
+                  "make it slower for large ones), so it is not the per-rank speed the other points are "
+                  "compared with; the work of a rank fits in a faster cache once it is split over more "
+                  "ranks (strong scaling); or the baseline was measured while other work shared the "
+                  "machine. Check threads/rank and repeat the baseline before presenting it as a gain."]
+    return lines
+
+
+def _series_section(label, key, rs, runs) -> list[str]:
+    r0 = rs[0]
+    model = f"model `{_md(r0['model'])}`" + (f" ({_count(r0['n_params'])} parameters)" if r0["n_params"] else "")
+    model += f", {_md(r0['dtype'])}" if r0["dtype"] else ""
+    batch = (f"per-rank batch {_count(r0['per_rank_batch'])} at every N (the global batch grows with N)"
+             if key[0] == "weak" else f"global batch {_count(r0['global_batch'])} at every N (split over the ranks)")
+    return ([f"### {_md(label)}", "", f"Config `{_md(key[1])}`, {key[0]} scaling: {model}; {batch}.", ""]
+            + _series_table(rs) + _series_notes(rs, runs) + [""])
 
 
 def _markdown(runs, rows, plot_names, csv_name) -> str:
@@ -281,7 +278,7 @@ def _markdown(runs, rows, plot_names, csv_name) -> str:
              "", "## Where it ran", ""]
     if env:
         lines += ["| | |", "|---|---|"] + [f"| {k} | {_md(v)} |" for k, v in env]
-        missing = len(runs) - len(_envs(runs))
+        missing = len(runs) - len(envs(runs))
         if missing:
             lines += ["", f"{missing} of {len(runs)} run files have no environment record."]
     else:
@@ -295,16 +292,22 @@ def _markdown(runs, rows, plot_names, csv_name) -> str:
         "T = per-run median-across-ranks step time. Speedup and efficiency are "
         "relative to `baseline_world` (world 1 when present, else the smallest "
         "world of the series): strong efficiency = b·T_b/(N·T_N), weak "
-        "efficiency = T_b/T_N. Values are mean ± sample std over repeats. "
-        f"Full numbers: `{csv_name}`.", "",
+        "efficiency = T_b/T_N (in %). Values are mean ± sample std over repeats, with 4 "
+        "significant figures; a ± is left out where the repeats agree to rounding (below "
+        f"{NOISE_REL:g} of the mean) or there is one repeat. Full numbers: `{csv_name}`.", "",
         "The step splits into compute (gathering the batch, forward and backward), comm (the "
         "gradient all-reduce as the fastest rank saw it), wait (the time a rank spent in the "
         "all-reduce beyond that: waiting for slower ranks) and other = step − compute − comm − "
         f"wait (never below 0), which holds {OTHER_CONTAINS}. Each is the median over ranks, so "
         "the parts can add up to slightly more or less than the median step.", ""]
     lines += _energy_section(runs, rows, plot_names)
-    lines += ["", "## Results", ""] + _results_table(rows)
-    lines += ["", "## Plots", "",
+    lines += ["", "## Results", ""]
+    series = defaultdict(list)
+    for r in rows:
+        series[(r["mode"], r["config"])].append(r)
+    for k, label in labels.items():
+        lines += _series_section(label, k, series[k], [r for r in runs if (r["mode"], r["config"]) == k])
+    lines += ["## Plots", "",
               "Each plot is a 300 dpi PNG with a vector PDF copy of the same name next to it "
               "(for posters and LaTeX).", ""]
     for name in plot_names:

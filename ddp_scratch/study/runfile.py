@@ -7,8 +7,13 @@ Schema (written by cli/sweep.py run_json; "stat" = {"min", "median", "max"}):
   global_batch >= 1; per_rank_batch > 0; steps int >= 1; samples_per_s, flops_per_s >= 0;
   tokens_per_s, mfu: >= 0 or null; step_time_s, compute_s, comm_s, wait_s: stats in seconds
   (median step > 0); peak_mem_bytes: stat; energy: {source, joules_per_step, joules_per_epoch,
-  ops_per_joule, mean_watts (each >= 0 or null)}; optional device/backend/dtype (string or null)
-  and environment (null or the object of study/environment.py).
+  ops_per_joule, mean_watts (each >= 0 or null)}; optional device/backend/dtype (string or null),
+  n_params (integer >= 1 or null) and environment (null or the object of study/environment.py).
+
+Files that do not belong in one report are refused as well (check_together): two files for one
+point (mode, config, world_size, repeat), or points of one series (mode, config) that differ in
+what the series compares: the model (its name, n_params, its FLOPs per sample), the batch that
+the mode holds fixed (per_rank_batch for weak, global_batch for strong) or the dtype.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import os
 import stat as st
 from pathlib import Path
 
-__all__ = ["load_runs", "validate_run", "clean", "ENERGY_LABELS", "REQUIRED"]
+__all__ = ["load_runs", "validate_run", "check_together", "clean", "ENERGY_LABELS", "REQUIRED"]
 
 STAT_KEYS = ("step_time_s", "compute_s", "comm_s", "wait_s", "peak_mem_bytes")
 ENERGY_KEYS = ("source", "joules_per_step", "joules_per_epoch", "ops_per_joule", "mean_watts")
@@ -31,6 +36,7 @@ MAX_WORLD, MAX_NAME, MAX_RUN_BYTES = 1 << 24, 200, 64 << 20
 ENV_TEXT = ("cpu_model", "gpu_driver", "mpi_library", "numpy", "blas", "python", "os", "date_utc",
             "git_commit")
 ENV_COUNT = ("ranks", "logical_cores", "cores_available")
+SAME_REL = 1e-6          # model FLOPs per sample of one series agree to rounding (exactly one model)
 
 ENERGY_LABELS = {
     "measured-rapl": "measured: Intel RAPL package counters (host-wide, all processes)",
@@ -109,7 +115,8 @@ def validate_run(run, name: str) -> dict:
         raise ValueError(f"{name}: expected a JSON object (one run of a sweep), got {_show(run)}")
     missing = [k for k in REQUIRED if k not in run]
     if missing:
-        raise ValueError(f"{name}: missing keys {missing} (see the run schema in study/runfile.py)")
+        raise ValueError(f"{name}: missing keys {missing} (expected a run file of `launch.py scaling`, "
+                         f"an object with the keys {', '.join(REQUIRED)})")
     if run["mode"] not in ("strong", "weak") or not isinstance(run["mode"], str):
         bad("mode", "'strong' or 'weak'", run["mode"])
     text(run, "config", "config")
@@ -144,6 +151,8 @@ def validate_run(run, name: str) -> dict:
     for k in ("device", "backend", "dtype"):
         if run.get(k) is not None and not isinstance(run[k], str):
             bad(k, "a string or null", run[k])
+    if run.get("n_params") is not None:
+        integer(run, "n_params", "n_params", 1, 10**15)
     _validate_environment(run.get("environment"), bad)
     return run
 
@@ -152,7 +161,7 @@ def _validate_environment(env, bad):
     if env is None:
         return
     if not isinstance(env, dict):
-        bad("environment", "an object (study/environment.py) or null", env)
+        bad("environment", "an object (hosts, cpu_model, threads_per_rank, ...: where the run ran) or null", env)
     for k in ENV_TEXT:
         if env.get(k) is not None and not isinstance(env[k], str):
             bad(f"environment.{k}", "a string or null", env[k])
@@ -231,7 +240,7 @@ def read_run_file(path) -> object:
 
 
 def load_runs(directory) -> list[dict]:
-    """Read and validate every ``DIR/runs/*.json``, sorted by file name."""
+    """Read and validate every ``DIR/runs/*.json`` (sorted by file name), then check_together."""
     run_dir = Path(directory) / "runs"
     try:
         files = sorted(run_dir.glob("*.json"))
@@ -240,4 +249,62 @@ def load_runs(directory) -> list[dict]:
     if not files:
         raise ValueError(f"no run files found in {clean(str(run_dir), 300)} (expected runs/*.json "
                          "from a scaling sweep)")
-    return [validate_run(read_run_file(f), str(f)) for f in files]
+    named = [(str(f), validate_run(read_run_file(f), str(f))) for f in files]
+    check_together(named)
+    return [r for _, r in named]
+
+
+def _flops_per_sample(r):
+    return r["flops_per_s"] / r["samples_per_s"] if r["flops_per_s"] > 0 and r["samples_per_s"] > 0 else None
+
+
+def _counted(v) -> str:
+    return f"{v:,.0f}" if isinstance(v, (int, float)) and float(v).is_integer() else clean(v, 40)
+
+
+def _identity(r) -> dict:
+    """{what: value} of what a series holds fixed, as far as this run file knows it (None: unknown)."""
+    batch = ("per-rank batch", r["per_rank_batch"]) if r["mode"] == "weak" else ("global batch", r["global_batch"])
+    return {"model": r["model"], "parameters": r.get("n_params"), batch[0]: batch[1], "dtype": r.get("dtype"),
+            "model FLOPs per sample": _flops_per_sample(r)}
+
+
+def _same(what, x, y) -> bool:
+    if x is None or y is None:                      # unknown (an older file) is no difference
+        return True
+    if what == "model FLOPs per sample":
+        return abs(x - y) <= SAME_REL * max(x, y)
+    return x == y
+
+
+def _differences(a, b) -> list[str]:
+    """What differs between two runs of one series, in words ('per-rank batch 8 vs 64')."""
+    ia, ib = _identity(a), _identity(b)
+    return [f"{what} {_counted(ia[what])} vs {_counted(ib[what])}" for what in ia if not _same(what, ia[what], ib[what])]
+
+
+def check_together(named) -> None:
+    """Refuse [(file name, run)] that cannot make one report: two files for one point, or points
+    of one series that compare different things (see the module docstring), each compared with
+    the first file of the series that records that field. One ValueError naming both files; the
+    runs are already validated."""
+    point, known = {}, {}
+    for name, r in named:
+        key = (r["mode"], r["config"], r["world_size"], r["repeat"])
+        if key in point:
+            raise ValueError(
+                f"two run files for one point ({r['mode']} scaling of {clean(r['config'], 60)}, "
+                f"N = {r['world_size']}, repeat {r['repeat']}): {point[key]} and {name}; every file in runs/ "
+                "counts as a run, so a copied or renamed file counts twice: keep one of them")
+        point[key] = name
+        first = known.setdefault((r["mode"], r["config"]), {})     # what -> (file, its value, its run)
+        for what, value in _identity(r).items():
+            if what in first and not _same(what, first[what][1], value):
+                other, _, other_run = first[what]
+                raise ValueError(
+                    f"{other} and {name} are not one series ({r['mode']} scaling of "
+                    f"{clean(r['config'], 60)}): {'; '.join(_differences(other_run, r))}; a sweep with "
+                    "another model, batch or dtype needs its own output folder (scaling --out NEW_FOLDER), "
+                    "or move the older run files out of runs/")
+            if value is not None:
+                first.setdefault(what, (name, value, r))

@@ -1,12 +1,15 @@
 """bench-comm: the projection says which alpha/bandwidth it used, a poor fit warns, the plot is a
-300 dpi PNG + PDF with words and units, and bad --alpha-us / --bandwidth-gbps / --out are one line."""
+300 dpi PNG + PDF with words and units, and bad or implausible --alpha-us / --bandwidth-gbps and a
+bad --out are one line; the console explains busbw and prints weak and strong projections."""
+import io
 import json
+import warnings
 
 import numpy as np
 import pytest
 
 from ddp_scratch.study import bench_comm
-from ddp_scratch.study.bench_comm import R2_POOR, analyse, fit_warning, projection_text
+from ddp_scratch.study.bench_comm import GBPS, R2_POOR, analyse, fit_warning, projection_lines, projection_text
 from ddp_scratch.study.comm_model import predict_allreduce, project_efficiency
 from test_report import png_dpi
 
@@ -24,7 +27,7 @@ def test_projection_with_the_fit_says_so_and_needs_no_warning(tmp_path):
     res = analyse(meas(), 2, tmp_path, compute=COMPUTE)
     assert res["fit"]["r2"] > 0.999 and not res["fit"]["poor"]
     assert fit_warning(res) is None
-    assert projection_text(res) == "projection with the fit: alpha = 5 us, bandwidth 5 GB/s"
+    assert projection_text(res) == f"projection with the fit: alpha = 5 us, bandwidth 5 {GBPS}"
     saved = json.loads((tmp_path / "bench_comm.json").read_text())
     assert saved["projection_note"] == projection_text(res) and saved["fit"]["r2_poor_below"] == R2_POOR
     fig = bench_comm.figure(res)
@@ -39,8 +42,8 @@ def test_projection_with_the_fit_says_so_and_needs_no_warning(tmp_path):
 def test_projection_with_given_values_says_so_and_uses_them(tmp_path):
     res = analyse(meas(), 2, tmp_path, alpha=2e-6, beta=1 / 25e9, compute=COMPUTE)
     text = projection_text(res)
-    assert text == ("projection with the given alpha = 2 us, bandwidth 25 GB/s (--alpha-us, --bandwidth-gbps), "
-                    "not the fit")
+    assert text == ("projection with the given alpha = 2 us, bandwidth 25 GB/s (gigabytes per second; divide "
+                    "Gbit/s by 8) from --alpha-us and --bandwidth-gbps, not the fit")
     want = project_efficiency(0.01, 4e6, [8, 16, 32, 64, 128, 256, 512, 1024], 2e-6, 1 / 25e9, "weak")
     assert res["projections"]["mlp_digits"]["weak"] == want
     fig = bench_comm.figure(res)
@@ -55,7 +58,8 @@ def test_a_poor_fit_warns_and_names_what_to_do(tmp_path):
     w = fit_warning(res)
     assert w.startswith(f"warning: poor alpha-beta fit (r2 {res['fit']['r2']:.2f} < {R2_POOR})")
     assert "the projection built on it is unreliable" in w
-    assert "quieter machine" in w and "--alpha-us and --bandwidth-gbps" in w and "\n" not in w
+    assert "quieter machine" in w and f"--alpha-us in microseconds and --bandwidth-gbps in {GBPS}" in w
+    assert "\n" not in w
     assert "poor fit" in bench_comm.figure(res).axes[0].get_title()
     given = analyse(meas(noise=1.5, seed=3), 2, tmp_path, alpha=2e-6, beta=1 / 25e9)
     assert "the projection does not use it (given values)" in fit_warning(given)
@@ -67,12 +71,50 @@ def test_a_poor_fit_warns_and_names_what_to_do(tmp_path):
     (["--alpha-us", "2", "--bandwidth-gbps", "0"], "bench-comm --bandwidth-gbps: expected a positive number"),
     (["--alpha-us", "2", "--bandwidth-gbps", "nan"], "bench-comm --bandwidth-gbps: expected a positive number"),
     (["--alpha-us", "inf", "--bandwidth-gbps", "25"], "bench-comm --alpha-us: expected a positive number"),
+    (["--alpha-us", "1e300", "--bandwidth-gbps", "1e-300"],
+     "bench-comm --alpha-us: expected a latency of at most 1,000,000 microseconds (1 s;"),
+    (["--alpha-us", "2", "--bandwidth-gbps", "1e-300"],
+     f"bench-comm --bandwidth-gbps: expected 0.001 to 10,000 {GBPS}, that is 1 MB/s to 10 TB/s, got 1e-300"),
+    (["--alpha-us", "2", "--bandwidth-gbps", "20000"], "bench-comm --bandwidth-gbps: expected 0.001 to 10,000"),
 ])
 def test_bad_alpha_or_bandwidth_is_one_line(tmp_path, launch, flags, message):
     r = launch("bench-comm", "-n", 2, "--out", tmp_path / "o", "--configs", "", *flags, timeout=60)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), r.stderr
     assert not (tmp_path / "o").exists()                  # refused before anything was measured
+
+
+@pytest.mark.parametrize("alpha, beta, flag", [(1.5, 1 / 25e9, "--alpha-us"), (2e-6, 1 / 1e5, "--bandwidth-gbps"),
+                                               (2e-6, 1 / 2e13, "--bandwidth-gbps"), (2e-6, 0.0, "--bandwidth-gbps")])
+def test_analyse_refuses_implausible_given_values_and_writes_nothing(tmp_path, alpha, beta, flag):
+    with pytest.raises(ValueError, match=f"^{flag}: expected"):
+        analyse(meas(), 2, tmp_path / "o", alpha=alpha, beta=beta, compute=COMPUTE)
+    assert not (tmp_path / "o").exists()
+    analyse(meas(), 2, tmp_path / "edge", alpha=1.0, beta=1 / 1e6, compute=COMPUTE)   # 1 s, 1 MB/s: allowed
+
+
+def test_absurd_values_reaching_the_plot_warn_nothing_and_keep_the_measurement_visible(tmp_path):
+    res = analyse(meas(), 2, tmp_path, alpha=2e-6, beta=1 / 25e9, compute=COMPUTE)
+    res["projection_params"].update(alpha_s=1e294, beta_s_per_byte=1e291)     # as --alpha-us 1e300 would
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # an overflow in the plot code fails here
+        fig = bench_comm.figure(res)
+        fig.savefig(io.BytesIO(), format="png", dpi=20)
+        assert set(bench_comm._plot(res)) == {"bench_comm.png", "bench_comm.pdf"}
+    lo, hi = fig.axes[0].get_ylim()
+    measured = [m["seconds"] * 1e6 for m in res["measured"]]
+    assert lo <= min(measured) and max(measured) <= hi, (lo, hi)      # the left panel is not empty
+
+
+def test_console_projection_has_weak_and_strong_rows():
+    res = {"projections": {"mlp": {"compute_s": 0.0015, "grad_bytes": 400 << 10,
+                                   "weak": [{"world_size": n, "efficiency": e} for n, e in ((8, 0.991), (16, 0.5))],
+                                   "strong": [{"world_size": n, "efficiency": e} for n, e in ((8, 0.8), (16, 0.00523))]}}}
+    assert projection_lines(res) == [
+        "mlp: compute 1.5 ms/step, gradients 400 KiB; predicted parallel efficiency (%):",
+        "  ranks       8     16",
+        "  weak     99.1     50",
+        "  strong     80  0.523"]
 
 
 def test_out_that_is_a_file_is_one_line(tmp_path, launch):
@@ -86,12 +128,18 @@ def test_out_that_is_a_file_is_one_line(tmp_path, launch):
 
 
 def test_bench_comm_console_names_the_projection_parameters(tmp_path, launch):
-    r = launch("bench-comm", "-n", 2, "--out", tmp_path, "--configs", "", "--alpha-us", "2",
-               "--bandwidth-gbps", "25", timeout=300)
+    r = launch("bench-comm", "-n", 2, "--out", tmp_path, "--configs", "experiments/mlp_digits.yaml",
+               "--alpha-us", "2", "--bandwidth-gbps", "25", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout.splitlines()
-    assert ("projection with the given alpha = 2 us, bandwidth 25 GB/s (--alpha-us, --bandwidth-gbps), "
-            "not the fit") in out
+    assert (f"projection with the given alpha = 2 us, bandwidth 25 {GBPS} from --alpha-us and "
+            "--bandwidth-gbps, not the fit") in out
+    assert r.stdout.count("busbw = bus bandwidth 2(N-1)/N x bytes / time") == 1      # explained once
+    assert out[0].startswith("all-reduce (sum of float32) on 2 ranks") and "busbw" in out[1]
+    at = [i for i, line in enumerate(out) if line.startswith("mlp_digits: compute ")]
+    assert len(at) == 1, out
+    rows = [line.split()[0] for line in out[at[0] + 1:at[0] + 4]]
+    assert rows == ["ranks", "weak", "strong"], out          # both projections, as in the plot
     res = json.loads((tmp_path / "bench_comm.json").read_text())
     warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warned) == (1 if res["fit"]["r2"] < R2_POOR else 0), r.stderr

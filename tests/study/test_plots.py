@@ -47,9 +47,9 @@ def overlaps(a, b):
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
-@pytest.mark.parametrize("case", ["2 series, 3-4 worlds", "1 series, 1 world", "1 series, 4 worlds"])
+@pytest.mark.parametrize("case", ["2 series, 3-4 worlds", "1 series, 1 world", "1 series, 4 worlds", "GPT and MLP"])
 def test_layout_nothing_clipped_or_covered(case, monkeypatch):
-    runs = {"2 series, 3-4 worlds": all_runs(),
+    runs = {"2 series, 3-4 worlds": all_runs(), "GPT and MLP": gpt_and_mlp(),
             "1 series, 1 world": [run("weak", 1, 0, 0.5, source="measured-rapl")],
             "1 series, 4 worlds": [run("strong", n, 0, 1.0 / n) for n in (1, 2, 4, 8)]}[case]
     figs = figures(aggregate(runs), monkeypatch)
@@ -117,8 +117,72 @@ def test_units_follow_the_values(monkeypatch):
     figs = figures(aggregate(slow), monkeypatch)
     assert figs["throughput"].get_axes()[0].get_ylabel() == "throughput, all ranks (samples/s)"
     assert figs["time_breakdown"].get_axes()[0].get_ylabel() == "time per step (s)"
-    fast = [run("weak", n, 0, 0.004, per_rank=4096) for n in (1, 2)]  # ~1-2 million samples/s
+    fast = [run("weak", n, 0, 0.004, per_rank=4096, flops_per_sample=1e3) for n in (1, 2)]  # ~1-2 million samples/s
     figs = figures(aggregate(fast), monkeypatch)
     assert figs["throughput"].get_axes()[0].get_ylabel() == "throughput, all ranks (million samples/s)"
     assert figs["time_breakdown"].get_axes()[0].get_ylabel() == "time per step (ms)"
     assert figs["flops"].get_axes()[0].get_ylabel() == "FLOP/s, all ranks (GFLOP/s)"
+
+
+def gpt_and_mlp():
+    gpt = [run("strong", n, 0, 0.5 / n ** 0.8, config="gpt_strong") for n in (1, 2, 4)]
+    for r in gpt:
+        r.update(model="gpt", tokens_per_s=r["samples_per_s"] * 256)     # 256-token windows
+    return gpt + [run("weak", n, 0, 0.01 * (1 + n / 20)) for n in (1, 2, 4, 8)]
+
+
+def dashed(ax):
+    return [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+
+
+@pytest.mark.parametrize("name, key", [("throughput", "samples_per_s"), ("flops", "flops_per_s")])
+def test_ideal_is_linear_in_n_drawn_densely_in_each_series_colour(monkeypatch, name, key):
+    """On the log-2 axis y = rate x N/b is a curve: points between the measured worlds lie on it
+    (straight segments between 1, 2, 4, 8 would not), and the legend's dashed entries are the
+    series' colours, one per series (no grey entry that matches no line)."""
+    from matplotlib.colors import to_hex
+    rows = aggregate(all_runs())
+    fig = figures(rows, monkeypatch)[name]
+    (ax,) = fig.get_axes()
+    scale = {"throughput": 1.0, "flops": 1e9}[name]                       # samples/s, GFLOP/s
+    colors = {}
+    for line in dashed(ax):
+        x, y = (list(map(float, v)) for v in line.get_data())
+        base = next(r for r in rows if r["world_size"] == r["baseline_world"] and
+                    abs(r[key + "_mean"] / scale - y[0]) < 1e-9 * y[0])
+        b = base["baseline_world"]
+        assert len(x) >= 64 * 2 and x[0] == b                             # dense from the baseline on
+        assert [yi * b / xi for xi, yi in zip(x, y)] == pytest.approx([base[key + "_mean"] / scale] * len(x))
+        assert any(not float(xi).is_integer() for xi in x)               # between the measured worlds
+        colors[(base["mode"], base["config"])] = to_hex(line.get_color())
+    assert len(colors) == 2 and len(set(colors.values())) == 2
+    entries = {t.get_text(): to_hex(h.get_color()) for leg in fig.subfigs[0].legends
+               for t, h in zip(leg.get_texts(), leg.legend_handles) if h.get_linestyle() == "--"}
+    assert entries == {"MLP, strong scaling: ideal (linear)": colors[("strong", "strong-mlp")],
+                       "MLP, weak scaling: ideal (linear)": colors[("weak", "weak-mlp")]}
+
+
+def test_one_series_has_one_ideal_entry_in_its_colour(monkeypatch):
+    from matplotlib.colors import to_hex
+    fig = figures(aggregate([run("strong", n, 0, 1.0 / n) for n in (1, 2, 4, 8)]), monkeypatch)["throughput"]
+    leg = fig.subfigs[0].legends[0]
+    labels = [t.get_text() for t in leg.get_texts()]
+    assert labels == ["MLP, strong scaling", "ideal: linear from N = 1"]
+    assert to_hex(leg.legend_handles[1].get_color()) == to_hex(dashed(fig.get_axes()[0])[0].get_color())
+
+
+def test_gpt_throughput_in_tokens_per_second_on_its_own_panel(monkeypatch):
+    rows = aggregate(gpt_and_mlp())
+    fig = figures(rows, monkeypatch)["throughput"]
+    tokens, samples = fig.get_axes()
+    assert tokens.get_ylabel() == "throughput (thousand tokens/s)" and tokens.get_title().startswith("tokens per second")
+    assert samples.get_ylabel() == "throughput (thousand samples/s)"
+    for ax, rs, key in ((tokens, [r for r in rows if r["model"] == "gpt"], "tokens_per_s_mean"),
+                        (samples, [r for r in rows if r["model"] == "mlp"], "samples_per_s_mean")):
+        measured = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+        assert len(measured) == 1                                          # only its own series
+        assert list(measured[0].get_ydata()) == pytest.approx([r[key] / 1e3 for r in rs])
+        lo, hi = ax.get_ylim()
+        assert max(measured[0].get_ydata()) > 0.3 * hi                     # not flattened at zero
+    one_unit = figures(aggregate(all_runs()), monkeypatch)["throughput"]
+    assert len(one_unit.get_axes()) == 1 and "samples/s" in one_unit.get_axes()[0].get_ylabel()

@@ -19,14 +19,15 @@ def stat(m):
     return {"min": 0.9 * m, "median": m, "max": 1.1 * m}
 
 
-def run(mode, n, rep, t, config=None, per_rank=32, source="estimated-horowitz45nm"):
+def run(mode, n, rep, t, config=None, per_rank=32, source="estimated-horowitz45nm", flops_per_sample=1e7):
+    """One run file as the sweep writes it (FLOP/s = samples/s x the model's FLOPs per sample)."""
     gb = per_rank * n if mode == "weak" else 128
     return {"mode": mode, "config": config or f"{mode}-mlp", "model": "mlp",
             "world_size": n, "repeat": rep, "global_batch": gb,
             "per_rank_batch": gb // n, "steps": 20, "samples_per_s": gb / t,
             "tokens_per_s": None, "step_time_s": stat(t), "compute_s": stat(0.6 * t),
             "comm_s": stat(0.3 * t), "wait_s": stat(0.1 * t),
-            "flops_per_s": 1e9 * n, "mfu": None, "peak_mem_bytes": stat(1e6 * n),
+            "flops_per_s": gb / t * flops_per_sample, "mfu": None, "peak_mem_bytes": stat(1e6 * n),
             "energy": {"source": source, "joules_per_step": 2.0 * t,
                        "joules_per_epoch": None, "ops_per_joule": 1e9 / (2.0 * t),
                        "mean_watts": 2.0}}
@@ -159,7 +160,8 @@ def test_write_report(tmp_path):
     # only the weak series measured its energy: the plot says what it leaves out
     assert "Left out, because their energy is not measured: MLP, strong scaling at N = 1, 2, 4" in md
     assert "baseline_world" in md
-    assert md.count("\n| strong |") == 3 and md.count("\n| weak |") == 3
+    strong, weak = md.split("### MLP, strong scaling")[1].split("### MLP, weak scaling")   # a table each
+    assert strong.count("\n| ") == 1 + 3 and weak.split("## Plots")[0].count("\n| ") == 1 + 3   # head, 3 rows
     assert "other ms" in md and "optimizer update" in md
     assert (tmp_path / "scaling.csv").read_text().startswith("mode,config,")
     # runs without an environment record (older run files) still report, and say so

@@ -31,6 +31,17 @@ def test_wrong_run_file_is_one_line(tmp_path, launch, content, field):
     assert f"x.json: {field}" in line, line
 
 
+def test_a_copied_run_file_or_a_mixed_series_is_one_line(tmp_path, launch):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "a.json").write_text(json.dumps(valid(1)))
+    (tmp_path / "runs" / "a copy.json").write_text(json.dumps(valid(1)))
+    line = one_error_line(launch("report", tmp_path, timeout=60))
+    assert "two run files for one point" in line and "a copy.json and " in line and "a.json;" in line, line
+    (tmp_path / "runs" / "a copy.json").write_text(json.dumps(valid(2) | {"global_batch": 64}))
+    line = one_error_line(launch("report", tmp_path, timeout=60))
+    assert "are not one series" in line and "global batch 64 vs 128" in line, line
+
+
 def test_fifo_named_json_does_not_block(tmp_path, launch):
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "a.json").write_text(json.dumps(valid(1)))

@@ -25,9 +25,10 @@ def valid(n=2, rep=0):
 
 
 def one_file(tmp_path, content):
-    """DIR/runs/ holding a valid baseline run and `content` (an object or bytes) as x.json."""
+    """DIR/runs/ holding a valid baseline run (repeat 1, so that x.json may be world 1) and
+    `content` (an object or bytes) as x.json."""
     (tmp_path / "runs").mkdir(exist_ok=True)
-    (tmp_path / "runs" / "a.json").write_text(json.dumps(valid(1)))
+    (tmp_path / "runs" / "a.json").write_text(json.dumps(valid(1, rep=1)))
     data = content if isinstance(content, bytes) else json.dumps(content).encode()
     (tmp_path / "runs" / "x.json").write_bytes(data)
     return tmp_path
@@ -66,6 +67,8 @@ CASES = [  # (what is wrong, the file's content, what the message must name)
     ("global_batch 0", mutated(["global_batch"], 0), "global_batch"),
     ("tokens_per_s a string", mutated(["tokens_per_s"], "many"), "tokens_per_s"),
     ("device a number", mutated(["device"], 5), "device"),
+    ("n_params a float", mutated(["n_params"], 1.5), "n_params must be an integer from 1"),
+    ("n_params 0", mutated(["n_params"], 0), "n_params must be an integer from 1"),
     ("environment a list", mutated(["environment"], []), "environment"),
     ("environment.hosts a string", mutated(["environment", "hosts"], "n1"), "environment.hosts"),
     ("environment.gpus[0].name a number", mutated(["environment", "gpus"], [{"name": 1}]),
@@ -93,6 +96,15 @@ def test_each_wrong_file_is_one_value_error_naming_file_and_field(tmp_path, what
     assert "\n" not in msg and msg.startswith(str(tmp_path / "runs" / "x.json") + ": "), msg
     assert field in msg, msg
     assert not (tmp_path / "report.md").exists()
+
+
+def test_a_missing_key_says_what_a_run_file_holds_not_where_the_code_is(tmp_path):
+    with pytest.raises(ValueError) as info:
+        write_report(one_file(tmp_path, mutated(["wait_s"], delete=True)))
+    msg = str(info.value)
+    assert ("missing keys ['wait_s'] (expected a run file of `launch.py scaling`, an object with the keys "
+            "mode, config, model, world_size, ") in msg
+    assert ".py" not in msg.replace("launch.py", "")           # no pointer into the source code
 
 
 def test_special_files_named_json_are_refused_without_blocking(tmp_path):
@@ -124,7 +136,7 @@ def test_a_valid_run_with_environment_passes_and_extra_keys_are_fine(tmp_path):
 PATHS = [(k,) for k in valid()] + [(k, q) for k in ("step_time_s", "compute_s", "comm_s", "wait_s",
                                                       "peak_mem_bytes") for q in ("min", "median", "max")]
 PATHS += [("energy", k) for k in valid()["energy"]] + [("environment", k) for k in ENV]
-PATHS += [("environment", "gpus"), ("new_key",)]
+PATHS += [("environment", "gpus"), ("new_key",), ("n_params",)]
 numbers = st.one_of(st.integers(-10**6, 10**6), st.integers(), st.floats(),
                     st.sampled_from([0, -1, 1e-320, 1e-9, 1e6, 1e30, 1e31, 1e308, 2**63, 0.0]))
 scalars = st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=30))
