@@ -104,9 +104,9 @@ def build_parser():
     p.add_argument("--out", type=path("an output folder"), required=True,
                    help="folder for bench_comm.json and its plot")
     p.add_argument("--alpha-us", type=float, default=None,
-                   help="interconnect latency in microseconds, for the projection (with --bandwidth-gbps)")
+                   help="interconnect latency for the projection, in microseconds (with --bandwidth-gbps)")
     p.add_argument("--bandwidth-gbps", type=float, default=None,
-                   help="interconnect bandwidth in GB/s (gigabytes per second; divide Gbit/s by 8)")
+                   help="interconnect bandwidth for the projection, in GB/s (gigabytes per second; divide Gbit/s by 8)")
     p.add_argument("--configs", default="experiments/mlp_digits.yaml,experiments/gpt_addition.yaml",
                    help="comma-separated configs whose step time and gradient size are projected")
     add_submit_parser(cmd)

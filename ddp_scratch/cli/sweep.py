@@ -43,7 +43,7 @@ def run_json(summary, mode, config, n, repeat, gb):
     items = summary.get("tokens_per_s") is not None
     per_item = summary.get("items_per_sample", 1)
     return {
-        "mode": mode, "config": config, "model": summary["model"], "world_size": n, "repeat": repeat,
+        "mode": mode, "config": config, "model": summary["model"], "n_params": summary.get("n_params"), "world_size": n, "repeat": repeat,
         "global_batch": gb, "per_rank_batch": gb / n, "steps": t["steps_timed"],
         "samples_per_s": gb / step_s,
         "tokens_per_s": gb * per_item / step_s if items else None,
