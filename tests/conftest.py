@@ -135,3 +135,37 @@ def pytest_ignore_collect(collection_path, config):
     if collection_path.name == "mpi" and collection_path.is_dir():
         return not config.getoption("--with-mpi", default=False)
     return None
+
+
+_SHM_AT_START = set()
+
+
+def _mapped_shm():
+    import glob
+    names = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as f:
+                names.update(ln.rsplit("/", 1)[-1].strip() for ln in f if "/dev/shm/mpich_shm_" in ln)
+        except OSError:
+            pass
+    return names
+
+
+def pytest_sessionstart(session):
+    if os.path.isdir("/dev/shm"):
+        _SHM_AT_START.update(n for n in os.listdir("/dev/shm") if n.startswith("mpich_shm_"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Ranks these tests killed on purpose (SIGKILL, aborts) never unlink MPICH's shared-memory
+    segments: remove the ones this session left that no process maps any more."""
+    if not os.path.isdir("/dev/shm") or os.environ.get("PMI_RANK"):
+        return
+    mapped = _mapped_shm()
+    for name in os.listdir("/dev/shm"):
+        if name.startswith("mpich_shm_") and name not in _SHM_AT_START and name not in mapped:
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except OSError:
+                pass

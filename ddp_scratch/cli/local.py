@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 from ..errors import UserError
 
@@ -81,6 +82,14 @@ _received = []          # every stop signal this process got since its first Lau
 _current = []           # the Launch whose job is running now (at most one)
 
 
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def signals_since(mark):
     """Names of the stop signals received after `mark` = a len(received_signals()) taken earlier."""
     return _received[mark:]
@@ -118,7 +127,7 @@ def _install_handlers():
 class Launch:
     """A launcher (mpiexec) run in its own session, so the terminal's Ctrl-C reaches only us and
     we decide what the ranks get: the first INT/TERM/HUP/USR asks them to checkpoint and stop,
-    a second Ctrl-C ends them at once, a second TERM/HUP kills them. mpiexec's multi-line
+    a second signal ends them at once (and removes their shared memory). mpiexec's multi-line
     banners are replaced by one line naming the rank that died and its signal."""
 
     _count = 0
@@ -132,6 +141,7 @@ class Launch:
         self.ranks = {}             # pid -> rank, of the job's rank processes (scanned while alive)
         self.banner = {}
         self.mpi_said, self.said_error = [], False      # MPI's own error lines (held back); ours
+        self.killed = False
 
     @property
     def signals(self):
@@ -178,14 +188,39 @@ class Launch:
         if proc is None or proc.poll() is not None:
             return
         count = len(self.signals) if not replay else 1
-        if count == 1 or name == "SIGINT":
+        if count == 1:
             proc.send_signal(getattr(signal, FORWARD[name]))
         else:                              # asked twice: do not wait for a clean stop
-            for pid in [*self.ranks, proc.pid]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            self._kill()
+
+    def _kill(self):
+        """SIGKILL the ranks and mpiexec, and remove the MPICH shared-memory segments the ranks
+        had mapped (a killed rank never unlinks them: /dev/shm would fill up)."""
+        import re
+        self.killed = True
+        self._scan()
+        shm = set()
+        for pid in self.ranks:
+            try:
+                with open(f"/proc/{pid}/maps") as f:
+                    shm.update(re.findall(r"/dev/shm/mpich_shm_\S+", f.read()))
+            except OSError:
+                pass
+        for pid in [*self.ranks, self.proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in self.ranks:             # gone before their segments go
+            for _ in range(50):
+                if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
+                    break
+                time.sleep(0.02)
+        for segment in shm:
+            try:
+                os.unlink(segment)
+            except OSError:
+                pass
 
     def _scan(self):
         """pid -> rank of the job's ranks (each in a session of its own under mpiexec's proxy)."""
@@ -255,8 +290,11 @@ class Launch:
                 pass
 
     def _status(self, rc):
-        if self.signals.count("SIGINT") > 1:
-            return 130                     # Ctrl-C twice: mpiexec tore the ranks down
+        if self.killed:                    # asked twice: the ranks were killed
+            first = self.signals[0]
+            sys.stderr.write(f"stopped at once by a second signal ({', '.join(self.signals)}): the ranks were "
+                             "killed; the last checkpoint written stays (--resume continues from it)\n")
+            return 130 if first == "SIGINT" else 128 + getattr(signal, first)
         sig = self.banner.get("signal")
         if sig and not self.signals:
             pid = self.banner.get("pid")
