@@ -82,6 +82,16 @@ _received = []          # every stop signal this process got since its first Lau
 _current = []           # the Launch whose job is running now (at most one)
 
 
+def _exit_signal(pid):
+    """The signal that ended process `pid`, if it is still a zombie (field 52 of its stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[49]) & 0x7F or None) if fields[0] == "Z" and len(fields) > 49 else None
+
+
 def _zombie(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -142,6 +152,8 @@ class Launch:
         self.banner = {}
         self.mpi_said, self.said_error = [], False      # MPI's own error lines (held back); ours
         self.killed = False
+        self.gone = {}              # pid -> signal that ended it (None: unknown)
+        self.gone_batches = []      # pids in the order they ended, grouped by the watcher's wake-ups
 
     @property
     def signals(self):
@@ -169,6 +181,9 @@ class Launch:
                            for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
                 for r in readers:
                     r.start()
+            if self.mpi:
+                readers.append(threading.Thread(target=self._watch, daemon=True))
+                readers[-1].start()
             while proc.poll() is None:
                 if self.mpi:
                     self._scan()
@@ -246,14 +261,15 @@ class Launch:
              "[proxy:", "[mpiexec@")
     # MPICH's own report of a failed collective after a rank died: its 'Abort(...) on node' line
     # and an error stack of 'function(line)....: text' frames
-    MPI_STACK = r"^(Abort\(\d+\) on node|\[?\w+\(\d+\)\.*:|\(unknown\)\(\):|\[unset\]:)"
+    MPI_STACK = (r"^(Abort\(\d+\) on node|\[?\w+\(\d+\)\.*:|\(unknown\)\(\):|\[unset\]:|"
+                 r"error: rank \d+: an MPI collective failed)")
 
     def _filter(self, src, dst):
         """Pass one of the job's streams through, minus mpiexec's banners and Ctrl-C chatter
         (parsed into self.banner). Pieces end at a newline or a carriage return, so a live
         progress bar passes at once; a reader that went away (| head) is drained, never blocks."""
         import re
-        buf = b""
+        buf, process = b"", {}
         while True:
             chunk = os.read(src.fileno(), 65536)
             if not chunk:
@@ -263,13 +279,16 @@ class Launch:
             buf = pieces.pop()                        # the unfinished rest
             for raw in pieces:
                 text = raw.decode(errors="replace").strip()
-                # the first process named is the one that failed; later ones were cleaned up
+                # a banner names a process and how it ended; a killed rank's banner wins over
+                # those of ranks mpiexec cleaned up with SIGTERM after it
                 m = re.match(r"=\s+PID (\d+) RUNNING AT (\S+)", text)
-                if m and "pid" not in self.banner:
-                    self.banner["pid"], self.banner["host"] = int(m.group(1)), m.group(2)
+                if m:
+                    process = {"pid": int(m.group(1)), "host": m.group(2)}
                 m = re.search(r"EXIT STRING: .*\(signal (\d+)\)", text)
-                if m and "signal" not in self.banner:
-                    self.banner["signal"] = int(m.group(1))
+                if m:
+                    seen = dict(process, signal=int(m.group(1)))
+                    if "signal" not in self.banner or (self.banner["signal"] == 15 and seen["signal"] != 15):
+                        self.banner = seen
                 if re.match(self.MPI_STACK, text) or "application called MPI_Abort" in text:
                     self.mpi_said.append(text)
                     continue
@@ -289,6 +308,49 @@ class Launch:
             except (OSError, ValueError):
                 pass
 
+    def _watch(self):
+        """Note the order in which rank processes end, and how, as it happens (a thread waiting on
+        pidfds): when a killed rank makes another fail first, mpiexec may name no one. A dead
+        rank's exit status can be read from /proc while it is a zombie, until its parent reaps it."""
+        import select
+        fds = {}
+        poller = select.poll()
+        while self.proc.poll() is None:
+            for pid in list(self.ranks):
+                if pid not in fds and pid not in self.gone:
+                    try:
+                        fds[os.pidfd_open(pid)] = pid
+                    except (OSError, AttributeError):
+                        self.gone.setdefault(pid, None)
+                        continue
+                    poller.register(next(fd for fd, p in fds.items() if p == pid), select.POLLIN)
+            batch = []
+            for fd, _ in poller.poll(50):
+                pid = fds.pop(fd)
+                poller.unregister(fd)
+                self.gone.setdefault(pid, _exit_signal(pid))
+                batch.append(pid)
+                os.close(fd)
+            if batch:
+                self.gone_batches.append(batch)       # ended in one wake-up: their order is unknown
+        for fd in fds:
+            os.close(fd)
+
+    def _first_gone(self):
+        """The pids of the rank(s) that ended first (several when they ended in one wake-up of the
+        watcher). Ranks that reported an MPI failure were alive to see another die: not them."""
+        import re
+        reporters = set()
+        for line in self.mpi_said:
+            m = re.search(r"\(rank (\d+) in comm 0\)", line) or re.match(r"error: rank (\d+):", line)
+            if m:
+                reporters.add(int(m.group(1)))
+        for batch in self.gone_batches:
+            candidates = [pid for pid in batch if self.ranks.get(pid) not in reporters]
+            if candidates:
+                return candidates
+        return []
+
     def _status(self, rc):
         if self.killed:                    # asked twice: the ranks were killed
             first = self.signals[0]
@@ -307,6 +369,20 @@ class Launch:
             sys.stderr.write(f"error: {who} (pid {pid} on {self.banner.get('host', '?')}) was killed by "
                              f"{signame}; mpiexec ended the other ranks (exit status {128 + sig})\n")
             return 128 + sig
+        first = self._first_gone()
+        if rc not in (0, 75, 130) and not self.signals and first and (self.mpi_said or not self.said_error):
+            host = os.uname().nodename
+            if len(first) == 1:
+                pid, sig = first[0], self.gone[first[0]]
+                how = (f"was killed by {signal.Signals(sig).name}" if sig else
+                       "ended first, without a word (killed by a signal or crashed)")
+                sys.stderr.write(f"error: rank {self.ranks[pid]} (pid {pid} on {host}) {how}; "
+                                 f"mpiexec ended the other ranks (exit status {128 + sig if sig else rc})\n")
+                return 128 + sig if sig else rc
+            who = " and ".join(f"rank {self.ranks[p]} (pid {p})" for p in sorted(first, key=self.ranks.get))
+            sys.stderr.write(f"error: {who} on {host} ended at the same moment, one of them first (killed by a "
+                             f"signal or crashed); mpiexec ended the job (exit status {rc})\n")
+            return rc
         if rc not in (0, 75, 130) and not self.said_error and self.mpi_said and not self.signals:
             sys.stderr.write(f"error: the MPI library ended the job (exit status {rc}): {self.mpi_said[0][:300]}\n")
         return rc

@@ -206,6 +206,13 @@ def main(argv=None):
             if rank == 0 and not os.environ.get("DDP_NESTED"):   # a sweep's point: the sweep says it
                 print(str(e), file=sys.stderr, flush=True)
             return e.code
+        if size > 1 and type(e).__module__.startswith("mpi4py"):
+            # MPI itself failed under this rank (a peer died, the network went away): no traceback
+            # of ours to show, and the launcher names the rank that died
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            sys.stderr.write(f"error: rank {rank}: an MPI collective failed ({first}); another rank has "
+                             f"probably died; aborting all {size} ranks\n")
+            abort_world(1, settle_s=2.0)   # time for mpiexec to see the dead rank and name it first
         if size > 1:    # the other ranks may sit in a collective: take the whole world down now
             import traceback
             sys.stderr.write(traceback.format_exc() + f"error: rank {rank}: {type(e).__name__}: {e}; "
