@@ -179,7 +179,7 @@ def main(argv=None):
     try:
         return HANDLERS[args.cmd](args)
     except UserError as e:
-        from ..parallel.world import abort_world, initialized_world, launcher_rank
+        from ..parallel.env import abort_world, initialized_world, launcher_rank
         rank, size, mpi = initialized_world()
         # Errors raised before MPI starts (config, CLI) or agreed by all ranks are the same on
         # every rank, or said by one of them: say them once.
@@ -190,7 +190,7 @@ def main(argv=None):
             abort_world(e.exit_code, settle_s=0.2)   # this rank alone: the others may sit in a collective
         return e.exit_code
     except KeyboardInterrupt as e:
-        from ..parallel.world import initialized_world
+        from ..parallel.env import initialized_world
         rank, size, _ = initialized_world()
         if rank == 0:
             print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr, flush=True)
@@ -199,7 +199,7 @@ def main(argv=None):
             os._exit(code)   # no MPI_Finalize: a rank that sits in a collective would wait forever
         return code
     except Exception as e:
-        from ..parallel.world import abort_world, initialized_world
+        from ..parallel.env import abort_world, initialized_world
         from ..run.trainer import Stopped
         rank, size, _ = initialized_world()
         if isinstance(e, Stopped):

@@ -71,7 +71,7 @@ class TrainTask:
     def __call__(self):
         if self.local_ranks:
             return self._run_local()
-        from ..parallel.world import initialized_world
+        from ..parallel.env import initialized_world
         from ..run.trainer import Stopped
         from .train import cmd_train
         p = argparse.ArgumentParser(prog="launch.py train")

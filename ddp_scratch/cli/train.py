@@ -1,7 +1,7 @@
 """`launch.py train`: one rank of a training run (alone, or one of mpiexec's/srun's ranks)."""
 import os
 
-from ..parallel.world import launcher_rank
+from ..parallel.env import launcher_rank
 from .args import check_train_args, default_out
 from .local import local_ranks, set_threads, warn_if_oversubscribed
 
