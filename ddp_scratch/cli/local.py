@@ -1,6 +1,7 @@
 """Processes on this machine: threads per rank, finding mpiexec, `launch.py local -n N`, and
 forwarding a launcher's exit status and Ctrl-C to every rank."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -170,20 +171,21 @@ class Launch:
             env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
         pipe = subprocess.PIPE if self.mpi else None
         _current[:] = [self]
+        readers = []
         try:
-            proc = self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env, stdout=pipe,
-                                                stderr=pipe, cwd=self.cwd)
+            try:
+                proc = self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env, stdout=pipe,
+                                                    stderr=pipe, cwd=self.cwd)
+            except OSError as e:
+                raise UserError(f"cannot start {self.argv[0]}: {e.strerror or e}") from None
             for name in self.signals:           # arrived while the job was being started
                 self._forward(name, replay=True)
-            readers = []
-            if self.mpi:
+            if self.mpi:                        # its two streams, and the ranks' ends
                 readers = [threading.Thread(target=self._filter, args=(src, dst), daemon=True)
                            for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+                readers.append(threading.Thread(target=self._watch, daemon=True))
                 for r in readers:
                     r.start()
-            if self.mpi:
-                readers.append(threading.Thread(target=self._watch, daemon=True))
-                readers[-1].start()
             while proc.poll() is None:
                 if self.mpi:
                     self._scan()
@@ -211,7 +213,6 @@ class Launch:
     def _kill(self):
         """SIGKILL the ranks and mpiexec, and remove the MPICH shared-memory segments the ranks
         had mapped (a killed rank never unlinks them: /dev/shm would fill up)."""
-        import re
         self.killed = True
         self._scan()
         shm = set()
@@ -268,7 +269,6 @@ class Launch:
         """Pass one of the job's streams through, minus mpiexec's banners and Ctrl-C chatter
         (parsed into self.banner). Pieces end at a newline or a carriage return, so a live
         progress bar passes at once; a reader that went away (| head) is drained, never blocks."""
-        import re
         buf, process = b"", {}
         while True:
             chunk = os.read(src.fileno(), 65536)
@@ -339,7 +339,6 @@ class Launch:
     def _first_gone(self):
         """The pids of the rank(s) that ended first (several when they ended in one wake-up of the
         watcher). Ranks that reported an MPI failure were alive to see another die: not them."""
-        import re
         reporters = set()
         for line in self.mpi_said:
             m = re.search(r"\(rank (\d+) in comm 0\)", line) or re.match(r"error: rank (\d+):", line)

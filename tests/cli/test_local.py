@@ -77,3 +77,67 @@ def test_threads_take_effect_in_a_training_run(tmp_path):
                        env=dict(os.environ, OMP_NUM_THREADS="", OPENBLAS_NUM_THREADS=""))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "1", r.stdout
+
+
+def _filtered(text, launch=None):
+    """What Launch._filter passes through of `text` (as mpiexec would write it), and the Launch."""
+    import io
+    import threading
+    from ddp_scratch.cli.local import Launch
+    launch = launch or Launch(["true"])
+    r, w = os.pipe()
+    out = io.TextIOWrapper(io.BytesIO(), write_through=True)
+    t = threading.Thread(target=launch._filter, args=(os.fdopen(r, "rb"), out))
+    t.start()
+    os.write(w, text.encode())
+    os.close(w)
+    t.join(5)
+    return out.buffer.getvalue().decode(), launch
+
+
+HYDRA_KILLED = """step 5/10: loss 0.1
+
+===================================================================================
+=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES
+=   PID 4242 RUNNING AT node7
+=   EXIT CODE: 9
+=   CLEANING UP REMAINING PROCESSES
+=   YOU CAN IGNORE THE BELOW CLEANUP MESSAGES
+===================================================================================
+YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)
+This typically refers to a problem with your application.
+Please see the FAQ page for debugging suggestions
+"""
+
+
+def test_the_launcher_turns_mpiexecs_banner_into_one_line(capsys):
+    from ddp_scratch.cli.local import Launch
+    passed, launch = _filtered(HYDRA_KILLED)
+    assert passed == "step 5/10: loss 0.1\n"
+    launch.ranks = {4242: 3, 4243: 0}
+    assert launch._status(9) == 137
+    assert capsys.readouterr().err == ("error: rank 3 (pid 4242 on node7) was killed by SIGKILL; "
+                                       "mpiexec ended the other ranks (exit status 137)\n")
+    launch = Launch(["true"])                     # a cleaned-up rank's SIGTERM banner does not win
+    _filtered(HYDRA_KILLED.replace("4242", "5000").replace("signal 9", "signal 15") + HYDRA_KILLED, launch)
+    assert launch.banner == {"pid": 4242, "host": "node7", "signal": 9}
+
+
+def test_the_launcher_holds_back_mpich_error_stacks_and_ctrl_c_chatter(capsys):
+    text = ("[mpiexec@vm] Sending Ctrl-C to processes as requested\n"
+            "[mpiexec@vm] Press Ctrl-C again to force abort\n"
+            "[proxy:0@vm] HYD_pmcd_pmip_control_cmd_cb (pmip_cb.c:490): assert (!closed) failed\n"
+            "Abort(74001807) on node 0 (rank 0 in comm 0): Fatal error in internal_Allreduce_c: Other MPI error\n"
+            "MPID_Allreduce(483)...............................: \n"
+            "interrupted: checkpoint written at step 12; continue with --resume\n")
+    passed, launch = _filtered(text)
+    assert passed == "interrupted: checkpoint written at step 12; continue with --resume\n"
+    assert len(launch.mpi_said) == 2
+    launch.mark, launch.end = 0, 0
+    assert launch._status(134) == 134          # nothing else said: MPI's first line, as one error line
+    assert capsys.readouterr().err.startswith("error: the MPI library ended the job (exit status 134): Abort(")
+
+
+def test_a_progress_bar_passes_at_once():
+    passed, _ = _filtered("\r[##   ] 1/10\r[#### ] 2/10")
+    assert passed == "\r[##   ] 1/10\r[#### ] 2/10"
