@@ -169,3 +169,29 @@ def pytest_sessionfinish(session, exitstatus):
                 os.unlink(os.path.join("/dev/shm", name))
             except OSError:
                 pass
+
+
+# DDP_TEST_DEVICE=strict: this process and every process it starts run on the strict CuPy
+# stand-in (tests/strict_device): see tests/strict_device/sitecustomize.py.
+STRICT = os.environ.get("DDP_TEST_DEVICE") == "strict"
+BACKEND = "cupy" if STRICT else "numpy"      # what a run reports as its array module
+if STRICT:
+    _sd = os.path.join(ROOT, "tests", "strict_device")
+    os.environ["PYTHONPATH"] = os.pathsep.join([_sd] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    sys.path.insert(0, _sd)
+    import strict_backend
+    strict_backend.install_import_hook()
+    from ddp_scratch import backend as _backend
+    assert _backend.use.strict          # patched on import: use() gives the stand-in
+
+
+def pytest_collection_modifyitems(config, items):
+    """In the strict pass, tests that hand NumPy arrays to the package directly (unit tests not yet
+    written for a device) or measure host-side NumPy behaviour skip with that reason."""
+    if not STRICT:
+        return
+    for item in items:
+        m = item.get_closest_marker("host_arrays")
+        if m is not None:
+            why = m.args[0] if m.args else "hands NumPy arrays to the package directly"
+            item.add_marker(pytest.mark.skip(reason=f"strict device pass: {why}"))

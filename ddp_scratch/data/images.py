@@ -245,10 +245,13 @@ class ClassificationTask:
         if n == 0:
             return {}
         lo, hi = rank_bounds(n, comm.rank, comm.size)
-        tot = np.zeros(3)
+        # summed where the model's numbers live (device scalars on a GPU), read back once
+        sums = B.xp.zeros(2)                                   # loss, correct
         for s in range(lo, hi, self.eval_batch):
             e = min(hi, s + self.eval_batch)
             loss, correct = model.loss(X[s:e], y[s:e], 1.0)
-            tot += (loss, correct, e - s)
+            sums[0] += loss
+            sums[1] += correct
+        tot = np.append(B.to_numpy(sums), hi - lo)
         comm.all_reduce_sum_(tot, f"{split} evaluation")
         return {"loss": tot[0] / tot[2], "accuracy": tot[1] / tot[2]}

@@ -153,18 +153,28 @@ class TextTask:
             return {}
         X, Y, P = self.evals[split]
         lo, hi = rank_bounds(len(X), comm.rank, comm.size)
-        tot = np.zeros(5)                                      # loss, correct, targets, exact, problems
+        xp = B.xp
+        # Summed where the model's numbers live (device scalars on a GPU) and read back once at the
+        # end, with the wrong answer characters (exact match is decided per problem on the host).
+        sums = xp.zeros(2)                                     # loss, correct
+        miss = xp.zeros(Y[lo:hi].shape, dtype=bool) if P is not None else None
         for s in range(lo, hi, self.eval_rows):
             e = min(hi, s + self.eval_rows)
-            y = Y[s:e]
-            loss, correct = model.loss(B.xp.asarray(X[s:e]), B.xp.asarray(y), 1.0, train=False)
-            tot[:3] += (loss, correct, int((y >= 0).sum()))
+            y = xp.asarray(Y[s:e])
+            loss, correct = model.loss(xp.asarray(X[s:e]), y, 1.0, train=False)
+            sums[0] += loss
+            sums[1] += correct
             if P is not None:
-                pred = B.to_numpy(model.logits.argmax(axis=1)).reshape(y.shape)
-                pid = P[s:e]
-                wrong = np.unique(pid[(pred != y) & (y >= 0)])
-                probs = np.unique(pid[pid >= 0])
-                tot[3:] += (len(probs) - len(wrong), len(probs))
+                pred = model.logits.argmax(axis=1).reshape(y.shape)
+                miss[s - lo:e - lo] = (pred != y) & (y >= 0)
+        tot = np.zeros(5)                                      # loss, correct, targets, exact, problems
+        tot[:2] = B.to_numpy(sums)
+        tot[2] = (Y[lo:hi] >= 0).sum()
+        if P is not None:
+            pid = P[lo:hi]
+            wrong = np.unique(pid[B.to_numpy(miss)])
+            probs = np.unique(pid[pid >= 0])
+            tot[3:] = (len(probs) - len(wrong), len(probs))
         comm.all_reduce_sum_(tot, f"{split} evaluation")
         out = {"loss": tot[0] / max(1.0, tot[2]), "accuracy": tot[1] / max(1.0, tot[2])}
         if P is not None:

@@ -5,8 +5,10 @@ buffers once and turns every Param's `.data` / `.grad` into views. Optimizers an
 work on `space.params` / `space.grads` directly, so nothing is packed or copied per step.
 
 The gradient buffer carries a few extra slots after the parameters (`space.extras`): per-step
-statistics (loss sum, correct count, non-finite flag) that ride along in the gradient all-reduce
-at no extra round trip.
+statistics (loss sum, correct count, items, stop request) that ride along in the gradient
+all-reduce at no extra round trip, and the squared gradient norm, written after the all-reduce.
+The trainer reads all of them in one device->host copy per step: on a GPU every read waits for the
+queue to drain, so one per step is the budget (a non-finite loss shows in the summed loss itself).
 """
 from dataclasses import dataclass
 import math
@@ -15,9 +17,9 @@ import numpy as np
 
 from .. import backend as B
 
-N_EXTRAS = 5  # loss_sum, correct, items, nonfinite, stop request (a signal seen by any rank)
+N_EXTRAS = 5  # loss_sum, correct, items, |g|^2 after the all-reduce, stop request (a signal seen by any rank)
 HUGE_PAGE = 2 << 20  # transparent huge page size (x86-64, most arm64 kernels)
-EXTRA_LOSS, EXTRA_CORRECT, EXTRA_ITEMS, EXTRA_NONFINITE, EXTRA_STOP = range(N_EXTRAS)
+EXTRA_LOSS, EXTRA_CORRECT, EXTRA_ITEMS, EXTRA_GNORM2, EXTRA_STOP = range(N_EXTRAS)
 
 
 @dataclass(eq=False)

@@ -52,9 +52,9 @@ class MLP:
             loss, correct, self._dlogits = ops.softmax_xent_forward(logits, t, scale, out=ws)
         else:
             onehot = logits * 0
-            onehot[range(len(t)), t] = 1
+            onehot[B.xp.arange(len(t)), t] = 1
             loss, self._dlogits = ops.mse_forward(logits, onehot, scale)
-            correct = int((logits.argmax(axis=1) == t).sum())
+            correct = ops.number((logits.argmax(axis=1) == t).sum(), int)
         self._t, self._scale = t, scale
         return loss, correct
 

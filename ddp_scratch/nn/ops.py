@@ -201,6 +201,21 @@ ACTIVATIONS = {
 # ----------------------------------------------------------------------------- losses
 # Both losses return the SUM over rows times `scale` (1 / global number of items), so that the
 # per-rank gradients add up under an all-reduce SUM to the gradient of the global mean loss.
+# On the CPU they are Python numbers; on a GPU 0-d device arrays, since reading a number back
+# waits for the device's queue: the trainer reads a step's statistics once, together.
+
+def number(x, kind=float):
+    """A reduction's result as a number: a Python one on the CPU, a 0-d device array (no read) on a GPU."""
+    if B.on_gpu():
+        return x.astype(B.xp.float64) if kind is float else x
+    return kind(x)
+
+
+def _all_valid(valid):
+    """Whether no target is ignored: a shortcut worth a read on the CPU; on a GPU the masked path
+    costs less than the read."""
+    return False if B.on_gpu() else bool(valid.all())
+
 
 def softmax_xent_forward(logits, targets, scale, out=None):
     """logits (N, V), targets (N,) int, -1 = ignore. Returns (loss_sum*scale, n_correct, probs).
@@ -210,16 +225,16 @@ def softmax_xent_forward(logits, targets, scale, out=None):
     xp = B.xp
     z = xp.subtract(logits, logits.max(axis=1, keepdims=True), out=out)    # (N, V)
     valid = targets >= 0
-    all_valid = bool(valid.all())
+    all_valid = _all_valid(valid)
     t = targets if all_valid else xp.where(valid, targets, 0)
     zt = z[xp.arange(len(t)), t]                      # (N,) target logit, taken before exp
     probs = xp.exp(z, out=z)
     s = probs.sum(axis=1, keepdims=True)              # (N, 1)
     probs /= s
     nll = xp.log(s[:, 0]) - zt
-    loss = float(nll.sum() if all_valid else (nll * valid).sum()) * scale
+    loss = number(nll.sum() if all_valid else (nll * valid).sum()) * scale
     hit = logits.argmax(axis=1) == t
-    correct = int(hit.sum() if all_valid else (hit & valid).sum())
+    correct = number(hit.sum() if all_valid else (hit & valid).sum(), int)
     return loss, correct, probs
 
 
@@ -227,19 +242,19 @@ def softmax_xent_backward(probs, targets, scale):
     """dlogits = (softmax - onehot) * scale, zero on ignored rows; written into probs."""
     xp = B.xp
     valid = targets >= 0
-    all_valid = bool(valid.all())
+    all_valid = _all_valid(valid)
     t = targets if all_valid else xp.where(valid, targets, 0)
     probs[xp.arange(len(t)), t] -= 1.0
     probs *= scale
     if not all_valid:
-        probs[~valid] = 0
+        xp.multiply(probs, valid[:, None], out=probs)     # no mask indexing: on a GPU it reads back
     return probs
 
 
 def mse_forward(y, target, scale):
     """Mean over features of (y - t)^2, summed over rows, times scale (torch MSELoss for scale=1/N)."""
     diff = y - target
-    loss = float((diff * diff).sum()) / y.shape[1] * scale
+    loss = number((diff * diff).sum()) / y.shape[1] * scale
     return loss, diff
 
 

@@ -19,7 +19,7 @@ from .. import backend as B
 from ..data.tasks import build_task, data_bytes
 from ..errors import ConfigError, UserError
 from ..fsutil import atomic_write_text
-from ..nn.flat import EXTRA_CORRECT, EXTRA_ITEMS, EXTRA_LOSS, EXTRA_NONFINITE, EXTRA_STOP
+from ..nn.flat import EXTRA_CORRECT, EXTRA_GNORM2, EXTRA_ITEMS, EXTRA_LOSS, EXTRA_STOP
 from ..nn.optim import build_optimizer, lr_at
 from ..nn.registry import build_model, memory_estimate
 from ..parallel.world import Comm
@@ -212,8 +212,8 @@ class Trainer:
                 self.model.backward()
                 loss, correct = loss + lk, correct + ck
         space.finish_grads()
+        # loss and correct may be device scalars (no read-back on a GPU); written on the device
         ex[EXTRA_LOSS], ex[EXTRA_CORRECT], ex[EXTRA_ITEMS] = loss, correct, y.size
-        ex[EXTRA_NONFINITE] = 0.0 if math.isfinite(loss) else 1.0
         ex[EXTRA_STOP] = 0.0 if not self.signal_seen else INTERRUPT if self.signum == signal.SIGINT else 1.0
         t1 = now()
         if self.overlap is not None:
@@ -222,11 +222,13 @@ class Trainer:
             self.comm.all_reduce_gradients(space.grads_full)
         t2 = now()
         g = space.grads
-        gnorm = math.sqrt(float(B.xp.dot(g, g)))
-        stats = B.to_numpy(ex).astype(np.float64)
+        ex[EXTRA_GNORM2] = B.xp.dot(g, g)
+        stats = B.to_numpy(ex).astype(np.float64)      # the step's one device->host read
+        gnorm = math.sqrt(stats[EXTRA_GNORM2]) if stats[EXTRA_GNORM2] >= 0 else math.nan
         if stats[EXTRA_STOP] > 0:
             self.stop_requested = "interrupted" if stats[EXTRA_STOP] >= INTERRUPT else "preempted"
-        if stats[EXTRA_NONFINITE] > 0 or not math.isfinite(gnorm):
+        # any rank's non-finite loss makes the sum non-finite (inf - inf is nan, still caught)
+        if not math.isfinite(stats[EXTRA_LOSS]) or not math.isfinite(gnorm):
             return self._nonfinite(stats, gnorm), t1 - t0, t2 - t1
         self.skips = 0
         if t.grad_clip and gnorm > t.grad_clip:
@@ -237,7 +239,7 @@ class Trainer:
 
     def _nonfinite(self, stats, gnorm):
         t = self.cfg.train
-        what = "loss" if stats[EXTRA_NONFINITE] > 0 else "gradient norm"
+        what = "loss" if not math.isfinite(stats[EXTRA_LOSS]) else "gradient norm"
         if t.nonfinite == "skip":
             self.state.skipped += 1
             self.skips += 1

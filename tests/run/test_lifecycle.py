@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import run_launch
+from conftest import BACKEND, run_launch
 
 ARGS = ["experiments/mlp_digits.yaml", "--set", "train.epochs=3", "--set", "optim.name=adamw",
         "--set", "optim.lr=0.003", "--set", "train.grad_clip=1.0"]
@@ -80,7 +80,7 @@ def test_start_up_text_says_what_is_about_to_happen(tmp_path):
     r = run_launch("train", *ARGS, "--out", out, "--stop-at-step", 5, ranks=2)
     head = r.stdout.split("\n")[:5]
     print("\n".join(head))
-    assert head[0].startswith("ddp_scratch: 2 ranks on 1 node (") and "numpy on" in head[0]
+    assert head[0].startswith("ddp_scratch: 2 ranks on 1 node (") and f"{BACKEND} on" in head[0]
     assert "thread(s) per rank" in head[0]
     assert "model: mlp 64-128-64-10 (relu), 17,226 parameters, float32; optimizer adamw, lr 0.003" in head[1]
     assert "data:  digits: 1,258 train / 180 val / 359 test rows, 64 features, 10 classes" in head[2]

@@ -5,6 +5,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import BACKEND
+
 SUMMARY_KEYS = {"world_size", "backend", "dtype", "model", "n_params", "steps", "epochs", "train_loss",
                 "test_accuracy", "samples_per_s", "flops_per_s", "wall_s"}
 
@@ -18,7 +20,7 @@ def test_mlp_learns_embedded_digits_to_95_percent(tmp_path, launch):
     print(f"2 ranks, embedded digits: test accuracy {s['test_accuracy']:.4f} in {took:.1f}s wall "
           f"({s['wall_s']:.2f}s training)")
     assert SUMMARY_KEYS <= set(s)
-    assert s["world_size"] == 2 and s["backend"] == "numpy" and s["model"] == "mlp"
+    assert s["world_size"] == 2 and s["backend"] == BACKEND and s["model"] == "mlp"
     assert s["test_accuracy"] >= 0.95
     assert s["n_params"] == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
     assert "test_accuracy" in r.stdout and "epoch" in r.stderr
@@ -77,6 +79,7 @@ def test_wandb_offline_logging_from_rank_0(tmp_path, launch, extra):
     assert len(runs) == 1, "exactly one (rank 0) offline run"
 
 
+@pytest.mark.host_arrays("counts NumPy's host allocations (a device step's temporaries come from CuPy's pool)")
 def test_trainer_step_allocates_no_arrays(tmp_path):
     """Trainer.train_step as the loop runs it (batch gather into its buffers, forward, backward,
     gradient statistics, clipping, optimizer): no temporary as large as one batch of inputs
