@@ -71,14 +71,28 @@ MNIST_FILES = {
 }
 
 
+DEFLATE_MAX_RATIO = 1032         # deflate cannot expand data more than this
+
+
 def stored_size(path):
-    """Bytes of an IDX file's content, without reading it (a gzip file's trailer holds its size
-    modulo 2**32)."""
+    """Bytes of an IDX file's content, for a memory estimate before reading it: a raw file's size;
+    for gzip, what the IDX header (the first decompressed bytes) says the data holds. Where that is
+    unreadable or impossible for the compressed size (a cut or corrupt file; gzip's own size
+    trailer is garbage then), the compressed size: the read then says what is wrong, in its words."""
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         if f.read(2) != b"\x1f\x8b":
-            return os.fstat(f.fileno()).st_size
-        f.seek(-4, os.SEEK_END)
-        return int.from_bytes(f.read(4), "little")
+            return size
+        f.seek(0)
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(f.read(64 * 1024), 4 + 4 * 255)
+        except zlib.error:
+            return size
+    if len(head) < 4 or head[2] not in IDX_TYPES or len(head) < 4 + 4 * head[3]:
+        return size
+    dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(head[3])]
+    content = 4 + 4 * len(dims) + math.prod(dims) * np.dtype(IDX_TYPES[head[2]]).itemsize
+    return content if content <= DEFLATE_MAX_RATIO * size else size
 
 
 def find_mnist_file(folder, stem):

@@ -67,6 +67,12 @@ def _mnist(tmp, mutate):
     return ["--set", f"data.path={d}"]
 
 
+def _cut_gzip(p):
+    z = gzip.compress(p.read_bytes())
+    os.remove(p)
+    p.with_suffix(".gz").write_bytes(z[:len(z) // 2] + b"\xff\xff\xff\xff")
+
+
 def _fifo(tmp, name="fifo"):
     p = tmp / name
     os.mkfifo(p)
@@ -186,6 +192,8 @@ CASES = [
     ("mnist-wrong-magic", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: (d / "train-labels-idx1-ubyte").write_bytes(b"\x08\x01\x00\x00" + bytes(24)))], "bad IDX magic", 0),
     ("mnist-count-mismatch", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "t10k-labels-idx1-ubyte", np.zeros(9)))], "10 images but 9 labels", 2),
     ("mnist-corrupt-gzip", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: (os.remove(d / "train-images-idx3-ubyte"), (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(600))[:-9])))], "gzip", 0),
+    # a half-finished download: gzip's size trailer is then whatever bytes the cut left (here 4 GiB)
+    ("mnist-cut-gzip-not-a-memory-error", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: _cut_gzip(d / "train-images-idx3-ubyte"))], "gzip stream", 0),
     ("mnist-images-not-3d", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: write_idx(d / "train-images-idx3-ubyte", np.zeros((20, 784))))], "expected 3 dimensions", 0),
     # --- text data (GPT)
     ("text-empty", lambda t, g: ["train", GPT, "--set", f"data.path={_file(t, b'')}"], "0 characters, fewer than model.block_size + 2", 2),

@@ -150,3 +150,26 @@ def test_download_rejects_tampered_data_and_writes_nothing(http_dir, tmp_path, l
 def test_download_unreachable_server_is_one_line(tmp_path, launch):
     r = launch("download", "mnist", "--to", tmp_path / "m", "--base-url", "http://127.0.0.1:9/")
     assert r.returncode == 2 and r.stderr.startswith("error: download") and "Traceback" not in r.stderr
+
+
+def test_a_cut_gzip_file_is_never_estimated_beyond_what_it_can_hold(tmp_path):
+    """The memory estimate before reading comes from the IDX header inside the gzip stream, not
+    from gzip's size trailer, which is garbage in a cut file (a student's half-finished download
+    was said to need 50 GiB). Every cut of a real gzip'd IDX file: an estimate deflate can make
+    from it (or the file's size), then the read says the file is cut."""
+    from ddp_scratch.data.images import DEFLATE_MAX_RATIO, stored_size
+    whole = tmp_path / "whole.gz"
+    write_idx(whole, np.random.default_rng(0).integers(0, 255, (40, 28, 28)).astype(np.uint8), gz=True)
+    raw = whole.read_bytes()
+    assert stored_size(whole) == 16 + 40 * 28 * 28
+    seen = set()
+    for cut in range(2, len(raw)):              # (one byte is not yet gzip: "bad IDX magic")
+        p = tmp_path / "cut.gz"
+        p.write_bytes(raw[:cut])
+        est = stored_size(p)
+        assert est <= max(cut, DEFLATE_MAX_RATIO * cut), (cut, est)
+        with pytest.raises(DataError) as e:
+            read_idx(p)
+        seen.add(str(e.value).split(": ", 1)[1])
+    print(sorted(seen))
+    assert all("gzip" in s or "truncated" in s for s in seen)
