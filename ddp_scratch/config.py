@@ -6,7 +6,7 @@ closest-match suggestion, wrong types a message naming the field, the expected t
 Size: a little over 400 lines because the schema (every key, its type, range and default) and
 the reader that converts YAML text by that schema are one contract; apart, they would drift.
 """
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 import difflib
 import hashlib
 import json
@@ -273,13 +273,20 @@ def _from_text(v: Scalar, tp, path):
     return x
 
 
-def _coerce(value, tp, path, meta, where=""):
+def _list_example(item, default=None):
+    """A list to show in a message: the key's own default where it has one."""
+    if default:
+        return "[" + ", ".join(str(v) for v in default) + "]"
+    return {int: "[64, 32]", float: "[0.9, 0.999]", str: "[a, b]"}.get(item, "[...]")
+
+
+def _coerce(value, tp, path, meta, where="", default=None):
     where = getattr(value, "where", where)
     origin = typing.get_origin(tp)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
-            _fail(where, f"{path}: expected a list like [64, 32], got {value!r}")
+            _fail(where, f"{path}: expected a list like {_list_example(item, default)}, got {value!r}")
         return [_coerce(v, item, f"{path}[{i}]", meta, where) for i, v in enumerate(value)]
     if isinstance(value, dict):
         _fail(where, f"{path}: expected {_typename(tp)}, got a mapping of keys ({path} is a value, not a section)")
@@ -316,6 +323,9 @@ def _coerce(value, tp, path, meta, where=""):
 
 
 def _suggest(name, options):
+    by_lower = {o.lower(): o for o in options}
+    if name.lower() in by_lower:                             # OPTIM, Train: keys are lower case
+        return f" (did you mean {by_lower[name.lower()]!r}? keys are lower case)"
     close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -332,10 +342,13 @@ def _elsewhere(cls, key):
 def _build(cls, data, prefix):
     if isinstance(data, Scalar) and data.null:
         data = {}                            # `model:` with nothing under it
-    if not isinstance(data, dict):
-        _fail(getattr(data, "where", ""), f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
+    if not isinstance(data, dict):
+        how = (f" (one key at a time: --set {prefix}{next(iter(known))}=...; keys: {', '.join(known)})"
+               if prefix else "")
+        _fail(getattr(data, "where", ""), f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys{how}, "
+                                          f"got {data!r}")
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
@@ -347,7 +360,9 @@ def _build(cls, data, prefix):
         if is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{path}.")
         else:
-            kwargs[key] = _coerce(value, tp, path, known[key].metadata)
+            f = known[key]
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            kwargs[key] = _coerce(value, tp, path, f.metadata, default=default)
     return cls(**kwargs)
 
 
@@ -383,6 +398,7 @@ def load_config(path=None, overrides=()) -> Config:
             nxt = node.get(k)
             if nxt is None or (isinstance(nxt, Scalar) and nxt.null):
                 nxt = node[k] = Mapping(f"--set {text!r}")
+                node.key_where[k] = f"--set {text!r}"          # an unknown section is said with its --set
             if not isinstance(nxt, dict):
                 raise ConfigError(f"--set {text!r}: {'.'.join(keys[:n + 1])} is a value, not a section")
             node = nxt
@@ -391,8 +407,22 @@ def load_config(path=None, overrides=()) -> Config:
             node.key_where[keys[-1]] = f"--set {text!r}"
     cfg = _build(Config, data, "")
     cfg.data.path = os.path.expanduser(cfg.data.path)     # `--set data.path=~/mnist` as a shell would
-    _cross_check(cfg)
+    try:
+        _cross_check(cfg)
+    except ConfigError as e:   # said with where a key it names was given: a file's line, a --set
+        import re
+        keys = re.findall(r"\b([a-z_]+\.[a-z_0-9]+)\b", str(e))
+        where = next((w for w in (_where_given(data, k.split(".")) for k in keys) if w), "")
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     return cfg
+
+
+def _where_given(data, keys):
+    """'config file F, line N' or "--set 'k=v'" for a dotted key as the config gave it, or ''."""
+    node = data
+    for k in keys[:-1]:
+        node = node.get(k) if isinstance(node, dict) else None
+    return getattr(node, "key_where", {}).get(keys[-1], "") if isinstance(node, dict) else ""
 
 
 def _cross_check(cfg: Config):
@@ -404,9 +434,9 @@ def _cross_check(cfg: Config):
         raise ConfigError(f"data.path: data.name {cfg.data.name!r} needs a path "
                           f"({'folder of IDX files' if cfg.data.name == 'mnist' else 'UTF-8 text file'})")
     if cfg.model.name == "gpt" and cfg.data.name not in ("text", "addition"):
-        raise ConfigError(f"data.name: model gpt trains on text or addition, got {cfg.data.name!r}")
+        raise ConfigError(f"data.name: model.name 'gpt' trains on text or addition, got {cfg.data.name!r}")
     if cfg.model.name == "mlp" and cfg.data.name in ("text", "addition"):
-        raise ConfigError(f"data.name: model mlp trains on digits, mnist or synthetic, got {cfg.data.name!r}")
+        raise ConfigError(f"data.name: model.name 'mlp' trains on digits, mnist or synthetic, got {cfg.data.name!r}")
     if cfg.comm.backend == "nccl" and cfg.backend != "cupy":
         raise ConfigError(f"comm.backend: 'nccl' sums GPU buffers and needs backend: cupy, got backend: "
                           f"{cfg.backend!r} (use comm.backend=mpi on the CPU)")

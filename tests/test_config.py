@@ -160,3 +160,78 @@ def test_fuzzed_config_bytes_load_or_raise_config_error(tmp_path, data):
         load_config(str(p))
     except ConfigError as e:
         assert "\n" not in str(e)
+
+
+# --- every error a --set causes names that --set; suggestions across case; examples of the right kind
+
+CROSS = [   # (overrides, the --set the error must name)
+    (["model.name=gpt", "data.name=addition", "model.d_model=30", "model.n_head=4"], "model.d_model=30"),
+    (["optim.betas=[0.9]"], "optim.betas=[0.9]"),
+    (["data.name=mnist"], "data.name=mnist"),
+    (["model.name=gpt"], "model.name=gpt"),
+    (["data.name=addition"], "data.name=addition"),
+    (["comm.backend=nccl"], "comm.backend=nccl"),
+    (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov=true"),
+    (["train.epochs=0"], "train.epochs=0"),
+    (["data.val_fraction=0.5", "data.test_fraction=0.5"], "data.val_fraction=0.5"),
+    (["optim.schedule=cosine", "optim.min_lr=1", "optim.lr=0.1"], "optim.min_lr=1"),
+]
+
+
+@pytest.mark.parametrize("sets,named", CROSS, ids=[c[1] for c in CROSS])
+def test_a_cross_check_error_names_the_set_that_caused_it(sets, named):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, sets)
+    print(e.value)
+    assert str(e.value).startswith(f"--set {named!r}: ")
+
+
+def test_a_cross_check_error_names_the_file_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  name: mlp\ntrain:\n  batch_size: 8\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"line 5: train.epochs: expected > 0"):
+        load_config(str(p))
+
+
+def _all_keys():
+    from dataclasses import fields, is_dataclass
+    import typing
+    from ddp_scratch.config import Config
+    for name, tp in typing.get_type_hints(Config).items():
+        if is_dataclass(tp):
+            for f in fields(tp):
+                yield name, f
+        else:
+            yield None, name
+
+
+def test_every_key_in_the_wrong_case_gets_its_right_name():
+    for section, f in _all_keys():
+        if section is None:
+            bad, right = f.upper(), f
+        else:
+            bad, right = f"{section.upper()}.{f.name}", section
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [f"{bad}=1"])
+        assert f"--set '{bad}=1': unknown config key" in str(e.value) and f"did you mean {right!r}" in str(e.value), str(e.value)
+
+
+def test_a_list_key_given_one_value_shows_a_list_of_its_own_kind():
+    import typing
+    from ddp_scratch.config import Config
+    for section, f in _all_keys():
+        if section is None or typing.get_origin(typing.get_type_hints(type(getattr(Config(), section)))[f.name]) is not list:
+            continue
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [f"{section}.{f.name}=7"])
+        default = f.default_factory()
+        print(e.value)
+        if default:
+            assert f"like [{', '.join(map(str, default))}]" in str(e.value)
+
+
+@pytest.mark.parametrize("section", ["model", "train", "optim", "data", "comm", "logging"])
+def test_a_value_given_to_a_section_says_how_to_set_one_key(section):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{section}=x"])
+    assert f"--set '{section}=x': {section}: expected a mapping of keys (one key at a time: --set {section}." in str(e.value)

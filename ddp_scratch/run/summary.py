@@ -80,7 +80,14 @@ def build_summary(tr, times, status, energy=None):
         s["samples_per_s"] = s[f"{task.items}_per_s"] / getattr(task, "items_per_sample", 1)
     if status == "completed":
         s.update(getattr(task, "extra_summary", lambda m, c: {})(tr.model, comm))
-    s.update(getattr(tr.model, "memory_report", lambda n: {})(ips))
+    # the analytic memory: the model's own account where it has one (the GPT's, with its
+    # workspaces), else the estimate the trainer checked against free memory before allocating
+    mem = getattr(tr.model, "memory_report", None)
+    if mem is not None:
+        s.update(mem(ips))
+    elif getattr(tr, "memory", None):
+        s.update({f"memory_{k}_bytes": int(v) for k, v in tr.memory.items()})
+        s["memory_total_bytes"] = int(sum(tr.memory.values()))
     s.update(scaling_metrics(comm, times.rows(skip=cfg.train.timing_skip), s, energy, tr.space.n_params, tr.spe))
     if getattr(tr, "environment", None) is not None:
         s["environment"] = tr.environment

@@ -125,8 +125,8 @@ class Trainer:
         rows = -(-cfg.train.batch_size // comm.size)
         eval_rows = rows if cfg.model.name == "gpt" else min(cfg.train.eval_batch, 1 << 20)
         hint = "use a smaller model or batch, fewer ranks per node" + (", or float32" if t.dtype == "float64" else "")
-        check_memory(f"model {cfg.model.name}", memory_estimate(cfg, self.task.d_in, self.task.n_out, rows, eval_rows),
-                     comm.local_size, hint)
+        self.memory = memory_estimate(cfg, self.task.d_in, self.task.n_out, rows, eval_rows)
+        check_memory(f"model {cfg.model.name}", self.memory, comm.local_size, hint)
         self.model = build_model(cfg, self.task.d_in, self.task.n_out, cfg.train.seed)
         self.space = self.model.space
         self.opt = build_optimizer(cfg.optim, self.space)

@@ -23,6 +23,8 @@ def test_mlp_learns_embedded_digits_to_95_percent(tmp_path, launch):
     assert s["world_size"] == 2 and s["backend"] == BACKEND and s["model"] == "mlp"
     assert s["test_accuracy"] >= 0.95
     assert s["n_params"] == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    # the analytic memory of every model, as the README says (float32 parameters)
+    assert s["memory_params_bytes"] == 4 * s["n_params"] and s["memory_total_bytes"] > s["memory_params_bytes"]
     assert "test_accuracy" in r.stdout and "epoch" in r.stderr
     z = np.load(tmp_path / "checkpoint.npz", allow_pickle=False)
     assert z["params"].shape == (s["n_params"],)
