@@ -50,7 +50,7 @@ gpu-wheels:
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
-	  -d .whl mpich mpi4py pytest-mpi
+	  -d .whl mpich mpi4py pytest-mpi pytest-timeout hypothesis sortedcontainers attrs pyyaml nvidia-ml-py
 
 cluster-start:
 	bash slurm/dev-cluster.sh start

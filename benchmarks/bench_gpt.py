@@ -82,8 +82,9 @@ def ours_step_fn(model, opt, x, t, lr=None, comm=None):
     return step
 
 
-def build_torch(model, attn):
-    """nanoGPT's model (bias on, dropout 0) holding ddp_scratch's initial weights."""
+def build_torch(model, attn, device="cpu"):
+    """nanoGPT's model (bias on, dropout 0) holding ddp_scratch's initial weights (copied from the
+    device where they live: benchmarks/gpu/bench_gpu.py builds it on CUDA)."""
     import torch
     import torch.nn.functional as F
     nn = torch.nn
@@ -114,7 +115,7 @@ def build_torch(model, attn):
             self.h, self.ln_f = nn.ModuleList([Block() for _ in range(model.L)]), nn.LayerNorm(C)
 
         def forward(self, idx, targets):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
             for b in self.h:
                 x = b(x)
             logits = F.linear(self.ln_f(x), self.wte.weight)          # tied head
@@ -123,8 +124,9 @@ def build_torch(model, attn):
     net, P = GPT(), model.space.named()
     with torch.no_grad():
         def put(dst, name, transpose=False):
-            src = P[name].data.T if transpose else P[name].data
-            dst.copy_(torch.from_numpy(src.copy()))
+            from ddp_scratch import backend as B
+            src = B.to_numpy(P[name].data)
+            dst.copy_(torch.from_numpy((src.T if transpose else src).copy()))
         put(net.wte.weight, "wte")
         put(net.wpe.weight, "wpe")
         for i, b in enumerate(net.h):
@@ -136,6 +138,7 @@ def build_torch(model, attn):
                 put(mod.bias, f"h{i}.{ours}.b")
         put(net.ln_f.weight, "lnf.w")
         put(net.ln_f.bias, "lnf.b")
+    net = net.to(device)
     decay = [p for p in net.parameters() if p.dim() >= 2]
     rest = [p for p in net.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0}],

@@ -173,13 +173,17 @@ def pytest_sessionfinish(session, exitstatus):
 
 # DDP_TEST_DEVICE=strict: this process and every process it starts run on the strict CuPy
 # stand-in (tests/strict_device): see tests/strict_device/sitecustomize.py.
+# DDP_TEST_DEVICE=cupy does the same with the real CuPy (benchmarks/gpu/device_run.sh, on a GPU).
 STRICT = os.environ.get("DDP_TEST_DEVICE") == "strict"
-BACKEND = "cupy" if STRICT else "numpy"      # what a run reports as its array module
-if STRICT:
+ON_DEVICE = os.environ.get("DDP_TEST_DEVICE") in ("strict", "cupy")
+BACKEND = "cupy" if ON_DEVICE else "numpy"      # what a run reports as its array module
+if ON_DEVICE:
     _sd = os.path.join(ROOT, "tests", "strict_device")
     os.environ["PYTHONPATH"] = os.pathsep.join([_sd] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     sys.path.insert(0, _sd)
     import strict_backend
+    if not STRICT:
+        sys.path.remove(_sd)
     strict_backend.install_import_hook()
     from ddp_scratch import backend as _backend
     assert _backend.use.strict          # patched on import: use() gives the stand-in
@@ -188,7 +192,7 @@ if STRICT:
 def pytest_collection_modifyitems(config, items):
     """In the strict pass, tests that hand NumPy arrays to the package directly (unit tests not yet
     written for a device) or measure host-side NumPy behaviour skip with that reason."""
-    if not STRICT:
+    if not ON_DEVICE:
         return
     for item in items:
         m = item.get_closest_marker("host_arrays")

@@ -36,3 +36,49 @@ def test_two_rank_benchmark_against_torch_ddp(script, out, sides, tmp_path):
     if script == "bench_mlp.py":     # the overlapped side trained the same way, and its waits were timed
         assert res["overlap_vs_blocking"] > 0 and res["comm_wait_ms_per_step"]["ddp_scratch_overlap"] >= 0
         assert math.isfinite(res["comm_hidden_fraction"])   # a noisy ratio of two timings: benchmarks/ judges it
+
+
+def test_gpu_benchmark_runs_but_for_the_gpu(tmp_path):
+    """benchmarks/gpu/bench_gpu.py --check: ddp_scratch on the strict CuPy stand-in, torch on the
+    CPU, tiny shapes: every path of the GPU benchmark but the GPU, and the result names the
+    versions a GPU result must name."""
+    require_torch()
+    out = tmp_path / "gpu_steps.json"
+    env = dict(os.environ, DDP_TEST_DEVICE="strict", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.path.join(ROOT, "tests", "strict_device"))
+    r = run_group([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "bench_gpu.py"), "--check", "--steps", "2",
+                   "--windows", "1", "--warmup", "1", "--out", str(out)], timeout=300, cwd=ROOT, env=env)
+    print(r.stdout[-2000:], r.stderr[-2000:])
+    assert r.returncode == 0
+    res = json.loads(out.read_text())
+    assert res["check"] is True and res["versions"]["device"].startswith("Strict CuPy stand-in")
+    assert {"device", "driver", "cuda_runtime", "cupy", "nccl", "mpi", "torch"} <= set(res["versions"])
+    for name, unit in (("mlp", "samples"), ("gpt", "tokens")):
+        m = res["models"][name]
+        assert m["items"] == unit and m["ours_s_per_step"] > 0 and m["torch_s_per_step"] > 0
+        assert m["flops_per_step"] > 0 and math.isclose(m["ratio_vs_torch"], m["torch_s_per_step"] / m["ours_s_per_step"])
+
+
+@pytest.mark.parametrize("argv,why", [(["--steps", "0"], "--steps"), (["--models", "cnn"], "invalid choice"),
+                                      (["--warmup", "-1"], "--warmup"), ([], "needs a GPU")])
+def test_gpu_benchmark_bad_arguments_are_one_line(argv, why, tmp_path):
+    require_torch()
+    r = run_group([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "bench_gpu.py"), *argv,
+                   "--out", str(tmp_path / "x.json")], timeout=120, cwd=ROOT, env=dict(os.environ))
+    assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_device_script_is_valid_bash_and_names_only_files_that_exist():
+    import re
+    import subprocess
+    path = os.path.join(ROOT, "benchmarks", "gpu", "device_run.sh")
+    assert subprocess.run(["bash", "-n", path]).returncode == 0
+    text = open(path).read()
+    named = set(re.findall(r"\b((?:tests|benchmarks|experiments)/[\w./-]+\.(?:py|yaml|sh))\b", text)) | \
+        set(re.findall(r"\btests/[\w/]+(?=[\s\\])", text))
+    print(sorted(named))
+    assert named and all(os.path.exists(os.path.join(ROOT, p)) for p in named), \
+        [p for p in named if not os.path.exists(os.path.join(ROOT, p))]
+    # the stage names it documents are the ones it runs
+    assert re.findall(r"STAGES:-\"([a-z ]+)\"", text)[0].split() == ["suite", "device", "train", "bench"]

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from conftest import ROOT, STRICT, run_group
+from conftest import ON_DEVICE, ROOT, run_group
 
 PATHS = ["tests/device", "tests/run", "tests/test_mpi.py"]
 
 
-@pytest.mark.skipif(STRICT, reason="already inside the strict pass")
+@pytest.mark.skipif(ON_DEVICE, reason="already inside a device pass")
 def test_the_suite_on_the_strict_cupy_stand_in():
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *PATHS]
     env = dict(os.environ, DDP_TEST_DEVICE="strict", WANDB_MODE="disabled")

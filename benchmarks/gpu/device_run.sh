@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# For a session that has the device tool's GPU machine (one H100/H200, Python 3.12 with CuPy,
-# NCCL and torch preinstalled, no network). Here first: `make gpu-wheels` (fills .whl/ with what
-# that image lacks: an MPI for mpi4py, pytest-mpi), then call the device tool's run with
-#   carry: [".whl"]   command: bash benchmarks/gpu/device_run.sh
-# It installs the wheels into a venv over the image's own packages (pip --target would drop
-# MPICH's lib/ folder, and mpi4py then finds no libmpi: checked on the CPU machine), prints the
-# versions the results must name, and runs the GPU tests with DDP_REQUIRE_GPU=1 (no GPU, or no
-# NCCL, fails instead of skipping). Logs land in $OUT. Written without a GPU at hand (session 2):
-# the wheel install was checked on the CPU machine; expect to adjust the rest on first use.
+# One call on the device tool's GPU machine (one H100/H200, Python 3.12 with CuPy, NCCL and torch
+# preinstalled, no network) that proves what the CPU machines cannot. Here first: `make gpu-wheels`
+# (fills .whl/ with what that image lacks: an MPI for mpi4py, pytest-mpi, hypothesis), then call
+# the device tool's run with
+#   carry: [".whl"]   command: bash benchmarks/gpu/device_run.sh   (timeout_s 600 at most per call:
+#   STAGES="suite" and STAGES="device train bench" split it over two calls if one is too long)
+# Stages (all by default): suite  - the whole suite with the real CuPy present (DDP_REQUIRE_GPU=1:
+#                                   no GPU or no NCCL fails instead of skipping);
+#                          device - training, 2-rank equivalence, resume and reliability tests
+#                                   with backend cupy on the GPU (DDP_TEST_DEVICE=cupy);
+#                          train  - launch.py train, 1 rank and 2 ranks sharing the GPU;
+#                          bench  - benchmarks/gpu/bench_gpu.py (MLP and GPT against torch CUDA).
+# Every log and result lands in $OUT; gpu_steps.json names device, driver, CUDA, CuPy, NCCL, MPI
+# and torch; copy it to benchmarks/results/gpu/ and commit. Written without a GPU at hand: its
+# CPU-checkable parts run in tests/test_benchmarks.py (this script's syntax and paths, the
+# benchmark's --check on the strict stand-in); expect to adjust the rest on first use.
 set -u -o pipefail
 OUT=${OUT:-/tmp/out}
+STAGES=${STAGES:-"suite device train bench"}
 mkdir -p "$OUT"
-python3 -m venv --system-site-packages /tmp/venv || exit 1
-/tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
+if [ ! -x /tmp/venv/bin/python ]; then
+  python3 -m venv --system-site-packages /tmp/venv || exit 1
+  /tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+fi
 export PATH=/tmp/venv/bin:$PATH PYTHONPATH=$PWD PYTHONUNBUFFERED=1 DDP_REQUIRE_GPU=1 WANDB_MODE=disabled
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -26,10 +36,23 @@ print("python", __import__("sys").version.split()[0], "numpy", numpy.__version__
       "mpi4py", mpi4py.__version__, MPI.Get_library_version().splitlines()[0])
 PY
 } 2>&1 | tee "$OUT/versions.txt"
-python -m pytest -q -p no:cacheprovider -rs tests/test_comm_nccl.py 2>&1 | tee "$OUT/gpu-tests.log"
-# two ranks on the one GPU: NCCL must be refused by name (no hang); the unique-id hand-over runs
-mpiexec -n 2 python -m pytest --with-mpi -q -p no:cacheprovider -rs tests/mpi/test_nccl.py 2>&1 | tee "$OUT/gpu-mpi-tests.log"
-# the CuPy backend end to end, 1 rank then 2 ranks sharing the GPU (host-staged or CUDA-aware MPI)
-python launch.py train experiments/mlp_digits.yaml --out /tmp/gpu1 --overwrite --set backend=cupy 2>&1 | tee "$OUT/gpu-train.log"
-mpiexec -n 2 python launch.py train experiments/mlp_digits.yaml --out /tmp/gpu2 --overwrite --set backend=cupy 2>&1 | tee -a "$OUT/gpu-train.log"
-cp /tmp/gpu1/summary.json "$OUT/summary-1rank.json" 2>/dev/null; cp /tmp/gpu2/summary.json "$OUT/summary-2ranks.json" 2>/dev/null
+rc=0
+for stage in $STAGES; do
+  case $stage in
+    suite)
+      python -m pytest -q -p no:cacheprovider -rs tests 2>&1 | tail -40 > "$OUT/suite.log" || rc=1 ;;
+    device)
+      DDP_TEST_DEVICE=cupy python -m pytest -q -p no:cacheprovider -rs tests/run tests/test_mpi.py \
+        2>&1 | tail -40 > "$OUT/device-tests.log" || rc=1 ;;
+    train)
+      { python launch.py train experiments/mlp_digits.yaml --out /tmp/gpu1 --overwrite --set backend=cupy
+        mpiexec -n 2 python launch.py train experiments/mlp_digits.yaml --out /tmp/gpu2 --overwrite --set backend=cupy
+      } 2>&1 | tail -40 > "$OUT/train.log" || rc=1
+      cp /tmp/gpu1/summary.json "$OUT/summary-1rank.json" 2>/dev/null
+      cp /tmp/gpu2/summary.json "$OUT/summary-2ranks.json" 2>/dev/null ;;
+    bench)
+      python benchmarks/gpu/bench_gpu.py --out "$OUT/gpu_steps.json" 2>&1 | tee "$OUT/bench.log" || rc=1 ;;
+    *) echo "unknown stage $stage (expected suite, device, train, bench)"; exit 2 ;;
+  esac
+done
+exit $rc

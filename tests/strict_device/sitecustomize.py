@@ -6,7 +6,10 @@ scalars, synchronisation) under CuPy's rules. Test code only."""
 import os
 import sys
 
-if os.environ.get("DDP_TEST_DEVICE") == "strict":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if os.environ.get("DDP_TEST_DEVICE") in ("strict", "cupy"):     # cupy: the real one, on a GPU machine
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
     import strict_backend
+    if os.environ["DDP_TEST_DEVICE"] == "cupy":
+        sys.path.remove(here)           # `import cupy` finds the installed CuPy
     strict_backend.install_import_hook()
