@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "remove_stale_temps"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -57,6 +57,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
         raise
     _fsync_dir(dirname)
     return path
+
+
+def remove_stale_temps(dirname, names) -> list:
+    """Remove the temp files that atomic writes of `names` into `dirname` left behind when their
+    process was killed mid-write (`.NAME.XXXXXXXX.tmp`, mkstemp's pattern above). Call it only when
+    no live process can be writing them: the folder's lock held, or its writers killed.
+    Returns the paths removed."""
+    import re
+    pattern = re.compile("|".join(re.escape(f".{n}.") + r"[a-z0-9_]{8}\.tmp" for n in names))
+    try:
+        entries = os.listdir(dirname)
+    except OSError:
+        return []
+    gone = []
+    for e in entries:
+        if pattern.fullmatch(e):
+            try:
+                os.unlink(os.path.join(dirname, e))
+                gone.append(os.path.join(dirname, e))
+            except OSError:
+                pass
+    return gone
 
 
 def _write_error(path, e):

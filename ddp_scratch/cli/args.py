@@ -49,9 +49,9 @@ def add_train_args(p):
                    help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz if it exists")
     p.add_argument("--overwrite", action="store_true", help="start a new run over an existing OUT/checkpoint.npz")
-    p.add_argument("--stop-at-step", type=integer(0, "a step"), default=0, metavar="K",
+    p.add_argument("--stop-at-step", type=integer(1, "a step"), default=None, metavar="K",
                    help="checkpoint and stop at step K (status 'stopped', exit 0); --resume continues")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors (no start-up text, progress or last line)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and notes on what a resume changes (no start-up text, progress or last line)")
 
 
 def check_train_args(a):

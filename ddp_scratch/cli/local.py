@@ -69,7 +69,7 @@ def cmd_local(a):
     argv += [f for f, on in (("--resume", a.resume), ("--overwrite", a.overwrite), ("--quiet", a.quiet)) if on]
     if a.stop_at_step:
         argv += ["--stop-at-step", str(a.stop_at_step)]
-    return run_forwarding(argv)
+    return run_forwarding(argv, out)
 
 
 # Signals a launcher passes on to the job it started (mpiexec forwards INT, TERM and USR1 to
@@ -143,8 +143,9 @@ class Launch:
 
     _count = 0
 
-    def __init__(self, argv, mpi=True, cwd=None, env=None):
+    def __init__(self, argv, mpi=True, cwd=None, env=None, out=None):
         self.argv, self.mpi, self.cwd, self.extra_env = argv, mpi, cwd, env or {}
+        self.out = out              # the run's output folder, when the job is one training run
         Launch._count += 1
         self.token = f"{os.getpid()}.{Launch._count}"      # marks the ranks of this job (environment)
         self.mark = None            # where this job's signals start in _received
@@ -353,8 +354,12 @@ class Launch:
     def _status(self, rc):
         if self.killed:                    # asked twice: the ranks were killed
             first = self.signals[0]
+            left = ""
+            if self.out is not None:        # said from what is there (a write killed halfway is removed)
+                from ..run.checkpoint import left_behind
+                left = "; " + left_behind(self.out)
             sys.stderr.write(f"stopped at once by a second signal ({', '.join(self.signals)}): the ranks were "
-                             "killed; the last checkpoint written stays (--resume continues from it)\n")
+                             f"killed{left}\n")
             return 130 if first == "SIGINT" else 128 + getattr(signal, first)
         sig = self.banner.get("signal")
         if sig and not self.signals:
@@ -387,6 +392,6 @@ class Launch:
         return rc
 
 
-def run_forwarding(argv):
+def run_forwarding(argv, out=None):
     """Run mpiexec with our signal forwarding; its exit status (see Launch)."""
-    return Launch(argv).run()
+    return Launch(argv, out=out).run()

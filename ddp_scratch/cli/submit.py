@@ -101,7 +101,8 @@ class TrainTask:
         try:
             if early:
                 return {"stopped": early[0], "exit_status": None}
-            run = Launch([find_mpiexec(), "-n", str(self.local_ranks), sys.executable, LAUNCH_PY, *self.argv()])
+            run = Launch([find_mpiexec(), "-n", str(self.local_ranks), sys.executable, LAUNCH_PY, *self.argv()],
+                         out=self.out)
             rc = run.run()
         finally:
             for s, h in old.items():
@@ -435,6 +436,9 @@ def _stopped(job, what, state, sig, out, local):
         s, fresh = {}, False
     if fresh and s.get("status") in ("preempted", "interrupted") and os.path.exists(ck):
         run = f"checkpoint {ck} at step {s.get('steps')}: submit again with --resume to continue"
+    elif local:         # every process of the job is gone: say what is there, minus half-written temps
+        from ..run.checkpoint import left_behind
+        run = "no checkpoint written at the stop; " + left_behind(os.path.abspath(out))
     elif os.path.exists(ck):
         run = f"no checkpoint written at the stop; {ck} holds the last periodic one (--resume continues from it)"
     else:

@@ -156,7 +156,8 @@ def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, o
         if launcher is not None:
             rc = launcher(n, argv)
         else:
-            rc = Launch(([mpiexec, "-n", str(n)] if n > 1 else []) + argv, mpi=n > 1, env={"DDP_NESTED": "1"}).run()
+            rc = Launch(([mpiexec, "-n", str(n)] if n > 1 else []) + argv, mpi=n > 1, env={"DDP_NESTED": "1"},
+                        out=pdir).run()
             got = signals_since(mark)
             if got:
                 raise SweepStopped(f"scaling: stopped by {got[0]} during point {k + 1}/{len(points)} "

@@ -5,13 +5,14 @@ checkpoint intact; loaded with allow_pickle=False and validated before anything 
 """
 import io
 import json
+import os
 
 import numpy as np
 
 from .. import backend as B
 from ..config import config_hash
 from ..errors import CheckpointError
-from ..fsutil import atomic_write_bytes, read_regular_file
+from ..fsutil import atomic_write_bytes, read_regular_file, remove_stale_temps
 from ..nn.optim import lr_at
 
 FORMAT = "ddp_scratch-checkpoint"
@@ -96,13 +97,14 @@ def diff_fingerprints(saved: dict, current: dict, prefix=""):
 # ----------------------------------------------------------------------------- a trainer's checkpoint
 
 def restore(tr):
-    """Put trainer `tr` where its checkpoint left it, after checking the checkpoint fits it."""
+    """Put trainer `tr` where its checkpoint left it, after checking the checkpoint fits it. What
+    a person should know before it trains on (the run's length changed) goes to tr.notes."""
     path = tr.ckpt_path
     arrays, meta = load(path)
     diffs = diff_fingerprints(field(meta, path, "fingerprint", dict), tr.fp)
-    if diffs:
-        raise CheckpointError(f"checkpoint {path} does not match the config: {diffs[0]}"
-                              + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""))
+    if diffs:      # every one of them: fixing one at a time, run after run, is no way to learn them
+        raise CheckpointError(f"checkpoint {path} does not match the config: {'; '.join(diffs)} (resume "
+                              "with the settings it was made with, or start afresh with --overwrite)")
     if field(meta, path, "layout", list) != tr.space.layout():
         raise CheckpointError(f"checkpoint {path} holds parameters of another model layout")
     state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
@@ -117,16 +119,79 @@ def restore(tr):
         raise CheckpointError(f"checkpoint {path}: metadata 'step' is {step}, expected >= 0")
     from .summary import RunState
     tr.state = RunState.from_meta(meta.get("run"), f"checkpoint {path}")
-    before = meta["run"].get("total_steps") if isinstance(meta.get("run"), dict) else None
-    if isinstance(before, int) and before != tr.total_steps and tr.cfg.optim.schedule != "constant" \
-            and tr.comm.rank == 0 and step < tr.total_steps:      # a schedule follows the run's length
-        print(f"note: this run now has {tr.total_steps:,} steps (it had {before:,}): the "
-              f"{tr.cfg.optim.schedule} learning-rate schedule follows the new length from step "
-              f"{step:,} (lr {lr_at(tr.cfg.optim, step, tr.total_steps):.3g} there, "
-              f"{lr_at(tr.cfg.optim, step, before):.3g} before)", flush=True)
+    _check_length(tr, meta, step)
     tr.space.params[...] = B.xp.asarray(arrays["params"])
     tr.opt.load_state_dict(state | {"t": field(meta, path, "opt_t", int)})
     tr.step = step
+
+
+def _check_length(tr, meta, step):
+    """The run's length may change on resume (train.epochs, train.max_steps are not in the
+    fingerprint), but never to before the checkpoint's step, and never without a word."""
+    path, total, t = tr.ckpt_path, tr.total_steps, tr.cfg.train
+    saved = meta.get("config")
+    saved = saved.get("train") if isinstance(saved, dict) else None
+    saved = saved if isinstance(saved, dict) else {}
+    was = [f"train.{k}={saved[k]}" for k in ("epochs", "max_steps")
+           if isinstance(saved.get(k), int) and saved[k] != getattr(t, k)]
+    keep = " ".join(f"--set {w}" for w in was) or "the same --set as before"
+    if step > total:
+        how = (f"it was made with {', '.join(was)}: resume with {keep}" if was else
+               "resume with a larger train.epochs or train.max_steps")
+        raise CheckpointError(f"checkpoint {path} is at step {step:,}, beyond the end of this config's run "
+                              f"(step {total:,} = {round(total / tr.spe, 2):g} epochs of {tr.spe:,} steps); {how} (or any "
+                              f"length past step {step:,}), or start afresh with --overwrite")
+    run = meta.get("run")
+    before = run.get("total_steps") if isinstance(run, dict) else None
+    if not isinstance(before, int) or isinstance(before, bool) or before == total:
+        return
+    if step >= before:
+        had, kept = f"this run had {before:,} steps and is complete", "to keep it as it was"
+    else:
+        had, kept = f"this run had {before:,} steps (it stopped at step {step:,})", f"to keep its {before:,} steps"
+    going = (f"training on from step {step:,} to {total:,}" if step < total else
+             f"it ends at step {step:,}, where it is now")
+    note = f"note: {had}; the config now asks for {total:,}: {going} ({kept}, resume with {keep})"
+    o = tr.cfg.optim
+    if o.schedule != "constant" and step < total:      # a schedule follows the run's length
+        note += (f"; the {o.schedule} learning-rate schedule follows the new length from step {step:,} "
+                 f"(lr {lr_at(o, step, total):.3g} there, {lr_at(o, step, before):.3g} before)")
+    tr.notes.append(note)
+
+
+def check_stop_at(stop_at_step, step, path):
+    """--stop-at-step K of a run whose checkpoint is at `step`: K must lie ahead of it."""
+    if stop_at_step and stop_at_step <= step:
+        raise CheckpointError(f"--stop-at-step {stop_at_step}: the run is already at step {step} ({path}); "
+                              "give a later step, or start afresh with --overwrite")
+
+
+def read_meta(path):
+    """The metadata of checkpoint `path` alone (the arrays stay unread); CheckpointError if none."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            blob = z["__meta__"]
+        meta = json.loads(blob.tobytes().decode())
+    except Exception as e:      # a damaged file fails in many ways; this only describes it
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} was not written by ddp_scratch (no valid metadata)")
+    return meta
+
+
+def left_behind(out):
+    """What a run killed at once (a second Ctrl-C) left in OUT, said as it is, after removing the
+    temp files of a write it was killed in. Only once its writers are gone."""
+    from .preflight import RUN_FILES
+    remove_stale_temps(out, RUN_FILES)
+    path = os.path.join(out, "checkpoint.npz")
+    if not os.path.exists(path):
+        return f"no checkpoint had been written in {out} yet (a new run starts from step 0)"
+    try:
+        step = field(read_meta(path), path, "step", int)
+    except CheckpointError as e:
+        return str(e)
+    return f"the checkpoint at step {step:,} in {out} stays (--resume continues from it)"
 
 
 def write(tr):

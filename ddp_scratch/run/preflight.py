@@ -3,6 +3,9 @@ import os
 
 from .. import backend as B
 from ..errors import ConfigError, UserError
+from ..fsutil import remove_stale_temps
+
+RUN_FILES = ("checkpoint.npz", "summary.json")     # what a run writes into OUT (atomically)
 
 
 def check_memory(what, parts, ranks_here=1, hint="use a smaller model, batch or dataset, or fewer ranks per node"):
@@ -30,7 +33,7 @@ def check_out_folder(out, resume, overwrite):
         raise UserError("--out: expected a folder, got an empty path")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, expected a folder (or a path to create)")
-    for name in ("checkpoint.npz", "summary.json"):
+    for name in RUN_FILES:
         if os.path.isdir(os.path.join(out, name)):
             raise UserError(f"--out {out}: {name} there is a folder; a run writes a file of that name")
     ckpt_path = os.path.join(out, "checkpoint.npz")
@@ -55,7 +58,10 @@ def make_out_folder(out):
 
 def lock_out_folder(out):
     """Create the output folder and hold OUT/.lock for the rest of this process: a second run
-    into the same folder is refused instead of both writing it. Returns the lock's descriptor."""
+    into the same folder is refused instead of both writing it. The lock is the flock, not the
+    file: it goes with its process however that ends, so a crashed run's .lock (which stays, with
+    the crashed pid in it) stops no one. Once it is held, no one else writes here, so the temp
+    files of a write that was killed halfway are removed. Returns the lock's descriptor."""
     import fcntl
     import socket
     make_out_folder(out)
@@ -73,4 +79,5 @@ def lock_out_folder(out):
                         "or use another --out") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    remove_stale_temps(out, RUN_FILES)
     return fd

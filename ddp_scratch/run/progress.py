@@ -82,10 +82,11 @@ def final_line(s, out):
     rate = s.get(f"{unit}_per_s") or 0.0
     parts = [f"{s['status']}: step {s['steps']}/{s.get('total_steps', s['steps'])}"]
     name, value = headline(s)
+    over = f" ({s['train_loss_over']})" if s.get("train_loss_over") else ""
     if s.get("train_loss") is not None and name != "train_loss":
-        parts.append(f"train_loss {s['train_loss']:.4g} (last epoch's mean)")
+        parts.append(f"train_loss {s['train_loss']:.4g}{over}")
     if name is not None:
-        parts.append(f"{name} {value:.4g}")
+        parts.append(f"{name} {value:.4g}" + (over if name == "train_loss" else ""))
     if rate:
         parts.append(f"{_si(rate)} {unit}/s")
     return ", ".join(parts) + f" -> {out}/summary.json"

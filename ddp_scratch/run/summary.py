@@ -56,9 +56,12 @@ def build_summary(tr, times, status, energy=None):
     ips = task.items_per_step()
     flops = tr.model.flops_per_step(ips) * steps_run
     last = st.history[-1] if st.history else {}
-    train_loss = last.get("train_loss")
-    if train_loss is None and st.ep_steps:      # stopped before the first evaluation
-        train_loss = st.ep_loss / st.ep_steps
+    train_loss, over = last.get("train_loss"), None
+    if train_loss is not None:
+        at = last.get("step", tr.step)
+        over = train_loss_over(at, last.get("train_loss_steps", (at - 1) % tr.spe + 1), tr.spe, tr.step)
+    elif st.ep_steps:      # stopped before the first evaluation
+        train_loss, over = st.ep_loss / st.ep_steps, train_loss_over(tr.step, st.ep_steps, tr.spe, tr.step)
     seg_s = float(rows[:, 2].sum()) if steps_run else 0.0
     s = {
         "status": status, "world_size": comm.size, "backend": B.name, "device": B.device_name(),
@@ -66,7 +69,8 @@ def build_summary(tr, times, status, energy=None):
         "n_params": tr.space.n_params, "steps": tr.step, "total_steps": tr.total_steps,
         "steps_this_run": steps_run, "resumed_from_step": tr.resumed_from, "epochs": tr.step / tr.spe,
         "global_batch": cfg.train.batch_size, "items_per_sample": getattr(task, "items_per_sample", 1),
-        "train_loss": train_loss, "val_loss": last.get("val_loss"), "val_accuracy": last.get("val_accuracy"),
+        "train_loss": train_loss, "train_loss_over": over,
+        "val_loss": last.get("val_loss"), "val_accuracy": last.get("val_accuracy"),
         "test_loss": test.get("loss"), "test_accuracy": test.get("accuracy"),
         f"{task.items}_per_s": steps_run * ips / seg_s if seg_s else 0.0,
         "flops_per_step": tr.model.flops_per_step(ips),
@@ -92,6 +96,17 @@ def build_summary(tr, times, status, energy=None):
     if getattr(tr, "environment", None) is not None:
         s["environment"] = tr.environment
     return s
+
+
+def train_loss_over(at, n, spe, now):
+    """What a train_loss recorded at step `at` is the mean of, in words (the final line's label):
+    `n` steps of the epoch in progress were counted, of `spe` per epoch; the run is at step `now`."""
+    if at % spe == 0:
+        return "last epoch's mean" if now // spe == at // spe else f"epoch {at // spe}'s mean"
+    if at == now and at <= spe:
+        return f"mean of the {n:,} step{'s' * (n != 1)} run"
+    return f"mean of epoch {(at - 1) // spe + 1}'s first {n:,} step{'s' * (n != 1)}" + (
+        f", at step {at:,}" if at != now else "")
 
 
 def summary_status(path, step):

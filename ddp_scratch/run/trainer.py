@@ -61,7 +61,7 @@ class Options:
     out: str = "out"
     resume: bool = False
     overwrite: bool = False
-    stop_at_step: int = 0
+    stop_at_step: int | None = None     # >= 1 when given
     quiet: bool = False
     signals: bool = True      # stop signals checkpoint and stop the run (off for in-process probes)
 
@@ -137,8 +137,12 @@ class Trainer:
         self.step = 0
         self.state = RunState()
         self.fp = cfg.fingerprint()
+        self.notes = []           # said on stdout before the start-up text (even with --quiet)
         if opts.resume and os.path.exists(self.ckpt_path):
             self._load_checkpoint()
+        elif opts.resume:         # resume-if-there-is-one: what a requeued job needs; but said
+            self.notes.append(f"note: --resume: no checkpoint in {opts.out} yet; starting from step 0")
+        ckpt.check_stop_at(opts.stop_at_step, self.step, self.ckpt_path)
         self.resumed_from = self.step
         # Done and said so: a resume changes nothing. A run that reached its (possibly shortened)
         # length but was stopped there still gets its final evaluation and summary.
@@ -177,8 +181,10 @@ class Trainer:
             # signal may reach the ranks during different steps (or reach only some of them).
             # A second Ctrl-C does not wait for the step: it ends the run now.
             if signum == signal.SIGINT and self.signum == signal.SIGINT:
-                raise KeyboardInterrupt("a second Ctrl-C stopped the run at once; the last checkpoint "
-                                        "written stays (--resume continues from it)")
+                # rank 0 writes the files: it says what is there (after removing the temp file of
+                # a write this interrupts; that write's own clean-up then finds it gone)
+                left = ckpt.left_behind(self.opts.out) if self.comm.rank == 0 else ""
+                raise KeyboardInterrupt(f"a second Ctrl-C stopped the run at once; {left}")
             self.signal_seen = True
             self.signum = signum
         self.signum, self.previous_handlers = None, {}
@@ -259,6 +265,8 @@ class Trainer:
         if self.complete:
             return None
         self._agreed(self._lock_out, "output folder lock")
+        if comm.rank == 0 and self.notes:
+            print("\n".join(self.notes), flush=True)
         if comm.rank == 0 and not opts.quiet:
             print(startup_text(self), flush=True)
         self.skips = 0
@@ -340,6 +348,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         rec = {"step": self.step, "epoch": epoch,
                "train_loss": st.ep_loss / max(1, st.ep_steps),
+               "train_loss_steps": st.ep_steps,     # the steps of this epoch so far (skipped ones not)
                "train_accuracy": st.ep_correct / max(1.0, st.ep_items),
                "lr": lr_at(cfg.optim, self.step - 1, self.total_steps),
                f"{self.task.items}_per_s": times.rate(self.task.items_per_step())}

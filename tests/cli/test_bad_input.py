@@ -183,7 +183,7 @@ CASES = [
     ("unknown-subcommand", lambda t, g: ["trian", DIGITS], "invalid choice", 0),
     ("bad-set-syntax", lambda t, g: ["train", DIGITS, "--set", "train.batch_size"], "expected key=value", 0),
     ("missing-config-arg", lambda t, g: ["train"], "required: config", 0),
-    ("bad-int-flag", lambda t, g: ["train", DIGITS, "--stop-at-step", "soon"], "expected a step (an integer >= 0), got 'soon'", 0),
+    ("bad-int-flag", lambda t, g: ["train", DIGITS, "--stop-at-step", "soon"], "expected a step (an integer >= 1), got 'soon'", 0),
     # --- data
     ("mnist-missing-folder", lambda t, g: ["train", MNIST, "--set", f"data.path={t / 'none'}"], "none does not exist", 2),
     ("mnist-missing-file", lambda t, g: ["train", MNIST, *_mnist(t, lambda d: os.remove(d / "t10k-labels-idx1-ubyte"))], "missing t10k-labels-idx1-ubyte", 0),
@@ -231,7 +231,10 @@ CASES = [
     ("gpt-too-big", lambda t, g: ["train", GPT, "--set", "model.d_model=65536", "--set", "model.n_layer=64"], "model gpt needs about", 0),
     ("data-too-big", lambda t, g: ["train", DIGITS, "--set", "data.name=synthetic", "--set", "data.n_samples=1000000000", "--set", "data.n_features=100000"], "the synthetic data needs about", 0),
     # --- CLI flags and the output folder
-    ("stop-at-negative", lambda t, g: ["train", DIGITS, "--stop-at-step", "-3"], "argument --stop-at-step: expected a step (an integer >= 0), got '-3'", 0),
+    ("stop-at-negative", lambda t, g: ["train", DIGITS, "--stop-at-step", "-3"], "argument --stop-at-step: expected a step (an integer >= 1), got '-3'", 0),
+    ("stop-at-zero", lambda t, g: ["train", DIGITS, "--stop-at-step", "0"], "argument --stop-at-step: expected a step (an integer >= 1), got '0'", 0),
+    ("local-stop-at-zero", lambda t, g: ["local", "-n", "2", DIGITS, "--stop-at-step", "0"], "launch.py local: argument --stop-at-step: expected a step (an integer >= 1)", 0),
+    ("submit-stop-at-zero", lambda t, g: ["submit", DIGITS, "--local", "--stop-at-step", "0e0"], "launch.py submit: argument --stop-at-step: expected a step (an integer >= 1), got '0e0'", 0),
     ("resume-and-overwrite", lambda t, g: ["train", DIGITS, "--resume", "--overwrite"], "give one", 0),
     ("out-is-a-file", lambda t, g: ["train", DIGITS, "--out", _file_in_the_way(t)], "is a file, expected a folder", 2),
     ("out-under-a-file", lambda t, g: ["train", DIGITS, "--out", _file_in_the_way(t) + "/run"], "so no folder can be made under it", 0),
@@ -252,6 +255,14 @@ CASES = [
     ("ckpt-params-nan", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: None, lambda a: a["params"].__setitem__(0, np.nan)), "--resume"], "non-finite values", 0),
     ("ckpt-opt-state-missing", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: None, lambda a: a.pop("opt.buf")), "--resume"], "lacks optimizer state 'buf'", 0),
     ("ckpt-run-mistyped", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m["run"].update(history="x")), "--resume"], "metadata 'run.history'", 0),
+    # --- a checkpoint's step against the flags and the run's length (the good run is at step 3)
+    ("ckpt-beyond-the-end", lambda t, g: ["train", DIGITS, "--out", g, "--resume", "--set", "train.max_steps=2"], "checkpoint.npz is at step 3, beyond the end of this config's run (step 2 = 0.11 epochs of 19 steps); it was made with train.max_steps=3: resume with --set train.max_steps=3 (or any length past step 3), or start afresh with --overwrite", 2),
+    ("ckpt-beyond-the-end-local", lambda t, g: ["local", "-n", "2", DIGITS, "--out", str(g), "--resume", "--set", "train.max_steps=2"], "is at step 3, beyond the end", 0),
+    ("stop-at-the-checkpoint", lambda t, g: ["train", DIGITS, "--out", g, "--resume", "--set", "train.max_steps=9", "--stop-at-step", "3"], "--stop-at-step 3: the run is already at step 3", 2),
+    ("stop-before-the-checkpoint", lambda t, g: ["train", DIGITS, "--out", g, "--resume", "--set", "train.max_steps=9", "--stop-at-step", "1"], "--stop-at-step 1: the run is already at step 3", 0),
+    ("stop-before-a-complete-run", lambda t, g: ["local", "-n", "2", DIGITS, "--out", str(g), "--resume", "--set", "train.max_steps=3", "--stop-at-step", "2"], "--stop-at-step 2: the run is already at step 3", 0),
+    ("submit-stop-before-the-checkpoint", lambda t, g: ["submit", DIGITS, "--local", "--out", str(g), "--resume", "--stop-at-step", "2"], "--stop-at-step 2: the run is already at step 3", 0),
+    ("ckpt-every-mismatch-named", lambda t, g: ["train", DIGITS, "--out", g, "--resume", "--set", "model.hidden=[32]", "--set", "optim.name=adam", "--set", "train.seed=4", "--set", "train.dtype=float64"], "does not match the config: model.hidden is [128, 64] in the checkpoint but [32] now; optim.name is 'sgd' in the checkpoint but 'adam' now; train.dtype is 'float32' in the checkpoint but 'float64' now; train.seed is 0 in the checkpoint but 4 now (resume with the settings", 2),
     ("ckpt-other-layout", lambda t, g: ["train", DIGITS, "--out", _ckpt_meta(t, g, lambda m: m["layout"].pop()), "--resume"], "another model layout", 0),
     # --- data files
     ("mnist-path-is-file", lambda t, g: ["train", MNIST, "--set", f"data.path={_file_in_the_way(t)}"], "is a file, expected a folder", 0),

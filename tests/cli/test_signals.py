@@ -123,3 +123,43 @@ def test_a_signal_to_a_scaling_sweep_stops_it_and_keeps_finished_points(tmp_path
     assert p.returncode == 75
     assert "scaling: stopped by SIGTERM during point 1/2 (1 rank(s)); the 0 finished point(s)" in stderr
     assert "Traceback" not in stderr
+
+
+def _twice_killed(out, pause=0.3):
+    """A launcher whose job (a sleep deaf to the first Ctrl-C, standing in for the ranks at work on
+    their checkpoint) is stopped by two Ctrl-C: what it says."""
+    code = ("import sys; from ddp_scratch.cli.local import Launch; "
+            "sys.exit(Launch(['sh', '-c', 'trap \"\" INT; exec sleep 30'], mpi=False, out=sys.argv[1]).run())")
+    p = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
+    deadline = time.time() + 30
+    while not subprocess.run(["pgrep", "-P", str(p.pid), "-x", "sleep"], capture_output=True).stdout:
+        assert p.poll() is None and time.time() < deadline, p.communicate()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    time.sleep(pause)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 130, err
+    return err.strip()
+
+
+def test_a_second_ctrl_c_says_truly_what_stays_and_removes_half_written_temps(tmp_path):
+    """The launcher knows --out: after killing the ranks it removes the temp file of a checkpoint
+    write they were killed in, and says whether a checkpoint stays, and at which step."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".lock").write_text("pid 1 on x\n")
+    (out / ".checkpoint.npz.abcd1234.tmp").write_bytes(b"PK half")
+    err = _twice_killed(out)
+    assert err == ("stopped at once by a second signal (SIGINT, SIGINT): the ranks were killed; no checkpoint "
+                   f"had been written in {out} yet (a new run starts from step 0)")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    from ddp_scratch.run.checkpoint import save
+    save(str(out / "checkpoint.npz"), {"params": [0.0]}, {"step": 1234})
+    (out / ".summary.json.zz_9_abc.tmp").write_text("{")
+    err = _twice_killed(out)
+    assert err.endswith(f"the ranks were killed; the checkpoint at step 1,234 in {out} stays (--resume continues from it)")
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.npz"]
+    (out / "checkpoint.npz").write_bytes(b"garbage")
+    assert f"the ranks were killed; checkpoint {out}/checkpoint.npz cannot be read (" in _twice_killed(out)

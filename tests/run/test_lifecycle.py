@@ -46,7 +46,31 @@ def test_a_stop_before_the_first_evaluation_writes_a_valid_summary(tmp_path, ran
     s = summary(out)
     assert s["status"] == "stopped" and s["steps"] == 1 and s["history"] == []
     assert isinstance(s["train_loss"], float) and s["test_accuracy"] is None
-    assert "stopped: step 1/57, train_loss" in r.stdout
+    assert "stopped: step 1/57, train_loss" in r.stdout and "(mean of the 1 step run)" in r.stdout
+
+
+def test_the_final_line_says_what_its_train_loss_is_the_mean_of(tmp_path):
+    """No epoch ended (max_steps 5 = 0.26 epochs), or stopped with no validation yet: the label says so."""
+    r = run_launch("train", *ARGS, "--set", "train.max_steps=5", "--out", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    assert "completed: step 5/5, train_loss" in r.stdout and "(mean of the 5 steps run), test_accuracy" in r.stdout
+    assert summary(tmp_path / "m")["train_loss_over"] == "mean of the 5 steps run"
+    r = run_launch("train", *ARGS, "--out", tmp_path / "s", "--stop-at-step", 5)
+    assert "stopped: step 5/57, train_loss" in r.stdout and "(mean of the 5 steps run)" in r.stdout
+
+
+def test_train_loss_labels_are_true_for_every_position():
+    from ddp_scratch.run.summary import train_loss_over as over
+    spe = 19
+    assert over(19, 19, spe, 19) == over(38, 19, spe, 40) == "last epoch's mean"      # the last epoch that ended
+    assert over(19, 19, spe, 40) == "epoch 1's mean"              # a later epoch ended without a record
+    assert over(5, 5, spe, 5) == "mean of the 5 steps run" and over(1, 1, spe, 1) == "mean of the 1 step run"
+    assert over(5, 5, spe, 7) == "mean of epoch 1's first 5 steps, at step 5"      # stopped after a mid-epoch record
+    assert over(25, 6, spe, 25) == "mean of epoch 2's first 6 steps"
+    from ddp_scratch.run.progress import final_line
+    line = final_line({"status": "stopped", "steps": 5, "total_steps": 57, "train_loss": 2.5,
+                       "train_loss_over": "mean of the 5 steps run"}, "o")
+    assert line == "stopped: step 5/57, train_loss 2.5 (mean of the 5 steps run) -> o/summary.json"
 
 
 @pytest.mark.parametrize("ranks", [0, 2])
@@ -157,13 +181,33 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
 def test_a_stopped_run_whose_length_was_reached_is_finished_on_resume(tmp_path):
     out = tmp_path / "short"
     assert run_launch("train", *ARGS, "--out", out, "--stop-at-step", 30).returncode == 0
-    r = run_launch("train", *ARGS, "--set", "train.epochs=1", "--out", out, "--resume")
+    r = run_launch("train", *ARGS, "--set", "train.max_steps=30", "--out", out, "--resume")
     assert r.returncode == 0 and "already complete" not in r.stdout
+    assert "note: this run had 57 steps (it stopped at step 30); the config now asks for 30: it ends at step 30" in r.stdout
     s = summary(out)
     assert s["status"] == "completed" and s["steps"] == 30 and s["test_accuracy"] is not None
     assert s["history"][-1]["step"] == 30
-    r = run_launch("train", *ARGS, "--set", "train.epochs=1", "--out", out, "--resume")
+    r = run_launch("train", *ARGS, "--set", "train.max_steps=30", "--out", out, "--resume")
     assert "already complete at step 30" in r.stdout
+
+
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_a_resume_whose_config_ends_before_the_checkpoint_is_refused(tmp_path, ranks):
+    """Stopped at step 30 of 57; the config now ends at 19: one line saying how to go on, nothing
+    written (it used to report 'completed: step 30/19')."""
+    out = tmp_path / "past"
+    assert run_launch("train", *ARGS, "--out", out, "--stop-at-step", 30, "--quiet").returncode == 0
+    before = snapshot(out)
+    for extra, hint in ((["--set", "train.epochs=1"], "train.epochs=3: resume with --set train.epochs=3 ("),
+                        (["--set", "train.max_steps=29"], "train.max_steps=0: resume with --set train.max_steps=0 ("),
+                        (["--set", "train.max_steps=29", "--stop-at-step", "40"], "--set train.max_steps=0")):
+        r = run_launch("train", *ARGS, *extra, "--out", out, "--resume", ranks=ranks)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not r.stdout, r.stderr
+        assert f"error: checkpoint {out}/checkpoint.npz is at step 30, beyond the end of this config's run" in r.stderr
+        assert hint in r.stderr and "or start afresh with --overwrite" in r.stderr
+    assert snapshot(out) == before
+    r = run_launch("train", *ARGS, "--out", out, "--resume", "--stop-at-step", 31, ranks=ranks)
+    assert r.returncode == 0 and "stopped: step 31/57" in r.stdout
 
 
 def test_a_resume_that_changes_a_schedule_says_so(tmp_path):
@@ -172,7 +216,32 @@ def test_a_resume_that_changes_a_schedule_says_so(tmp_path):
     assert run_launch("train", *cos, "--stop-at-step", 10).returncode == 0
     r = run_launch("train", *cos, "--set", "train.epochs=6", "--resume", "--quiet")
     assert r.returncode == 0 and not r.stderr
-    assert "note: this run now has 114 steps (it had 57): the cosine learning-rate schedule" in r.stdout
+    assert ("note: this run had 57 steps (it stopped at step 10); the config now asks for 114: training on from "
+            "step 10 to 114 (to keep its 57 steps, resume with --set train.epochs=3); the cosine learning-rate "
+            "schedule follows the new length from step 10") in r.stdout
+
+
+def test_a_complete_run_extended_on_resume_says_so_before_training(tmp_path):
+    out = tmp_path / "ext"
+    assert run_launch("train", *ARGS, "--set", "train.max_steps=6", "--out", out, "--quiet").returncode == 0
+    r = run_launch("train", *ARGS, "--set", "train.max_steps=8", "--out", out, "--resume")
+    assert r.returncode == 0, r.stderr
+    note = ("note: this run had 6 steps and is complete; the config now asks for 8: training on from step 6 to 8 "
+            "(to keep it as it was, resume with --set train.max_steps=6)")
+    assert r.stdout.splitlines()[0].startswith(note) and r.stdout.count("note:") == 1
+    assert summary(out)["steps"] == 8
+
+
+def test_taking_the_lock_removes_temp_files_of_a_killed_write(tmp_path):
+    out = tmp_path / "stale"
+    out.mkdir()
+    stale = [".checkpoint.npz.k3_x9abc.tmp", ".summary.json.0123abcd.tmp"]
+    kept = [".notes.txt.abcdefgh.tmp", "checkpoint.npz.abcdefgh.tmp", ".checkpoint.npz.short.tmp", "mine.tmp"]
+    for name in stale + kept:
+        (out / name).write_text("x")
+    r = run_launch("train", *ARGS, "--set", "train.max_steps=2", "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([".lock", "checkpoint.npz", "summary.json", *kept])
 
 
 def test_integer_flags_take_any_notation(tmp_path):

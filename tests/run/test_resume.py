@@ -48,9 +48,15 @@ def test_resume_across_world_sizes_and_longer_runs(tmp_path, launch):
     assert json.loads((out / "summary.json").read_text())["steps"] == 76
 
 
-def test_resume_without_checkpoint_starts_fresh(tmp_path, launch):
-    r = launch("train", *ARGS, "--out", tmp_path / "new", "--resume", "--set", "train.max_steps=3")
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_resume_without_checkpoint_starts_fresh_and_says_so(tmp_path, launch, ranks):
+    """Resume-if-there-is-one is what a requeued job needs; a person who expected a checkpoint
+    learns there was none (once, also with --quiet)."""
+    r = launch("train", *ARGS, "--out", tmp_path / "new", "--resume", "--set", "train.max_steps=3", ranks=ranks)
     assert r.returncode == 0 and json.loads((tmp_path / "new" / "summary.json").read_text())["steps"] == 3
+    assert r.stdout == f"note: --resume: no checkpoint in {tmp_path / 'new'} yet; starting from step 0\n"
+    r = launch("train", *ARGS, "--out", tmp_path / "new", "--resume", "--set", "train.max_steps=4", ranks=ranks)
+    assert r.returncode == 0 and "no checkpoint" not in r.stdout
 
 
 def _signal_one_rank(p, pre, sig):

@@ -72,7 +72,7 @@ def test_submit_wait_reports_the_final_state_and_rank0_result_line(slurm, tmp_pa
     job = job_id(r.stdout)
     assert slurm.state(job) == "COMPLETED"                 # final when submit returned, not later
     last = r.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(rf"job {job} COMPLETED in \d+s: completed: step 30/30, train_loss [\d.]+ \(last epoch's mean\), "
+    assert re.fullmatch(rf"job {job} COMPLETED in \d+s: completed: step 30/30, train_loss [\d.]+ \(mean of epoch 2's first 11 steps\), "
                         rf"test_accuracy [\d.]+, [\d.]+k? samples/s -> {re.escape(str(out))}/summary.json",
                         last), last
     assert "{" not in r.stdout and r.stderr == ""
