@@ -5,13 +5,16 @@ import sys
 import tempfile
 
 from ..errors import UserError
-from .local import LAUNCH_PY, Launch, find_mpiexec, warn_if_oversubscribed
+from .local import LAUNCH_PY, Launch, check_rank_count, find_mpiexec, warn_if_oversubscribed
 
 
 def _check_args(a):
     """Every refusal before the measurement starts: one line, exit status 2."""
     if a.ranks < 2:
         raise UserError("bench-comm -n: an all-reduce needs at least 2 ranks")
+    check_rank_count(a.ranks, "bench-comm -n")
+    from .checks import check_rank_memory
+    check_rank_memory(None, a.ranks, "bench-comm -n")
     if (a.alpha_us is None) != (a.bandwidth_gbps is None):
         raise UserError("bench-comm: give both --alpha-us and --bandwidth-gbps, or neither")
     from ..study.bench_comm import check_given
