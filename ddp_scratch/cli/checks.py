@@ -1,7 +1,7 @@
 """Checks a launcher runs once, before it starts ranks, a sweep or a job: what every rank of
 `train` would refuse (config, flags, output folder, data files) is refused here, in one line."""
 from ..config import load_config
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from .args import check_train_args, default_out
 
 
@@ -18,6 +18,17 @@ def preflight(a, ranks=1):
     check_out_folder(out, a.resume, a.overwrite)
     check_data(cfg)
     return cfg, out
+
+
+MAX_RANKS_PER_CORE = 16     # beyond this local ranks only thrash (1000 ranks on 2 cores hung, 500 broke UCX)
+
+
+def check_rank_count(ranks, cores, what, hint="run large worlds on a cluster (launch.py submit)"):
+    """Refuse, before anything starts, more local ranks than the `cores` here can hold: every
+    command that starts ranks on this machine (local, scaling, bench-comm, submit --local) shares this cap."""
+    cap = MAX_RANKS_PER_CORE * cores
+    if ranks > cap:
+        raise UserError(f"{what}: {ranks} ranks on the {cores} cores here would only thrash (at most {cap}); {hint}")
 
 
 # What one rank holds before its model and data: the interpreter, NumPy, mpi4py, the package and

@@ -41,18 +41,6 @@ def cores_here():
         return os.cpu_count() or 1
 
 
-MAX_RANKS_PER_CORE = 16     # beyond this local ranks only thrash (1000 ranks on 2 cores hung, 500 broke UCX)
-
-
-def check_rank_count(ranks, what, hint="run large worlds on a cluster (launch.py submit)"):
-    """Refuse, before anything starts, more local ranks than this machine can hold: every
-    command that starts ranks here (local, scaling, bench-comm, submit --local) shares this cap."""
-    cores = cores_here()
-    cap = MAX_RANKS_PER_CORE * cores
-    if ranks > cap:
-        raise UserError(f"{what}: {ranks} ranks on the {cores} cores here would only thrash (at most {cap}); {hint}")
-
-
 def warn_if_oversubscribed(ranks, threads, what):
     """One warning line when ranks x threads exceed this machine's cores (they would share them)."""
     cores = cores_here()
@@ -67,10 +55,10 @@ def find_mpiexec():
 
 
 def cmd_local(a):
-    from .checks import check_rank_memory, preflight
+    from .checks import check_rank_count, check_rank_memory, preflight
     if a.ranks < 1:
         raise UserError(f"local -n: expected a number of ranks >= 1, got {a.ranks}")
-    check_rank_count(a.ranks, "local -n")
+    check_rank_count(a.ranks, cores_here(), "local -n")
     cfg, out = preflight(a, a.ranks)        # fail fast, once, before starting N processes
     check_rank_memory(cfg, a.ranks, "local -n")
     warn_if_oversubscribed(a.ranks, cfg.train.threads or max(1, cores_here() // a.ranks), "local")

@@ -12,7 +12,7 @@ import time
 
 from ..errors import UserError
 from ..fsutil import atomic_write_text
-from .local import LAUNCH_PY, check_rank_count, cores_here, find_mpiexec
+from .local import LAUNCH_PY, cores_here, find_mpiexec
 
 
 def parse_ranks(text):
@@ -91,8 +91,8 @@ def check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, slurm
              "overrides": list(overrides), "steps": steps, "warmup": warmup}
     check_data(cfg)
     if not slurm:
-        from .checks import check_rank_memory
-        check_rank_count(max(ranks), "scaling --ranks", "run large worlds with --slurm")
+        from .checks import check_rank_count, check_rank_memory
+        check_rank_count(max(ranks), cores, "scaling --ranks", "run large worlds with --slurm")
         check_rank_memory(load_config(config, [*overrides, *common, *point_overrides(mode, max(ranks), batch, steps,
                                                                                       warmup)[1]]),
                           max(ranks), "scaling --ranks")
