@@ -309,6 +309,7 @@ CASES = [
     ("submit-local-too-many-ranks", lambda t, g: ["submit", DIGITS, "--local", "--tasks-per-node", "900", "--out", str(t / "j")], "900 ranks on the", 0),
     ("local-memory", lambda t, g: ["local", "-n", "2", DIGITS, "--set", "model.hidden=[400000,400000]"], "local -n 2: the run needs about", 0),
     ("scaling-memory", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1,2", "--set", "model.hidden=[400000,400000]", "--out", str(t / "s")], "the run needs about", 0),
+    ("config-bare-name-hint", lambda t, g: ["train", "mlp_digits.yml"], "does not exist; did you mean", 0),
     ("download-not-a-url", lambda t, g: ["download", "mnist", "--to", str(t / "dl"), "--base-url", "nowhere"], "cannot be reached", 0),
 ]
 

@@ -50,7 +50,8 @@ def test_bad_ranks_list(tmp_path, launch):
 
 
 def test_bench_comm_fits_and_projects(tmp_path, launch):
-    r = launch("bench-comm", "-n", 2, "--out", tmp_path, "--configs", "experiments/mlp_digits.yaml",
+    """--configs takes a path or a bare name of experiments/ (as the projection names them)."""
+    r = launch("bench-comm", "-n", 2, "--out", tmp_path, "--configs", "mlp_digits",
                "--alpha-us", "2", "--bandwidth-gbps", "25", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "bench_comm.json").read_text())
