@@ -376,11 +376,28 @@ def parse_override(text):
     return keys, value if value is not None else Scalar("", False, f"--set {text!r}")
 
 
+def _config_hint(path) -> str:
+    """'; did you mean experiments/NAME.yaml' for a missing config that names one of this
+    checkout's (bench-comm's projection names configs that way)."""
+    path = str(path)
+    if os.path.exists(path):
+        return ""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    name = os.path.basename(path)
+    for candidate in (name, name + ".yaml", os.path.splitext(name)[0] + ".yaml"):
+        if os.path.isfile(os.path.join(repo, "experiments", candidate)):
+            return f"; did you mean {os.path.join(repo, 'experiments', candidate)}?"
+    return ""
+
+
 def load_config(path=None, overrides=()) -> Config:
     from .fsutil import read_regular_file
     data = Mapping("")
     if path is not None:
-        raw = read_regular_file(path, "config file", ConfigError, max_bytes=1 << 20)
+        try:
+            raw = read_regular_file(path, "config file", ConfigError, max_bytes=1 << 20)
+        except ConfigError as e:
+            raise ConfigError(str(e) + _config_hint(path)) from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

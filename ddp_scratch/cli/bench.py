@@ -5,13 +5,16 @@ import sys
 import tempfile
 
 from ..errors import UserError
-from .local import LAUNCH_PY, Launch, find_mpiexec, warn_if_oversubscribed
+from .local import LAUNCH_PY, Launch, cores_here, find_mpiexec, warn_if_oversubscribed
 
 
 def _check_args(a):
     """Every refusal before the measurement starts: one line, exit status 2."""
     if a.ranks < 2:
         raise UserError("bench-comm -n: an all-reduce needs at least 2 ranks")
+    from .checks import check_rank_count, check_rank_memory
+    check_rank_count(a.ranks, cores_here(), "bench-comm -n")
+    check_rank_memory(None, a.ranks, "bench-comm -n")
     if (a.alpha_us is None) != (a.bandwidth_gbps is None):
         raise UserError("bench-comm: give both --alpha-us and --bandwidth-gbps, or neither")
     from ..study.bench_comm import check_given
@@ -36,11 +39,16 @@ def _check_args(a):
 
 def _config_path(path):
     """A config as given, or else the one of that name in this checkout (the default configs
-    are named relative to the repository, wherever bench-comm is started)."""
+    are named relative to the repository, wherever bench-comm is started), or a bare name of
+    one in experiments/ (mlp_digits: how the projection names them)."""
     if os.path.exists(path) or os.path.isabs(path):
         return path
-    here = os.path.join(os.path.dirname(LAUNCH_PY), path)
-    return here if os.path.exists(here) else path
+    repo = os.path.dirname(LAUNCH_PY)
+    for candidate in (path, os.path.join("experiments", path), os.path.join("experiments", path + ".yaml")):
+        here = os.path.join(repo, candidate)       # a bare name, as the projection table names them
+        if os.path.isfile(here):
+            return here
+    return path
 
 
 def cmd_bench_comm(a):

@@ -55,10 +55,12 @@ def find_mpiexec():
 
 
 def cmd_local(a):
-    from .checks import preflight
+    from .checks import check_rank_count, check_rank_memory, preflight
     if a.ranks < 1:
         raise UserError(f"local -n: expected a number of ranks >= 1, got {a.ranks}")
+    check_rank_count(a.ranks, cores_here(), "local -n")
     cfg, out = preflight(a, a.ranks)        # fail fast, once, before starting N processes
+    check_rank_memory(cfg, a.ranks, "local -n")
     warn_if_oversubscribed(a.ranks, cfg.train.threads or max(1, cores_here() // a.ranks), "local")
     mpiexec = find_mpiexec()
     if mpiexec is None:

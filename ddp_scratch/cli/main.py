@@ -91,8 +91,10 @@ def build_parser():
                    help="override a config value for every point (repeatable)")
     p.add_argument("--out", type=path("an output folder"), required=True,
                    help="folder of the sweep: points/, runs/*.json, scaling.csv, plots/, report.md")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the same sweep in --out: keep the points it measured, run the rest, rebuild the report")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the runs of an earlier, different sweep in --out")
+                   help="start afresh in an --out that holds measurements (its run files are removed)")
     p.add_argument("--slurm", action="store_true",
                    help="run each point as a SLURM job through submitit (one task per rank)")
     add_slurm_resource_args(p, tasks_per_node=0, time=30)
@@ -146,7 +148,7 @@ def cmd_scaling(a):
         from .submit import slurm_launcher
         launcher = slurm_launcher(a)
     sweep(a.config, a.mode, parse_ranks(a.ranks), a.out, a.repeats, a.steps, a.warmup, a.batch, a.overrides,
-          launcher=launcher, overwrite=a.overwrite)
+          launcher=launcher, overwrite=a.overwrite, resume=a.resume)
     return 0
 
 

@@ -233,7 +233,13 @@ class _Signals:
 def submit(a, log=print):
     from .checks import preflight
     check_submit_args(a)
-    _, out = preflight(a, ranks=a.nodes * a.tasks_per_node)     # fail here, not in a queued job
+    if a.local:
+        from .checks import check_rank_count, check_rank_memory
+        from .local import cores_here
+        check_rank_count(a.nodes * a.tasks_per_node, cores_here(), "submit --local")
+    cfg, out = preflight(a, ranks=a.nodes * a.tasks_per_node)     # fail here, not in a queued job
+    if a.local:
+        check_rank_memory(cfg, a.nodes * a.tasks_per_node, "submit --local")
     if a.local and find_mpiexec() is None:
         raise UserError("submit --local: no mpiexec found (pip install mpich, or load your cluster's MPI module)")
     a.out = out

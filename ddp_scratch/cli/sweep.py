@@ -66,14 +66,16 @@ class SweepStopped(UserError):
         self.exit_code = code
 
 
-MAX_RANKS_PER_CORE = 16     # beyond this a local point would only thrash (1000 ranks on 2 cores hung)
-
-
-def check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, slurm=False, overwrite=False, log=print):
+def check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, slurm=False, overwrite=False, log=print,
+                resume=False):
     """Everything a point would refuse, for every point, before the first one starts. Returns
-    (config, batch, the overrides every point gets, the sweep's identity)."""
+    (config, batch, the overrides every point gets, the sweep's identity, the threads per rank
+    (None: set by the cluster), the run files --overwrite removes)."""
     from ..config import load_config
     from ..data.tasks import check_data
+    if resume and overwrite:
+        raise UserError("scaling: --resume continues the sweep in --out and --overwrite starts it afresh; "
+                        "give one of them")
     cfg = load_config(config, overrides)
     batch = batch or cfg.train.batch_size
     cores = cores_here()
@@ -87,26 +89,31 @@ def check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup, slurm
         raise UserError(f"scaling --out {out} is a file, expected a folder")
     ident = {"config": os.path.splitext(os.path.basename(config))[0], "mode": mode, "batch": batch,
              "overrides": list(overrides), "steps": steps, "warmup": warmup}
-    _check_same_sweep(out, ident, overwrite)
     check_data(cfg)
     if not slurm:
+        from .checks import check_rank_count, check_rank_memory
+        check_rank_count(max(ranks), cores, "scaling --ranks", "run large worlds with --slurm")
+        check_rank_memory(load_config(config, [*overrides, *common, *point_overrides(mode, max(ranks), batch, steps,
+                                                                                      warmup)[1]]),
+                          max(ranks), "scaling --ranks")
         for n in ranks:
-            if n > MAX_RANKS_PER_CORE * cores:
-                raise UserError(f"scaling --ranks: {n} ranks on the {cores} cores here would only thrash "
-                                f"(at most {MAX_RANKS_PER_CORE * cores}); run large worlds with --slurm")
             if n * threads > cores:
                 log(f"warning: {n} ranks x {threads} thread(s) = {n * threads} > {cores} cores here: the ranks "
                     "share cores, so this point measures oversubscription, not scaling")
         log(f"threads per rank: {threads} at every point" + ("" if cfg.train.threads else
                                                            f" (the {cores} cores here over at most {max(ranks)} ranks)"))
-    return cfg, batch, common, ident
+    stale = _check_same_sweep(out, ident, overwrite, resume)
+    return cfg, batch, common, ident, (None if slurm else cfg.train.threads or threads), stale
 
 
-def _check_same_sweep(out, ident, overwrite):
+def _check_same_sweep(out, ident, overwrite, resume=False):
     """A sweep folder holds one sweep: runs of another (other config, mode, batch, overrides,
-    steps) would be mixed into one report. Refused, or replaced with --overwrite."""
+    steps) would be mixed into one report, and the same sweep again would silently replace its
+    measurements. Refused, unless --resume (the same sweep: keep its finished points) or
+    --overwrite (start afresh). Returns the run files to remove once every check has passed."""
     path = os.path.join(out, "sweep.json")
     runs = os.path.join(out, "runs")
+    done = sorted(f for f in os.listdir(runs) if f.endswith(".json")) if os.path.isdir(runs) else []
     old = None
     if os.path.isfile(path):
         try:
@@ -114,34 +121,60 @@ def _check_same_sweep(out, ident, overwrite):
                 old = json.load(f)
         except (OSError, ValueError):
             old = {}
-    elif not (os.path.isdir(runs) and any(f.endswith(".json") for f in os.listdir(runs))):
-        return
+    elif not done:
+        return []
+    if overwrite:
+        return [os.path.join(runs, f) for f in done]
     if old == ident:
-        return
-    if not overwrite:
-        what = ", ".join(f"{k} {old.get(k)!r} before, {v!r} now" for k, v in ident.items()
-                         if isinstance(old, dict) and old.get(k) != v) if old else "runs of an unrecorded sweep"
-        raise UserError(f"scaling --out {out} holds another sweep ({what}); use a new --out, or --overwrite "
-                        "to replace its runs")
-    for f in os.listdir(runs):
-        if f.endswith(".json"):
-            os.remove(os.path.join(runs, f))
+        if resume or not done:
+            return []
+        raise UserError(f"scaling --out {out} already holds {len(done)} run file(s) of this sweep; --resume "
+                        "continues it (runs only the points not measured yet), --overwrite measures every "
+                        "point afresh, or use a new --out")
+    what = ", ".join(f"{k} {old.get(k)!r} before, {v!r} now" for k, v in ident.items()
+                     if isinstance(old, dict) and old.get(k) != v) if old else "runs of an unrecorded sweep"
+    raise UserError(f"scaling --out {out} holds another sweep ({what}); "
+                    + ("--resume continues only the same sweep; " if resume else "")
+                    + "use a new --out, or --overwrite to replace its runs")
+
+
+def _finished(path, mode, name, n, r, gb, steps, threads):
+    """True when `path` is a complete run file of this point of this sweep (--resume keeps it)."""
+    from ..study.runfile import read_run_file, validate_run
+    try:
+        run = validate_run(read_run_file(path), path)
+    except ValueError:
+        return False
+    env = run.get("environment") or {}
+    return ((run["mode"], run["config"], run["world_size"], run["repeat"], run["global_batch"], run["steps"])
+            == (mode, name, n, r, gb, steps)
+            and (threads is None or env.get("threads_per_rank") in (None, threads)))
 
 
 def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, overrides=(),
-          launcher=None, log=print, overwrite=False):
-    """Run the sweep locally through mpiexec (or `launcher(n, argv) -> returncode`)."""
+          launcher=None, log=print, overwrite=False, resume=False):
+    """Run the sweep locally through mpiexec (or `launcher(n, argv) -> returncode`); with resume,
+    the points whose run files are complete and of this sweep are kept, not run again."""
     from .local import Launch, signal_count, signals_since
-    cfg, batch, common, ident = check_sweep(config, mode, ranks, out, batch, overrides, steps, warmup,
-                                            launcher is not None, overwrite, log)
+    cfg, batch, common, ident, threads, stale = check_sweep(config, mode, ranks, out, batch, overrides, steps,
+                                                            warmup, launcher is not None, overwrite, log, resume)
     mark = signal_count()
     name = os.path.splitext(os.path.basename(config))[0]
     points = [(n, r) for n in ranks for r in range(repeats)]
-    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
-    atomic_write_text(os.path.join(out, "sweep.json"), json.dumps(ident, indent=1) + "\n")
+    if resume:
+        def run_path(p):
+            return os.path.join(out, "runs", f"{name}-{mode}-n{p[0]}-r{p[1]}.json")
+        kept = [p for p in points if _finished(run_path(p), mode, name, p[0], p[1],
+                                               point_overrides(mode, p[0], batch, steps, warmup)[0], steps, threads)]
+        points = [p for p in points if p not in kept]
+        log(f"resume: {len(kept)} point(s) already measured, {len(points)} to run")
     mpiexec = find_mpiexec()
     if mpiexec is None and max(ranks) > 1 and launcher is None:
         raise UserError("scaling: no mpiexec found (pip install mpich)")
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    for f in stale:             # --overwrite, every check passed: the earlier measurements go
+        os.remove(f)
+    atomic_write_text(os.path.join(out, "sweep.json"), json.dumps(ident, indent=1) + "\n")
     t0, done_s = time.time(), []
     for k, (n, r) in enumerate(points):
         gb, extra = point_overrides(mode, n, batch, steps, warmup)
@@ -161,8 +194,9 @@ def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, o
             got = signals_since(mark)
             if got:
                 raise SweepStopped(f"scaling: stopped by {got[0]} during point {k + 1}/{len(points)} "
-                                   f"({n} rank(s)); the {k} finished point(s) are in {out}/runs "
-                                   f"(launch.py report {out} builds a report from them)",
+                                   f"({n} rank(s)); the {k} finished point(s) are in {out}/runs; "
+                                   f"the same command with --resume continues the sweep "
+                                   f"(launch.py report {out} builds a report from what is there)",
                                    130 if got[0] == "SIGINT" else 75)
         if rc != 0:
             raise UserError(f"scaling: the run with {n} rank(s) failed with exit status {rc} (see above)")

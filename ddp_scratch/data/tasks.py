@@ -38,3 +38,25 @@ def data_bytes(cfg):
     except Exception:          # a missing or bad file is said when it is read, in its own words
         return 0
     return 0
+
+
+def dims(cfg):
+    """(inputs, outputs) of the model the data asks for, without loading it: features and classes,
+    or the vocabulary of a text (which reads the text, as check_data does)."""
+    d = cfg.data
+    if d.name in ("text", "addition"):
+        from .text import build_text_task
+        task = build_text_task(cfg, 0, 1)
+        return task.d_in, task.n_out
+    if d.name == "digits":
+        return 64, 10
+    if d.name == "mnist":                # the image shape from the header (check_data ran already)
+        import math
+        import os
+        from .images import MNIST_FILES, find_mnist_file, read_idx
+        try:
+            _, shape = read_idx(find_mnist_file(os.path.expanduser(d.path), MNIST_FILES["train_images"]), True)
+            return math.prod(shape[1:]), d.n_classes
+        except Exception:    # said in its own words when the data is read
+            return 28 * 28, d.n_classes
+    return d.n_features, d.n_classes

@@ -2,15 +2,17 @@
 
 Every figure comes as a 300 dpi PNG and a vector PDF of the same name; labels are words with
 units ("MLP, weak scaling", "throughput (k samples/s)"), the hardware and date sit in a subtitle,
-legends sit outside the axes and every y axis starts at 0 with headroom, so nothing is clipped or
+legends sit outside the axes and every linear y axis starts at 0 with headroom, so nothing is clipped or
 covered. Only measured quantities are plotted: the energy plot appears only for measured energy,
 because an estimate from FLOP counts or from run time x nominal power only restates FLOP/s.
 
 Throughput is shown in each series' own unit: tokens/s for a series that records tokens_per_s (a
 GPT, whose "samples" are windows), samples/s otherwise, one panel per unit, so a slow unit is never
 flattened against a fast one. Ideal scaling (the baseline's rate x N/b) is drawn dashed in its
-series' colour, with a legend entry of its own, and sampled densely: on the log-2 ranks axis a
-linear rate is a curve, not straight segments between the measured worlds.
+series' colour, with a legend entry of its own. Rate plots are log-log (see rate_plot): the ideal
+is a straight line. Oversubscribed points (more ranks x threads than cores: they measure the
+sharing, not scaling) are ringed and named in the legend; "mean ± std over repeats" is said only
+where some point has two repeats or more.
 
 Matplotlib is imported lazily and drawn on the Agg canvas, never through pyplot: importing this
 module stays cheap for ranks and never touches a display or the global backend.
@@ -84,6 +86,20 @@ def _y_from_zero(ax, values, headroom=1.15, at_least=0.0):
     ax.set_ylim(0, top * headroom if top > 0 else 1.0)
 
 
+def _log_y(ax, values):
+    """A log y axis over the positive values with some room, ticks at 1, 2, 5 x 10^k in plain numbers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    pos = [v for v in _finite(values) if v > 0]
+    if not pos:
+        return _y_from_zero(ax, values)
+    lo, hi = min(pos), max(pos)
+    ax.set_yscale("log")
+    ax.set_ylim(lo / 1.4, hi * 1.4)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
+
+
 def _ranks_axis(ax, worlds):
     if len(worlds) > 1:
         ax.set_xscale("log", base=2)
@@ -109,11 +125,14 @@ class _Plotter:
         for r in rows:
             self.series[(r["mode"], r["config"])].append(r)
         self.labels = series_labels(rows)
+        self.repeats = max(r["repeats"] for r in rows) >= 2
+        self.over_handle = None
         self.style = {k: (COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)])
                       for i, k in enumerate(self.series)}
         self.out = {}
 
     def figure(self, title, ncols=1, width=6.4, height=4.4):
+        self.over_handle = None
         fig = self.Figure(figsize=(width, height), layout="constrained")
         self.Canvas(fig)
         fig.suptitle(_tx(title), fontweight="bold", fontsize=14)
@@ -123,6 +142,7 @@ class _Plotter:
 
     def legend(self, sub, handles, width=6.4):
         """Below the axes, in two columns where the longest label fits half the figure's width."""
+        handles = handles + ([self.over_handle] if self.over_handle else [])
         wide = max(len(h.get_label()) for h in handles) * 0.075 > width / 2 - 0.7
         sub.legend(handles=handles, loc="outside lower center", ncols=1 if wide else min(2, len(handles)),
                    frameon=False)
@@ -146,15 +166,26 @@ class _Plotter:
             color, marker = self.style[k]
             y = [_nan(r[key + "_mean"]) / scale for r in rs]
             e = [_nan(r[key + "_std"]) / scale for r in rs]
-            handles.append(ax.errorbar([r["world_size"] for r in rs], y, yerr=e, color=color,
-                                       marker=marker, ms=6, lw=1.8, capsize=3, label=_tx(self.labels[k], 70)))
+            handles.append(ax.errorbar([r["world_size"] for r in rs], y, yerr=e if self.repeats else None,
+                                       color=color, marker=marker, ms=6, lw=1.8, capsize=3,
+                                       label=_tx(self.labels[k], 70)))
             values += [a + (b if math.isfinite(b) else 0.0) for a, b in zip(y, e)]
+            self.ring(ax, [(r["world_size"], v) for r, v in zip(rs, y) if r.get("oversubscribed")])
         return handles, values
 
+    def ring(self, ax, points):
+        """A red ring around each oversubscribed point, and one legend entry for the figure."""
+        if not points:
+            return
+        ax.scatter([x for x, _ in points], [y for _, y in points], s=260, facecolors="none",
+                   edgecolors="#D55E00", linewidths=1.6, zorder=5)
+        self.over_handle = self.Line2D([], [], ls="none", marker="o", ms=13, mfc="none", mec="#D55E00", mew=1.6,
+                                       label="oversubscribed: ranks shared cores (not scaling)")
+
     def ideal(self, ax, key, scale, keys):
-        """Ideal scaling per series, dashed in its colour: the baseline rate x N/b, sampled at 64
-        points per doubling so that it is the smooth curve it is on a log-2 axis. Returns one legend
-        handle per series (none for a series with one world) and the plotted values."""
+        """Ideal scaling per series, dashed in its colour: the baseline rate x N/b, a straight line
+        on the log-log axes of the rate plots. Returns one legend handle per series (none for a
+        series with one world) and the plotted values."""
         handles, values = [], []
         for k in keys:
             rs = self.series[k]
@@ -163,8 +194,7 @@ class _Plotter:
             rate = _nan(base[key + "_mean"]) / scale
             if hi == lo or not math.isfinite(rate):
                 continue
-            n = 1 + 64 * max(1, math.ceil(math.log2(hi / lo)))
-            xs = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+            xs = [lo, hi]
             ys = [rate * x / base["baseline_world"] for x in xs]
             ax.plot(xs, ys, ls="--", lw=1.2, color=self.style[k][0], alpha=0.8)
             handles.append(self.Line2D([], [], ls="--", lw=1.2, color=self.style[k][0], alpha=0.8,
@@ -172,6 +202,9 @@ class _Plotter:
                                        if len(self.series) == 1 else _tx(f"{self.labels[k]}: ideal (linear)", 90)))
             values += ys
         return handles, values
+
+    def over_repeats(self):
+        return " (mean ± std over repeats)" if self.repeats else ""
 
     def unit_groups(self):
         """[(key, unit, series keys)]: tokens/s for the series that record tokens_per_s at every
@@ -197,18 +230,26 @@ class _Plotter:
                 ideal, top = self.ideal(ax, key, f, [k])
                 handles += got + ideal
                 values += measured + top
-            _y_from_zero(ax, values)
+            worlds = sorted({r["world_size"] for k in keys for r in self.series[k]})
+            if len(worlds) > 1:
+                # Log-log: ideal scaling (rate proportional to N) is a straight line, each doubling
+                # of ranks is one step along x, and a point's shortfall from ideal is its vertical
+                # distance at any rate, from 1 to 64 ranks alike. (Log x with linear y drew the ideal
+                # as a curve; linear x would crowd 1, 2 and 4 ranks against the axis.)
+                _log_y(ax, values)
+            else:
+                _y_from_zero(ax, values)
             if len(groups) > 1:         # the panel's title names its unit; a short axis label
                 ax.set_title(f"{unit.replace('/s', ' per second')}, all ranks", fontsize=11)
                 ax.set_ylabel(f"{what} ({p}{unit})")
             else:
                 ax.set_ylabel(f"{what}, all ranks ({p}{unit})")
-            _ranks_axis(ax, sorted({r["world_size"] for k in keys for r in self.series[k]}))
+            _ranks_axis(ax, worlds)
         self.legend(sub, handles, width)
         self.save(fig, name)
 
     def efficiency(self):
-        fig, sub, (ax,) = self.figure("Parallel efficiency (mean ± std over repeats)")
+        fig, sub, (ax,) = self.figure("Parallel efficiency" + self.over_repeats())
         handles, values = self.lines(ax, "efficiency", 0.01)
         handles.append(ax.axhline(100.0, color="0.2", ls="--", lw=1.2, label="ideal (100 %)"))
         _y_from_zero(ax, values, 1.1, at_least=100.0)
@@ -234,15 +275,17 @@ class _Plotter:
             step = [_nan(r["step_time_s_mean"]) / f for r in rs]
             std = [_nan(r["step_time_s_std"]) / f for r in rs]
             ax.hlines(step, [x - 0.36 for x in pos], [x + 0.36 for x in pos], colors="k", lw=2,
-                      label="measured step time (± std over repeats)")
-            ax.errorbar(pos, step, yerr=std, fmt="none", ecolor="k", capsize=4, lw=1)
+                      label="measured step time" + (" (± std over repeats)" if self.repeats else ""))
+            if self.repeats:
+                ax.errorbar(pos, step, yerr=std, fmt="none", ecolor="k", capsize=4, lw=1)
             tops = [max(b, s + (d if math.isfinite(d) else 0.0)) for b, s, d in zip(bottom, step, std)]
             for x, s, t in zip(pos, step, tops):
                 ax.annotate(f"{s:.3g}", (x, t), xytext=(0, 3), textcoords="offset points",
                             ha="center", va="bottom", fontsize=9)
             _y_from_zero(ax, tops, 1.18)
             ax.set_xticks(pos)
-            ax.set_xticklabels([str(r["world_size"]) for r in rs])
+            ax.set_xticklabels([f"{r['world_size']}" + ("\noversub-\nscribed" if r.get("oversubscribed") else "")
+                                for r in rs])
             ax.set_xlim(-0.6 - 0.5 * (len(rs) == 1), len(rs) - 0.4 + 0.5 * (len(rs) == 1))
             ax.set_xlabel("ranks (world size)")
             ax.set_ylabel(f"time per step ({unit})")
@@ -282,7 +325,7 @@ def render_plots(rows: list[dict], subtitle: str = "") -> dict[str, bytes]:
     with rc_context(RC), warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)     # extreme valid values: no stderr noise
         p = _Plotter(rows, subtitle)
-        p.rate_plot("throughput", "Throughput (mean ± std over repeats)", "throughput", p.unit_groups(),
+        p.rate_plot("throughput", "Throughput" + p.over_repeats(), "throughput", p.unit_groups(),
                     words=True)
         p.efficiency()
         p.time_breakdown()

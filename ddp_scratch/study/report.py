@@ -35,7 +35,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from .runfile import ENERGY_LABELS, clean, load_runs, validate_run
-from .where import environment_lines, envs, hardware_line, threads_of
+from .where import environment_lines, envs, hardware_line, oversubscription, threads_of
 
 __all__ = ["load_runs", "validate_run", "aggregate", "write_csv", "make_plots", "write_report",
            "environment_lines", "hardware_line", "fmt"]
@@ -110,6 +110,10 @@ def aggregate(runs: list[dict]) -> list[dict]:
             row["peak_mem_bytes_max"] = max(r["peak_mem_bytes"]["max"] for r in rs)
             row["energy_source"] = "|".join(sorted({r["energy"]["source"] for r in rs}))
             row["energy_measured"] = all(r["energy"]["source"].startswith("measured") for r in rs)
+            over = [o for o in map(oversubscription, rs) if o]
+            row["oversubscribed"] = ("yes" if any(o[3] for o in over) else "maybe") if over else None
+            row["oversubscription"] = (f"{over[0][0]} ranks x {over[0][1]} thread(s) = {over[0][0] * over[0][1]} "
+                                       f"on {over[0][2]} cores") if over else None
             rows.append(row)
     return rows
 
@@ -225,7 +229,8 @@ def _series_table(rs) -> list[str]:
     head += [c[0] for c in cols] + ["energy source"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rs:
-        cells = [str(r["world_size"]), str(r["baseline_world"]), str(r["repeats"]),
+        mark = {"yes": " (oversubscribed)", "maybe": " (oversubscribed?)"}.get(r["oversubscribed"], "")
+        cells = [f"{r['world_size']}{mark}", str(r["baseline_world"]), str(r["repeats"]),
                  _count(r["global_batch"]), _count(r["per_rank_batch"])]
         cells += [_md(r["threads_per_rank"] or "—")] * threads
         cells += [fmt(r[key], r.get(_std_key(key)), scale) for _, key, scale in cols]
@@ -236,6 +241,16 @@ def _series_table(rs) -> list[str]:
 def _series_notes(rs, runs) -> list[str]:
     """Under a series' table: different thread counts per rank (bold), efficiency above 100 %."""
     lines = []
+    over = [r for r in rs if r["oversubscribed"]]
+    if over:
+        sure = [r for r in over if r["oversubscribed"] == "yes"]
+        lines += ["", "**Oversubscribed: " + "; ".join(
+            f"N = {r['world_size']} ran {r['oversubscription']}" + ("" if r in sure else " (if they shared them)")
+            for r in over) + ". Its ranks shared cores, so its throughput, speedup and efficiency measure "
+            "that sharing, not scaling: do not present them as scaling results.** "
+            + ("(Each rank could use only part of its host, so the run files cannot tell whether the ranks "
+               "shared those cores or were bound to cores of their own.) " if len(sure) < len(over) else "")
+            + "Measure at most as many ranks x threads as a host has cores, or on more hosts."]
     per_point = {r["world_size"]: r["threads_per_rank"] for r in rs if r["threads_per_rank"]}
     if len(threads_of(runs)) > 1:
         lines += ["", "**The points of this series used different thread counts per rank ("
@@ -274,8 +289,13 @@ def _markdown(runs, rows, plot_names, csv_name) -> str:
     env = environment_lines(runs)
     lines = ["# Scaling report", "",
              f"{len(runs)} runs from `runs/`; series: "
-             + "; ".join(f"{_md(v)} (`{_md(k[0] + ':' + k[1])}`)" for k, v in labels.items()) + ".",
-             "", "## Where it ran", ""]
+             + "; ".join(f"{_md(v)} (`{_md(k[0] + ':' + k[1])}`)" for k, v in labels.items()) + "."]
+    over = sorted({r["world_size"] for r in rows if r["oversubscribed"]})
+    if over:
+        lines += ["", f"**Oversubscribed points (N = {', '.join(map(str, over))}): more ranks x threads than "
+                  "cores, so the ranks shared cores and these points measure that, not scaling; see the notes "
+                  "under the tables. The plots mark them.**"]
+    lines += ["", "## Where it ran", ""]
     if env:
         lines += ["| | |", "|---|---|"] + [f"| {k} | {_md(v)} |" for k, v in env]
         missing = len(runs) - len(envs(runs))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .runfile import clean
 
-__all__ = ["environment_lines", "hardware_line", "envs", "dates", "threads_of"]
+__all__ = ["environment_lines", "hardware_line", "envs", "dates", "threads_of", "oversubscription"]
 
 
 def envs(runs):
@@ -116,3 +116,37 @@ def hardware_line(runs) -> str:
         parts.append(devices or "hardware not recorded")
     parts.append(dates(es, 10) or "date not recorded")
     return " · ".join(parts)
+
+
+def _count(v):
+    """A recorded count as an int, or None (threads may be recorded as text: "1", "4 (OMP)")."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.split(" ")[0].isdigit():
+        return int(v.split(" ")[0])
+    return None
+
+
+def oversubscription(run):
+    """(ranks on a host, threads per rank, cores they could use, certain) when the run had more
+    threads than cores, else None; from what the run file records (world size, hosts, threads per
+    rank, cores). The ranks of a host share the cores available to each (mpiexec binds nothing by
+    default). Where each rank could use only part of its host (a cpuset, or srun binding each rank
+    to its own cores) and the host has cores enough for every rank's share, the record cannot say
+    which: certain is False then."""
+    e = run.get("environment")
+    if not isinstance(e, dict):
+        return None
+    threads = _count(e.get("threads_per_rank"))
+    avail, logical = _count(e.get("cores_available")), _count(e.get("logical_cores"))
+    cores = avail or logical
+    if not threads or not cores:
+        return None
+    hosts = max(1, len(e.get("hosts") or []))
+    per_host = -(-run["world_size"] // hosts)
+    if per_host * threads <= cores:
+        return None
+    certain = threads > cores or not (avail and logical and per_host * avail <= logical)
+    return per_host, threads, cores, certain

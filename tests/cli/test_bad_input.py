@@ -322,6 +322,13 @@ CASES = [
     ("scaling-too-many-ranks", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1000", "--out", str(t / "s")], "would only thrash", 0),
     ("scaling-other-sweep", lambda t, g: ["scaling", DIGITS, "--mode", "strong", "--ranks", "1", "--out", _old_sweep(t)], "holds another sweep (mode 'weak' before, 'strong' now", 0),
     ("bench-comm-bad-data", lambda t, g: ["bench-comm", "--out", str(t / "b"), "--configs", _cfg(t, "data:\n  name: mnist\n  path: /nonexistent\n")], "/nonexistent does not exist", 0),
+    # --- absurd local worlds: one cap for every command that starts ranks here, and their memory
+    ("local-too-many-ranks", lambda t, g: ["local", "-n", "400", DIGITS], "400 ranks on the", 0),
+    ("bench-comm-too-many-ranks", lambda t, g: ["bench-comm", "-n", "500", "--out", str(t / "b")], "500 ranks on the", 0),
+    ("submit-local-too-many-ranks", lambda t, g: ["submit", DIGITS, "--local", "--tasks-per-node", "900", "--out", str(t / "j")], "900 ranks on the", 0),
+    ("local-memory", lambda t, g: ["local", "-n", "2", DIGITS, "--set", "model.hidden=[400000,400000]"], "local -n 2: the run needs about", 0),
+    ("scaling-memory", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1,2", "--set", "model.hidden=[400000,400000]", "--out", str(t / "s")], "the run needs about", 0),
+    ("config-bare-name-hint", lambda t, g: ["train", "mlp_digits.yml"], "does not exist; did you mean", 0),
     ("download-not-a-url", lambda t, g: ["download", "mnist", "--to", str(t / "dl"), "--base-url", "nowhere"], "cannot be reached", 0),
 ]
 

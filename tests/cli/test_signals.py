@@ -122,6 +122,7 @@ def test_a_signal_to_a_scaling_sweep_stops_it_and_keeps_finished_points(tmp_path
     print(stdout, stderr)
     assert p.returncode == 75
     assert "scaling: stopped by SIGTERM during point 1/2 (1 rank(s)); the 0 finished point(s)" in stderr
+    assert "the same command with --resume continues the sweep" in stderr
     assert "Traceback" not in stderr
 
 

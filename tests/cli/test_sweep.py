@@ -50,7 +50,8 @@ def test_bad_ranks_list(tmp_path, launch):
 
 
 def test_bench_comm_fits_and_projects(tmp_path, launch):
-    r = launch("bench-comm", "-n", 2, "--out", tmp_path, "--configs", "experiments/mlp_digits.yaml",
+    """--configs takes a path or a bare name of experiments/ (as the projection names them)."""
+    r = launch("bench-comm", "-n", 2, "--out", tmp_path, "--configs", "mlp_digits",
                "--alpha-us", "2", "--bandwidth-gbps", "25", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "bench_comm.json").read_text())
@@ -92,5 +93,40 @@ def test_every_point_uses_one_thread_count_and_a_folder_holds_one_sweep(tmp_path
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (out / "runs").glob("*.json")) == ["mlp_digits-weak-n1-r0.json"]
     r = launch(*args[:-6], "--ranks", "2", "--steps", "3", "--warmup", "1", "--batch", "8", "--out", out, timeout=300)
+    assert r.returncode == 2 and "already holds 1 run file(s) of this sweep; --resume continues it" in r.stderr
+    r = launch(*args[:-6], "--ranks", "2", "--steps", "3", "--warmup", "1", "--batch", "8", "--out", out,
+               "--resume", timeout=300)
     assert r.returncode == 0, r.stderr             # the same sweep, one more point: added
     assert len(list((out / "runs").glob("*.json"))) == 2
+
+
+def test_the_same_sweep_again_is_refused_unless_resume_or_overwrite(tmp_path, launch):
+    """Run again into its folder, a sweep would silently replace its measurements; --resume keeps
+    every complete run file of this sweep and runs only the rest (an interrupted sweep: a missing
+    or broken file), then rebuilds the report; --overwrite measures every point afresh."""
+    out = tmp_path / "s"
+    args = ["scaling", "experiments/mlp_digits.yaml", "--mode", "strong", "--ranks", "1,2", "--steps", "3",
+            "--warmup", "1", "--out", out]
+    assert launch(*args, timeout=300).returncode == 0
+    runs = {p.name: p.read_bytes() for p in (out / "runs").glob("*.json")}
+    r = launch(*args)
+    assert r.returncode == 2 and "already holds 2 run file(s) of this sweep" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in (out / "runs").glob("*.json")} == runs       # nothing lost
+    r = launch(*args, "--resume", "--overwrite")
+    assert r.returncode == 2 and "give one of them" in r.stderr
+    (out / "runs" / "mlp_digits-strong-n2-r0.json").unlink()         # as a Ctrl-C in point 2 leaves it
+    (out / "report.md").unlink()
+    r = launch(*args, "--resume", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "resume: 1 point(s) already measured, 1 to run" in r.stdout and "[1/1]" in r.stdout
+    assert (out / "runs" / "mlp_digits-strong-n1-r0.json").read_bytes() == runs["mlp_digits-strong-n1-r0.json"]
+    assert (out / "report.md").exists()
+    (out / "runs" / "mlp_digits-strong-n1-r0.json").write_text('{"mode": "strong"')    # cut short
+    r = launch(*args, "--resume", timeout=300)
+    assert r.returncode == 0 and "resume: 1 point(s) already measured, 1 to run" in r.stdout, r.stderr
+    json.loads((out / "runs" / "mlp_digits-strong-n1-r0.json").read_text())
+    r = launch(*args[:-2], "--steps", "4", "--out", out, "--resume")
+    assert r.returncode == 2 and "holds another sweep (steps 3 before, 4 now); --resume continues only" in r.stderr
+    r = launch(*args, "--overwrite", timeout=300)
+    assert r.returncode == 0 and "[2/2]" in r.stdout, r.stderr

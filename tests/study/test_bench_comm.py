@@ -52,6 +52,21 @@ def test_projection_with_given_values_says_so_and_uses_them(tmp_path):
     assert labels[1].startswith("fit: α = 5 µs, 5 GB/s") and labels[2] == "given: α = 2 µs, 25 GB/s"
 
 
+def test_projection_table_columns_never_run_together(tmp_path):
+    """Efficiencies from 99.6 % down to 0.000299 %: every cell is separated from the next by spaces,
+    and the columns line up under the ranks."""
+    res = analyse(meas(), 2, tmp_path, alpha=50e-6, beta=1 / 2e9, compute={"tiny": (1e-5, 4e6)})
+    lines = projection_lines(res)
+    ranks, weak, strong = lines[1], lines[2], lines[3]
+    for line in (weak, strong):
+        cells = line.split()[1:]
+        assert len(cells) == 8 and all(float(c) >= 0 for c in cells), line
+        assert len(line) == len(ranks)
+    assert any(c.startswith("0.0") for c in strong.split()[1:])
+    ends = [i for i, (a, b) in enumerate(zip(ranks, ranks[1:] + " ")) if a != " " and b == " "]
+    assert [i for i, (a, b) in enumerate(zip(strong, strong[1:] + " ")) if a != " " and b == " "][1:] == ends[1:]
+
+
 def test_a_poor_fit_warns_and_names_what_to_do(tmp_path):
     res = analyse(meas(noise=1.5, seed=3), 2, tmp_path, compute=COMPUTE)
     assert res["fit"]["r2"] < R2_POOR and res["fit"]["poor"]

@@ -64,8 +64,11 @@ def test_layout_nothing_clipped_or_covered(case, monkeypatch):
         assert legends, f"{name}: no legend"
         for ax in axes:
             lo, hi = ax.get_ylim()
-            assert lo == 0, f"{name}: y axis starts at {lo}"
             tops = plotted_tops(ax)
+            if ax.get_yscale() == "log":     # the rate plots over several worlds: log-log, all inside
+                assert name in ("throughput", "flops") and 0 < lo <= min(tops) / 1.2, f"{name}: {lo}"
+            else:
+                assert lo == 0, f"{name}: y axis starts at {lo}"
             assert tops and max(tops) <= hi * 0.98, f"{name}: data reaches {max(tops)} of {hi}"
             assert ax.get_ylabel() and "(" in ax.get_ylabel() and ax.get_xlabel(), name   # units
             box = ax.get_window_extent(renderer)
@@ -136,14 +139,15 @@ def dashed(ax):
 
 
 @pytest.mark.parametrize("name, key", [("throughput", "samples_per_s"), ("flops", "flops_per_s")])
-def test_ideal_is_linear_in_n_drawn_densely_in_each_series_colour(monkeypatch, name, key):
-    """On the log-2 axis y = rate x N/b is a curve: points between the measured worlds lie on it
-    (straight segments between 1, 2, 4, 8 would not), and the legend's dashed entries are the
-    series' colours, one per series (no grey entry that matches no line)."""
+def test_ideal_is_a_straight_line_on_log_log_axes_in_each_series_colour(monkeypatch, name, key):
+    """y = rate x N/b is straight only where both axes are log (log x with linear y drew it as a
+    curve): the rate plots are log-log, the ideal runs from the baseline to the largest world, and
+    the legend's dashed entries are the series' colours, one per series."""
     from matplotlib.colors import to_hex
     rows = aggregate(all_runs())
     fig = figures(rows, monkeypatch)[name]
     (ax,) = fig.get_axes()
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     scale = {"throughput": 1.0, "flops": 1e9}[name]                       # samples/s, GFLOP/s
     colors = {}
     for line in dashed(ax):
@@ -151,15 +155,41 @@ def test_ideal_is_linear_in_n_drawn_densely_in_each_series_colour(monkeypatch, n
         base = next(r for r in rows if r["world_size"] == r["baseline_world"] and
                     abs(r[key + "_mean"] / scale - y[0]) < 1e-9 * y[0])
         b = base["baseline_world"]
-        assert len(x) >= 64 * 2 and x[0] == b                             # dense from the baseline on
-        assert [yi * b / xi for xi, yi in zip(x, y)] == pytest.approx([base[key + "_mean"] / scale] * len(x))
-        assert any(not float(xi).is_integer() for xi in x)               # between the measured worlds
+        worlds = [r["world_size"] for r in rows if (r["mode"], r["config"]) == (base["mode"], base["config"])]
+        assert x == [b, max(worlds)]
+        assert [yi * b / xi for xi, yi in zip(x, y)] == pytest.approx([base[key + "_mean"] / scale] * 2)
+        (px0, py0), (px1, py1) = ax.transData.transform(list(zip(x, y)))
+        mid = ax.transData.transform([((x[0] * x[1]) ** 0.5, (y[0] * y[1]) ** 0.5)])[0]
+        assert mid == pytest.approx([(px0 + px1) / 2, (py0 + py1) / 2])     # straight on the page
         colors[(base["mode"], base["config"])] = to_hex(line.get_color())
     assert len(colors) == 2 and len(set(colors.values())) == 2
     entries = {t.get_text(): to_hex(h.get_color()) for leg in fig.subfigs[0].legends
                for t, h in zip(leg.get_texts(), leg.legend_handles) if h.get_linestyle() == "--"}
     assert entries == {"MLP, strong scaling: ideal (linear)": colors[("strong", "strong-mlp")],
                        "MLP, weak scaling: ideal (linear)": colors[("weak", "weak-mlp")]}
+
+
+def test_titles_say_mean_and_std_only_with_repeats(monkeypatch):
+    def titles(runs):
+        return {k: f._suptitle.get_text() for k, f in figures(aggregate(runs), monkeypatch).items()}
+    one = titles([run("strong", n, 0, 1.0 / n) for n in (1, 2)])
+    two = titles([run("strong", n, i, 1.0 / n) for n in (1, 2) for i in (0, 1)])
+    for name in ("throughput", "efficiency"):
+        assert "repeats" not in one[name]
+        assert two[name].endswith("(mean ± std over repeats)")
+
+
+def test_oversubscribed_points_are_ringed_and_named(monkeypatch):
+    from test_report import oversubscribed_runs
+    figs = figures(aggregate(oversubscribed_runs()), monkeypatch)
+    for name in ("throughput", "efficiency"):
+        labels = [t.get_text() for leg in figs[name].subfigs[0].legends for t in leg.get_texts()]
+        assert "oversubscribed: ranks shared cores (not scaling)" in labels
+        rings = [c for c in figs[name].get_axes()[0].collections if c.get_offsets().shape[0] == 1
+                 and len(c.get_facecolor()) == 0]
+        assert [float(c.get_offsets()[0][0]) for c in rings] == [4.0]
+    ticks = [t.get_text() for t in figs["time_breakdown"].get_axes()[0].get_xticklabels()]
+    assert ticks == ["1", "2", "4\noversub-\nscribed"]
 
 
 def test_one_series_has_one_ideal_entry_in_its_colour(monkeypatch):

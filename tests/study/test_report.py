@@ -45,6 +45,36 @@ def all_runs():
     return rs
 
 
+def oversubscribed_runs():
+    """Weak scaling at 1, 2 and 4 ranks of 1 thread on a 2-core host, as the run files record it."""
+    rs = [run("weak", n, 0, 0.01 * n) for n in (1, 2, 4)]
+    for r in rs:
+        r["environment"] = {"hosts": ["vm"], "ranks": r["world_size"], "logical_cores": 2, "cores_available": 2,
+                            "threads_per_rank": 1}
+    return rs
+
+
+def test_oversubscribed_points_are_flagged_from_the_run_files_alone(tmp_path):
+    """4 ranks x 1 thread on 2 cores measured the sharing, not scaling: report.md says so at the top,
+    on the point's row and under its table, the CSV has a column; 2 ranks on 2 cores are not marked.
+    Two hosts of 2 cores hold 4 ranks; a rank bound to 1 of 8 cores is judged on its own core."""
+    write_runs(tmp_path, oversubscribed_runs())
+    md = Path(write_report(tmp_path)).read_text()
+    assert "**Oversubscribed points (N = 4)" in md
+    assert "| 4 (oversubscribed) |" in md and "| 2 |" in md and "| 2 (oversub" not in md
+    assert "N = 4 ran 4 ranks x 1 thread(s) = 4 on 2 cores" in md and "not scaling" in md
+    rows = list(csv.DictReader(open(tmp_path / "scaling.csv")))
+    assert [r["oversubscribed"] for r in rows] == ["", "", "yes"]
+    from ddp_scratch.study.where import oversubscription
+    env = {"hosts": ["a", "b"], "logical_cores": 2, "cores_available": 2, "threads_per_rank": 1}
+    assert oversubscription({"world_size": 4, "environment": env}) is None
+    assert oversubscription({"world_size": 4, "environment": dict(env, threads_per_rank=2)}) == (2, 2, 2, True)
+    bound = {"hosts": ["a"], "logical_cores": 8, "cores_available": 1, "threads_per_rank": 1}
+    assert oversubscription({"world_size": 4, "environment": bound}) == (4, 1, 1, False)    # bound or shared?
+    assert oversubscription({"world_size": 4, "environment": dict(bound, threads_per_rank=2)})[3] is True
+    assert oversubscription({"world_size": 4, "environment": None}) is None
+
+
 def write_runs(d, runs):
     (d / "runs").mkdir(parents=True)
     for r in runs:
