@@ -1,5 +1,5 @@
 """Checks a launcher runs once, before it starts ranks, a sweep or a job: what every rank of
-`train` would refuse (config, flags, output folder, data files) is refused here, in one line."""
+`train` would refuse (config, flags, output folder, data files, plug-ins) is refused here, in one line."""
 from ..config import load_config
 from ..errors import ConfigError
 from .args import check_train_args, default_out
@@ -17,4 +17,7 @@ def preflight(a, ranks=1):
     out = a.out or default_out(a.config)
     check_out_folder(out, a.resume, a.overwrite)
     check_data(cfg)
+    if ":" in cfg.model.name or ":" in cfg.optim.name:     # a user's model or optimizer: it imports and fits
+        from ..nn.plugins import check_plugins
+        check_plugins(cfg)
     return cfg, out
