@@ -1,10 +1,17 @@
 """The examples run as a student runs them, from the repository root: the worked example (a
 user's layer and model, and the RAdam plug-in) trained on 2 ranks end to end and checked by
 `launch.py gradcheck`, and a short LeNet-5 run on Fashion-MNIST (the full run, to ~90 % test
-accuracy, is measured in benchmarks/results/lenet.json, not here)."""
+accuracy, is recorded in benchmarks/results/lenet_fashion_2ranks.json, not run here); and every
+shipped config loads, its plug-ins imported and checked as a launcher checks them."""
+import glob
 import json
+import os
 
-from conftest import need_fashion, run_launch
+import pytest
+
+from conftest import ROOT, need_fashion, run_launch
+from ddp_scratch.config import load_config
+from ddp_scratch.nn.plugins import check_plugins
 
 RESMLP = "examples/resmlp/resmlp_digits.yaml"
 LENET = "examples/cnn/lenet_fashion.yaml"
@@ -44,3 +51,14 @@ def test_lenet_on_fashion_mnist_two_ranks_short(tmp_path):
     assert s["status"] == "completed" and s["world_size"] == 2 and s["n_params"] == 61706
     assert s["test_accuracy"] > 0.5, s["test_accuracy"]       # 40 steps of 128: already well past chance
     assert s["flops_per_step"] > 0 and "lenet5 28x28x1" in r.stdout
+
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.yaml")) + glob.glob(os.path.join(ROOT, "examples", "*", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, ROOT) for p in CONFIGS])
+def test_every_shipped_config_loads_and_its_plugins_check(path, monkeypatch):
+    monkeypatch.chdir(ROOT)                  # plug-in files are named relative to the repository root
+    cfg = load_config(path, [])
+    check_plugins(cfg)
+    assert any(p.endswith("scaling_cnn_weak.yaml") for p in CONFIGS) and len(CONFIGS) >= 12
