@@ -1,5 +1,5 @@
 """Under mpiexec -n 2: the LeNet-5 plug-in (examples/cnn/lenet.py), with the built-in AdamW and
-with the RAdam plug-in (examples/optimizers/radam.py), trained K data-parallel steps equals K
+with the RAdam and Lion plug-ins (examples/optimizers/), trained K data-parallel steps equals K
 steps of one process at the same global batch (float64, rtol 1e-10): the extension path keeps
 the data-parallel guarantee of the built-in models."""
 import os
@@ -22,6 +22,7 @@ OPTIMS = {
               "optim.warmup_steps=3", "train.grad_clip=1.0"],
     "radam_plugin": [f"optim.name={ROOT}/examples/optimizers/radam.py:RAdam", "optim.lr=0.01",
                      "optim.weight_decay=0.01", "optim.options.decoupled_weight_decay=true"],
+    "lion_plugin": [f"optim.name={ROOT}/examples/optimizers/lion.py:Lion", "optim.lr=0.001", "optim.weight_decay=0.1"],
 }
 
 
