@@ -116,13 +116,12 @@ class LeNet5(Layer):
 
     def activation_bytes(self, rows):
         """Bytes of the workspaces a training step of `rows` rows holds (an upper bound: the bool
-        masks and uint8 window indices counted as full elements)."""
+        masks counted as full elements)."""
         n, s = rows, self.shapes
         (h, w, c), (h1, w1, c1), (p1h, p1w, _), (h2, w2, c2), (p2h, p2w, _) = s
         e = self.conv1.workspace_elements(n, h, w) + self.conv2.workspace_elements(n, p1h, p1w)
         e += 2 * n * h1 * w1 * c1 + 2 * n * h2 * w2 * c2                                # relu masks
-        e += self.pool1.workspace_elements(n, h1, w1, c1) + n * p1h * p1w * c1 * 2      # + arg, hit
-        e += self.pool2.workspace_elements(n, h2, w2, c2) + n * p2h * p2w * c2 * 2
+        e += self.pool1.workspace_elements(n, h1, w1, c1) + self.pool2.workspace_elements(n, h2, w2, c2)
         e += sum(n * (a + 2 * b) for a, b in zip(self.dims[:-1], self.dims[1:]))         # y, dx, relu mask
         e += n * self.dims[-1]                                                            # probs
         return e * self.space.itemsize
