@@ -90,6 +90,11 @@ def plan(a):
         ("gpt", [py, "bench_gpt.py", "all", *(["--windows", "2", "--max-windows", "3", "--iters", "50"] if a.quick else [])], {}),
         ("gpt_ddp", [*mpi, py, "bench_gpt.py", "ddp", "--no-wait",
                      *(["--windows", "2", "--max-windows", "3"] if a.quick else [])], {}),
+        # LeNet-5 (examples/cnn): the per-rank shape of lenet_fashion.yaml, and the MLP benchmark's shape
+        ("cnn_single", [py, "bench_cnn.py", "--batch", "64", "--threads", "1", "--steps", "20", *q,
+                        "--out", "cnn_single.json"], {}),
+        ("cnn_single_b256", [py, "bench_cnn.py", "--batch", "256", "--threads", "2", *q,
+                             "--out", "cnn_single_b256.json"], {}),
     ]
     pin = openblas_pinned() if a.openblas_variant else None
     if pin:
@@ -140,14 +145,14 @@ def collect(label):
     runs = {}
     for fn in sorted(os.listdir(common.RESULTS)) if os.path.isdir(common.RESULTS) else []:
         # this script's outputs only (results/ is shared with other benchmarks, e.g. bench_gpt.py)
-        if fn.endswith(".json") and (fn.startswith("mlp_") or fn in ("allreduce.json", "memory.json")):
+        if fn.endswith(".json") and (fn.startswith(("mlp_", "cnn_")) or fn in ("allreduce.json", "memory.json")):
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)
         elif fn in ("gpt_throughput.json", "gpt_ddp.json"):     # bench_gpt.py's: {"args", "result"}
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)["result"]
     order = ["mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "gpt_throughput",
-             "gpt_ddp", "allreduce", "memory"]
+             "gpt_ddp", "cnn_single", "cnn_single_b256", "allreduce", "memory"]
     runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     env = next((r["env"] for k, r in runs.items() if k == "mlp_single"), None) or \
         next((r["env"] for r in runs.values()), {})
@@ -180,6 +185,11 @@ def summary(res):
             what = "1 process" if key == "gpt_throughput" else f"{r['world_size']} ranks"
             tgt = ">=0.8x" if key == "gpt_throughput" else ""
             out.append(f"{'gpt ' + what + ' (tokens/s)':34s} {o:14.0f} {p:14.0f} {r['ratio']:6.2f}x {tgt:>7s}")
+        elif key.startswith("cnn_"):
+            o, p = (v["steps_per_s"]["median"] for v in r["sides"].values()) if len(r["sides"]) == 2 else \
+                (list(r["sides"].values())[0]["steps_per_s"]["median"], float("nan"))
+            what = f"lenet b{r['batch_per_process']} {r['threads_per_process']}t (steps/s)"
+            out.append(f"{what:34s} {o:14.1f} {p:14.1f} {r.get('ratio', float('nan')):6.2f}x {'>=0.8x':>7s}")
         elif key == "allreduce":
             m = r["mlp_grads"]
             out.append(f"{'allreduce MLP grads (us)':34s} {m['ddp_scratch_us']:14.0f} {m['mpi4py_us']:14.0f} "
@@ -286,6 +296,9 @@ def report(res):
                      f"{c['first_loss_ddp_scratch']:.6f} / {c['first_loss_torch']:.6f} |")
         L += ["", "Ratios are medians of per-round ratios of adjacent windows. Peak memory and the nanoGPT "
               "loss anchor: `results/gpt_memory.json`, `results/gpt_anchor.json` (benchmarks/README.md).", ""]
+    cnn = [(k, runs[k]) for k in runs if k.startswith("cnn_")]
+    if cnn:
+        L += _cnn_section(cnn)
     if "allreduce" in runs:
         r = runs["allreduce"]
         m = r["mlp_grads"]
@@ -319,6 +332,39 @@ def report(res):
               f"anonymous growth over the second half <= {r['tolerance_mib']:g} MiB, live bytes < 64 KiB; "
               "see bench_memory.py on allocator settling).", ""]
     return "\n".join(L) + "\n"
+
+
+def _cnn_section(cnn):
+    L = ["## LeNet-5 train step, 1 process", "",
+         "examples/cnn/lenet.py (a plug-in model: conv 5x5x6 pad 2, ReLU, max pool 2, conv 5x5x16, ReLU, max pool 2, "
+         "400-120-84-10), float32, AdamW; torch eager is nn.Sequential of the same layers (oneDNN convolutions) with "
+         "torch.optim.AdamW, holding the same initial weights, on the same batch (bench_cnn.py). Batch 64 with 1 "
+         "thread is the per-rank step of `lenet_fashion.yaml` on 2 ranks.", "",
+         "| batch, threads | ddp_scratch steps/s | torch steps/s | ratio | target | clean rounds | first loss ours / torch |",
+         "|---|---|---|---|---|---|---|"]
+    for _, r in cnn:
+        (_, o), (_, p) = r["sides"].items()
+        c = r.get("check", {})
+        L.append(f"| {r['batch_per_process']}, {r['threads_per_process']} | {o['steps_per_s']['median']:.1f} | "
+                 f"{p['steps_per_s']['median']:.1f} | **{r['ratio']:.2f}x** | >= {r['target_ratio']}x | "
+                 f"{r['clean_rounds']} | {c.get('first_loss_ddp_scratch', float('nan')):.6f} / "
+                 f"{c.get('first_loss_torch', float('nan')):.6f} |")
+    L += ["", "Only the GEMMs of ddp_scratch's step use more than one thread (OpenBLAS); im2col, col2im, pooling "
+          "and ReLU are NumPy copies and elementwise operations on one thread, while torch's oneDNN convolutions and "
+          "its pooling use every thread: more threads help torch's step more than ours.",
+          "", "Where ddp_scratch's step goes (median ms per call measured in place; each layer call split into "
+          "its GEMMs, timed through a proxy of B.xp.matmul, and the rest), and torch's by operator (torch.profiler, "
+          "self CPU time per step):", ""]
+    for _, r in cnn:
+        total = sum(p["ms"] for p in r["profile"])
+        L += [f"Batch {r['batch_per_process']}, {r['threads_per_process']} thread(s): ddp_scratch {total:.2f} ms "
+              "per step in the profile.", "", "| part | ms | share |", "|---|---|---|"]
+        L += [f"| {k} | {v:.3f} | {100 * v / total:.0f} % |" for k, v in r["breakdown_ms"].items()]
+        if r.get("torch_profile"):
+            L += ["", "| torch operator | ms |", "|---|---|"]
+            L += [f"| {p['op']} | {p['ms']:.3f} |" for p in r["torch_profile"][:6]]
+        L.append("")
+    return L
 
 
 if __name__ == "__main__":

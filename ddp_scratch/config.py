@@ -2,6 +2,9 @@
 
 Every field is declared once below with its type and constraints; unknown keys get a
 closest-match suggestion, wrong types a message naming the field, the expected type and the line.
+A plug-in model or optimizer (`model.name: mypkg.models:ResMLP`) declares its own keys as an
+`Options` dataclass (fields made with `F`); `model.options` / `optim.options` are kept as written
+until the plug-in is imported, then read by the same rules (`read_options`).
 
 Size: a little over 400 lines because the schema (every key, its type, range and default) and
 the reader that converts YAML text by that schema are one contract; apart, they would drift.
@@ -16,10 +19,12 @@ import typing
 from .errors import ConfigError
 
 
-def F(default, *, choices=None, min=None, gt=None, max=None, lt=None, help=""):  # noqa: A002 - reads like the YAML
-    meta = {"choices": choices, "min": min, "gt": gt, "max": max, "lt": lt, "help": help}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
+def F(default, *, choices=None, min=None, gt=None, max=None, lt=None, help="", plugin=False):  # noqa: A002 - reads like the YAML
+    """A config key: its default and constraints. Plug-ins declare their `Options` with it too.
+    plugin=True: besides `choices`, a plug-in reference `module:Attr` or `path/file.py:Attr`."""
+    meta = {"choices": choices, "min": min, "gt": gt, "max": max, "lt": lt, "help": help, "plugin": plugin}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -28,7 +33,8 @@ ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "tanh", "elu", "gelu"]
 
 @dataclass
 class ModelConfig:
-    name: str = F("mlp", choices=["mlp", "gpt"])
+    name: str = F("mlp", choices=["mlp", "gpt"], plugin=True)
+    options: dict = F({}, help="a plug-in model's own keys, checked against its Options dataclass")
     hidden: list[int] = F([128], min=1, help="MLP hidden widths")
     activation: str = F("relu", choices=ACTIVATIONS)
     init: str = F("auto", choices=["auto", "he", "xavier"])
@@ -78,7 +84,8 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = F("sgd", choices=["sgd", "adam", "adamw", "rmsprop"])
+    name: str = F("sgd", choices=["sgd", "adam", "adamw", "rmsprop"], plugin=True)
+    options: dict = F({}, help="a plug-in optimizer's own keys, checked against its Options dataclass")
     lr: float = F(0.1, gt=0.0)
     momentum: float = F(0.0, min=0.0, max=1.0)
     nesterov: bool = F(False)
@@ -132,6 +139,9 @@ class Config:
         """What a checkpoint must agree on to be resumed (run length may change)."""
         d = self.to_dict()
         keep = {s: d[s] for s in sections}
+        for s in ("model", "optim"):      # no options: as before plug-ins (older checkpoints resume)
+            if s in keep and not keep[s].get("options"):
+                keep[s].pop("options", None)
         keep["train"] = {k: d["train"][k] for k in ("batch_size", "seed", "dtype", "loss")}
         return keep
 
@@ -312,14 +322,31 @@ def _coerce(value, tp, path, meta, where="", default=None):
         _fail(where, f"{path}: expected a finite number, got {value!r}")
     if tp is int and abs(value) > INT64_MAX:
         _fail(where, f"{path}: {value} is too large (at most {INT64_MAX})")
-    if meta.get("choices") and value not in meta["choices"]:
-        _fail(where, f"{path}: expected one of {', '.join(meta['choices'])}, got {value!r}"
+    if meta.get("plugin") and ":" in value:
+        if plugin_ref(value) is None:
+            _fail(where, f"{path}: {value!r} is not a plug-in reference: expected {PLUGIN_FORM}")
+    elif meta.get("choices") and value not in meta["choices"]:
+        _fail(where, f"{path}: expected one of {', '.join(meta['choices'])}"
+              + (f", or {PLUGIN_FORM}" if meta.get("plugin") else "") + f", got {value!r}"
               + _suggest(str(value), meta["choices"]))
     for key, ok, word in (("min", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
                           ("max", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
         if meta.get(key) is not None and not ok(value, meta[key]):
             _fail(where, f"{path}: expected a value {word} {meta[key]}, got {value!r}")
     return value
+
+
+PLUGIN_FORM = "a plug-in as module:Attr or path/to/file.py:Attr"
+
+
+def plugin_ref(value):
+    """('mypkg.models' or 'dir/file.py', 'ResMLP') of a plug-in reference, or None when `value`
+    is not one (no colon, nothing before it, or no attribute name after it)."""
+    where, sep, attr = value.rpartition(":")
+    where, attr = where.strip(), attr.strip()
+    if not sep or not where or not all(part.isidentifier() for part in attr.split(".")):
+        return None
+    return where, attr
 
 
 def _suggest(name, options):
@@ -349,7 +376,7 @@ def _build(cls, data, prefix):
                if prefix else "")
         _fail(getattr(data, "where", ""), f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys{how}, "
                                           f"got {data!r}")
-    kwargs = {}
+    kwargs, trees = {}, {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in known:
@@ -359,11 +386,57 @@ def _build(cls, data, prefix):
         tp = hints[key]
         if is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{path}.")
+        elif tp is dict:       # a plug-in's own keys: kept as written until its Options read them
+            if isinstance(value, Scalar) and value.null:
+                value = Mapping(value.where)
+            if not isinstance(value, dict):
+                _fail(getattr(value, "where", ""), f"{path}: expected a mapping of keys, got {value!r}")
+            kwargs[key], trees[key] = _plain(value), value
         else:
             f = known[key]
             default = f.default_factory() if f.default_factory is not MISSING else f.default
             kwargs[key] = _coerce(value, tp, path, f.metadata, default=default)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    if trees:
+        try:
+            obj._trees = trees
+        except AttributeError:   # a plug-in's Options with __slots__: its messages lose the lines
+            pass
+    return obj
+
+
+def _plain(tree):
+    """A YAML tree as plain values (scalars as their text) for a config dict before typing."""
+    if isinstance(tree, Scalar):
+        return None if tree.null else tree.text
+    if isinstance(tree, dict):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_plain(v) for v in tree]
+    return tree
+
+
+def read_options(cls, section, name, owner):
+    """The `options` of config section `name` (model or optim), converted and checked against
+    `cls`, the Options dataclass of plug-in `owner`, by the rules of every built-in key (so a
+    mistake is one line naming the file, line and key). Returns the Options instance (None when
+    the plug-in declares none) and stores its typed values, defaults included, in
+    section.options: the summary and the checkpoint record them, a resume compares them."""
+    tree = getattr(section, "_trees", {}).get("options", section.options)
+    if cls is None:
+        if tree:
+            _fail(getattr(tree, "where", ""), f"{name}.options: {owner} declares no Options dataclass, so it "
+                  f"takes no options; got {', '.join(map(str, tree))}")
+        return None
+    if not is_dataclass(cls):
+        raise ConfigError(f"{name}.name: {owner}.Options must be a dataclass (its fields are the keys of "
+                          f"{name}.options), got {cls!r}")
+    try:
+        opts = _build(cls, tree, f"{name}.options.")
+    except TypeError as e:    # a field without a default that the config leaves out, ...
+        raise ConfigError(f"{name}.options: {owner}.Options({e})") from None
+    section.options = asdict(opts)
+    return opts
 
 
 def parse_override(text):
@@ -442,7 +515,28 @@ def _where_given(data, keys):
     return getattr(node, "key_where", {}).get(keys[-1], "") if isinstance(node, dict) else ""
 
 
+# Keys that only the built-in models and optimizers read: a plug-in takes its own in `options`.
+BUILTIN_ONLY = {"model": ("hidden", "activation", "init", "n_layer", "n_head", "d_model", "block_size", "dropout", "bias"),
+                "optim": ("momentum", "nesterov", "betas", "eps", "amsgrad", "alpha", "centered")}
+
+
+def _check_plugin_keys(cfg: Config):
+    for name, section in (("model", cfg.model), ("optim", cfg.optim)):
+        if ":" not in section.name:
+            tree = getattr(section, "_trees", {}).get("options", section.options)
+            if tree:
+                _fail(getattr(tree, "where", ""), f"{name}.options: only a plug-in {name} ({name}.name: {PLUGIN_FORM}) "
+                      f"takes options; {section.name} takes its keys directly under {name}:")
+            continue
+        default = type(section)()
+        for key in BUILTIN_ONLY[name]:
+            if getattr(section, key) != getattr(default, key):
+                raise ConfigError(f"{name}.{key}: a key of the built-in {name}s; the plug-in {section.name} takes "
+                                  f"its own keys under {name}.options")
+
+
 def _cross_check(cfg: Config):
+    _check_plugin_keys(cfg)
     if cfg.model.name == "gpt" and cfg.model.d_model % cfg.model.n_head:
         raise ConfigError(f"model.d_model: expected a multiple of model.n_head ({cfg.model.n_head}), got {cfg.model.d_model}")
     if len(cfg.optim.betas) != 2:

@@ -3,7 +3,8 @@
 Torch policy: torch is an external ORACLE only. Oracle tests call `require_torch()`: without torch
 they skip, unless DDP_REQUIRE_TORCH=1 (set by CI and `make test`), where a missing torch FAILS.
 Reference values made with torch are also committed under tests/fixtures/ (tests/make_fixtures.py),
-so a machine without torch still checks against them.
+so a machine without torch still checks against them. The finite-difference checker is the
+package's own (ddp_scratch.nn.gradcheck.numgrad), as `launch.py gradcheck` uses it.
 """
 import os
 import subprocess
@@ -27,23 +28,6 @@ def require_torch():
         pytest.skip("torch not installed: checked against the committed fixtures only")
     torch.set_default_dtype(torch.float64)
     return torch
-
-
-def numgrad(f, x, eps=1e-6):
-    """Central differences of scalar f() with respect to every entry of x (modified in place,
-    restored). float64: truncation error ~eps^2, rounding ~1e-16/eps."""
-    import numpy as np
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gf[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def step_memory(step, warmup=3, steps=2):

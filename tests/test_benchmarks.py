@@ -82,3 +82,21 @@ def test_device_script_is_valid_bash_and_names_only_files_that_exist():
         [p for p in named if not os.path.exists(os.path.join(ROOT, p))]
     # the stage names it documents are the ones it runs
     assert re.findall(r"STAGES:-\"([a-z ]+)\"", text)[0].split() == ["suite", "device", "train", "bench"]
+
+
+def test_cnn_benchmark_compares_like_with_like(tmp_path):
+    """bench_cnn.py: torch holds LeNet-5's weights (the first Linear's rows permuted from our
+    channels-last flatten order), so both start from the same loss; the profile's parts add up."""
+    require_torch()
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_cnn.py"), "--batch", "8", *SHORT]
+    env = dict(os.environ, BENCH_RESULTS_DIR=str(tmp_path))
+    r = run_group(cmd, timeout=300, cwd=ROOT, env=env)
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "cnn_single.json").read_text())
+    assert res["check"]["rel_diff"] < 1e-5, res["check"]
+    assert set(res["sides"]) == {"ddp_scratch", "torch"} and res["ratio"] > 0
+    total = sum(p["ms"] for p in res["profile"])
+    assert math.isclose(sum(res["breakdown_ms"].values()), total, rel_tol=1e-9)
+    assert all(0 <= p["gemm_ms"] <= p["ms"] for p in res["profile"])
+    assert res["torch_profile"] and "where the time goes" in r.stdout

@@ -132,7 +132,8 @@ def test_devices_are_refused_without_reading():
 
 KEYS = ["backend", "model.name", "model.hidden", "model.dropout", "data.name", "data.val_fraction",
         "train.batch_size", "train.epochs", "train.dtype", "optim.lr", "optim.betas", "optim.nesterov",
-        "comm.timeout_s", "logging.wandb", "model", "nosuch.key", "train.nosuch"]
+        "comm.timeout_s", "logging.wandb", "model", "nosuch.key", "train.nosuch", "model.options", "model.options.x",
+        "optim.name", "optim.options"]
 yaml_scalars = st.one_of(st.integers(-10**20, 10**20).map(str), st.floats(allow_nan=True).map(repr),
                          st.sampled_from(["", "~", "null", "yes", "no", "[1, 2]", "{a: 1}", "[", "'x", "&a 1",
                                           "*a", "!!python/object:os.system", "1e-3", "1e3", "-1", ".inf", "\t"]),

@@ -1,5 +1,5 @@
 """Checks a launcher runs once, before it starts ranks, a sweep or a job: what every rank of
-`train` would refuse (config, flags, output folder, data files) is refused here, in one line."""
+`train` would refuse (config, flags, output folder, data files, plug-ins) is refused here, in one line."""
 import os
 
 from ..config import load_config
@@ -28,6 +28,9 @@ def preflight(a, ranks=1):
         if isinstance(step, int) and not isinstance(step, bool):
             check_stop_at(a.stop_at_step, step, ckpt_path)
     check_data(cfg)
+    if ":" in cfg.model.name or ":" in cfg.optim.name:     # a user's model or optimizer: it imports and fits
+        from ..nn.plugins import check_plugins
+        check_plugins(cfg)
     return cfg, out
 
 

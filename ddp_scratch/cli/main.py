@@ -39,6 +39,10 @@ EXAMPLES = {
     "download": """
       python launch.py download mnist --to data/mnist
       python launch.py download fashion-mnist --to data/fashion""",
+    "gradcheck": """
+      python launch.py gradcheck conv2d
+      python launch.py gradcheck examples/resmlp/resmlp.py:Residual
+      python launch.py gradcheck examples.cnn.lenet:LeNet5 --entries 50""",
     "sample": """
       python launch.py sample runs/gpt_char/checkpoint.npz --prompt "The " --tokens 300 --top-k 10 --seed 1
       python launch.py sample runs/gpt_addition/checkpoint.npz --prompt "47+38=" --tokens 4 --temperature 0""",
@@ -123,6 +127,13 @@ def build_parser():
     p.add_argument("--top-k", type=integer(0, "a count"), default=0, metavar="K",
                    help="sample among the K likeliest; 0 = all (default 0)")
     p.add_argument("--seed", type=integer(0, "a seed"), default=0, help="the same seed gives the same text (default 0)")
+    p = cmd("gradcheck", "check a layer's or model's hand-written backward against finite differences (and torch)")
+    p.add_argument("target", help="a built-in (linear, relu, ..., conv2d, maxpool2d, flatten, mlp, gpt) or a plug-in: "
+                   "module:Class or path/to/file.py:Class with a gradcheck_inputs hook (docs/extending.md)")
+    p.add_argument("--seed", type=integer(0, "a seed"), default=0, help="seed of the input, noise and sampling (default 0)")
+    p.add_argument("--entries", type=integer(0, "a count"), default=200, metavar="N",
+                   help="entries per array checked by finite differences, chosen at random beyond N; 0 = all (default 200)")
+    p.add_argument("--no-torch", action="store_true", help="finite differences only, even where torch is importable")
     return ap
 
 
@@ -171,9 +182,17 @@ def cmd_sample(a):
     return run_sample(a)
 
 
+def cmd_gradcheck(a):
+    set_threads(1)                      # small arrays: more threads only add overhead
+    from ..nn.gradcheck_targets import check_target
+    report = check_target(a.target, seed=a.seed, entries=a.entries, use_torch=not a.no_torch)
+    print(report.text(), flush=True)
+    return 0 if report.ok else 1
+
+
 HANDLERS = {"train": cmd_train, "local": cmd_local, "submit": submit, "download": cmd_download,
             "scaling": cmd_scaling, "report": cmd_report, "bench-comm": cmd_bench_comm, "sample": cmd_sample,
-            "sweep-point": sweep_point}
+            "sweep-point": sweep_point, "gradcheck": cmd_gradcheck}
 
 
 def main(argv=None):

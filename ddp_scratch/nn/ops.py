@@ -38,8 +38,10 @@ def linear_backward(dy, x, W, dW_param, db_param, dx_out=None, work=None):
 
 def relu_forward(x):
     # against a row of zeros, not the scalar 0: NumPy's array-array maximum is vectorised, the
-    # array-scalar one is ~3x slower
-    return B.xp.maximum(x, _zeros_row(x), out=x)
+    # array-scalar one is ~3x slower; over wide rows, as a convolution's rows are its few channels
+    v = wide_rows(x)
+    B.xp.maximum(v, _zeros_row(v), out=v)
+    return x
 
 
 def relu_backward(dy, y, ws):
@@ -48,6 +50,20 @@ def relu_backward(dy, y, ws):
 
 
 _ZEROS = {}
+
+
+def wide_rows(x, width=1024):
+    """x viewed as rows of up to `width` values (a whole number of its own rows each) when it is
+    contiguous and its rows are short, else x. An operation against one row (a bias, a row of
+    zeros) then runs in long inner loops: a convolution's output has rows of its few channels,
+    and NumPy spends ~4x longer on 6-value inner loops than on 768-value ones."""
+    n = x.shape[-1] if x.ndim else 1
+    if n >= width or not x.flags.c_contiguous:
+        return x
+    rows, k = x.size // n, 1
+    while 2 * k * n <= width and rows % (2 * k) == 0:
+        k *= 2
+    return x.reshape(-1, k * n)
 
 
 def _zeros_row(x):

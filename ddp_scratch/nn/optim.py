@@ -13,6 +13,7 @@ import math
 from .. import backend as B
 from ..errors import ConfigError
 from .flat import zeros
+from .plugins import build_optimizer as build_plugin_optimizer, is_plugin, optimizer_state_arrays
 
 
 class Optimizer:
@@ -170,6 +171,8 @@ class RMSProp(Optimizer):
 
 def build_optimizer(cfg, space):
     """cfg: the `optim` config section."""
+    if is_plugin(cfg.name):          # a user's optimizer: mypkg.optim:Lion or path/file.py:Lion
+        return build_plugin_optimizer(cfg.name, cfg, space)
     common = dict(weight_decay=cfg.weight_decay, maximize=cfg.maximize)
     if cfg.name == "sgd":
         return SGD(space, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
@@ -184,6 +187,8 @@ def build_optimizer(cfg, space):
 
 def optimizer_arrays(o):
     """Parameter-sized state arrays an optimizer of config `o` keeps (besides its update scratch)."""
+    if o is not None and is_plugin(o.name):
+        return optimizer_state_arrays(o.name)
     if o is None or o.name in ("adam", "adamw"):
         return 2 + bool(o is not None and o.amsgrad)
     if o.name == "sgd":

@@ -1,8 +1,10 @@
-"""Models by name: the one place a config's `model.name` becomes a model object, and the
-memory a model will need, known before anything is allocated."""
+"""Models by name: the one place a config's `model.name` becomes a model object (a built-in, or a
+plug-in named `module:Class` / `file.py:Class`, nn/plugins.py), and the memory a model will need,
+known before anything is allocated."""
 from ..errors import ConfigError
 from .flat import N_EXTRAS
 from .optim import optimizer_arrays
+from .plugins import build_model as build_plugin_model, is_plugin
 
 
 def build_model(cfg, d_in, n_out, seed, build=True):
@@ -15,6 +17,8 @@ def build_model(cfg, d_in, n_out, seed, build=True):
     if m.name == "gpt":
         from .gpt import GPT
         return GPT.from_config(cfg, n_out, seed, build)
+    if is_plugin(m.name):             # a user's model: mypkg.models:ResMLP or path/file.py:ResMLP
+        return build_plugin_model(m.name, m, d_in, n_out, cfg.train.dtype, seed, build)
     raise ConfigError(f"model.name: expected mlp or gpt, got {m.name!r}")
 
 

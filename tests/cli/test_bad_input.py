@@ -14,6 +14,8 @@ from conftest import make_mnist_dir, write_idx
 
 DIGITS = "experiments/mlp_digits.yaml"
 GPT = "experiments/gpt_char.yaml"
+LENET = "examples/cnn/lenet_fashion.yaml"
+LENET_SYNTH = ["train", LENET, "--set", "data.name=synthetic", "--set", "data.n_features=784"]   # no Fashion-MNIST needed
 
 
 def _file(tmp, data):
@@ -330,6 +332,24 @@ CASES = [
     ("scaling-memory", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1,2", "--set", "model.hidden=[400000,400000]", "--out", str(t / "s")], "the run needs about", 0),
     ("config-bare-name-hint", lambda t, g: ["train", "mlp_digits.yml"], "does not exist; did you mean", 0),
     ("download-not-a-url", lambda t, g: ["download", "mnist", "--to", str(t / "dl"), "--base-url", "nowhere"], "cannot be reached", 0),
+    # --- plug-ins (docs/extending.md): the LeNet-5 example and its optimizer, every wrong form
+    ("cnn-kernel-beyond-image", lambda t, g: [*LENET_SYNTH, "--set", "model.options.kernel=29", "--set", "model.options.padding=0"], "conv1: a 28x28 input is smaller than the 29x29 kernel", 2),
+    ("cnn-pool-beyond-map", lambda t, g: [*LENET_SYNTH, "--set", "model.options.pool=29"], "model.options: a 28x28 map is smaller than the 29x29 pool", 0),
+    ("cnn-image-vs-data", lambda t, g: [*LENET_SYNTH, "--set", "model.options.image=[14,14,1]"], "model.options.image: 14x14x1 = 196 values per row, but the data's rows have 784 features", 0),
+    ("cnn-option-type", lambda t, g: [*LENET_SYNTH, "--set", "model.options.kernel=five"], "model.options.kernel: expected an integer, got 'five'", 0),
+    ("cnn-option-unknown", lambda t, g: [*LENET_SYNTH, "--set", "model.options.kernels=3"], "unknown config key 'model.options.kernels' (did you mean 'kernel'?)", 2),
+    ("cnn-option-list-item", lambda t, g: [*LENET_SYNTH, "--set", "model.options.channels=[6,0]"], "model.options.channels[1]: expected a value >= 1", 0),
+    ("cnn-two-channels", lambda t, g: [*LENET_SYNTH, "--set", "model.options.channels=[6]"], "expected image [height, width, channels] and two channels", 0),
+    ("plugin-file-missing", lambda t, g: [*LENET_SYNTH, "--set", "model.name=examples/cnn/lenet9.py:LeNet5"], "model.name: examples/cnn/lenet9.py not found", 2),
+    ("plugin-class-missing", lambda t, g: [*LENET_SYNTH, "--set", "model.name=examples/cnn/lenet.py:LeNet"], "has no attribute 'LeNet' (it defines", 0),
+    ("plugin-not-a-model", lambda t, g: [*LENET_SYNTH, "--set", "model.name=examples/cnn/lenet.py:Options"], "is not a model: it lacks loss(x, t, scale)", 0),
+    ("plugin-module-missing", lambda t, g: [*LENET_SYNTH, "--set", "model.name=nosuchpkg.models:Net"], "model.name: no module named 'nosuchpkg'", 0),
+    ("plugin-optim-is-model", lambda t, g: [*LENET_SYNTH, "--set", "optim.name=examples/cnn/lenet.py:LeNet5"], "optim.name: examples/cnn/lenet.py:LeNet5 is not an optimizer", 0),
+    ("plugin-optim-option", lambda t, g: [*LENET_SYNTH, "--set", "optim.name=examples/optimizers/lion.py:Lion", "--set", "optim.options.betas=[0.9,1.5]"], "optim.options.betas[1]: expected a value < 1.0", 0),
+    ("plugin-optim-builtin-key", lambda t, g: [*LENET_SYNTH, "--set", "optim.name=examples/optimizers/lion.py:Lion", "--set", "optim.momentum=0.9"], "optim.momentum: a key of the built-in optims; the plug-in examples/optimizers/lion.py:Lion takes its own keys under optim.options", 0),
+    ("gradcheck-unknown", lambda t, g: ["gradcheck", "conv3d"], "gradcheck: 'conv3d' is neither a built-in", 0),
+    ("gradcheck-file-missing", lambda t, g: ["gradcheck", "examples/cnn/nofile.py:LeNet5"], "gradcheck: examples/cnn/nofile.py not found", 0),
+    ("gradcheck-no-hook", lambda t, g: ["gradcheck", "examples/cnn/lenet.py:Options"], "gradcheck: examples/cnn/lenet.py:Options", 0),
 ]
 
 

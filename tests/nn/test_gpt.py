@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import numgrad as _numgrad, FIXTURES, require_torch, run_launch, step_memory
+from conftest import FIXTURES, require_torch, run_launch, step_memory
+from ddp_scratch.nn.gradcheck import numgrad as _numgrad
 from ddp_scratch import backend as B
 from ddp_scratch.nn import ops
 from ddp_scratch.nn import transformer_ops

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import numgrad as _numgrad, FIXTURES, require_torch, step_memory
+from conftest import FIXTURES, require_torch, step_memory
+from ddp_scratch.nn.gradcheck import numgrad as _numgrad
 from ddp_scratch.nn import ops
 from ddp_scratch.nn.flat import ParamSpace
 from ddp_scratch.nn.mlp import MLP
