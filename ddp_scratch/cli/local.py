@@ -158,6 +158,7 @@ class Launch:
         self.killed = False
         self.gone = {}              # pid -> signal that ended it (None: unknown)
         self.gone_batches = []      # pids in the order they ended, grouped by the watcher's wake-ups
+        self.shm, self.shm_read = set(), set()   # MPICH segments the ranks mapped; ranks looked at
 
     @property
     def signals(self):
@@ -192,6 +193,7 @@ class Launch:
             while proc.poll() is None:
                 if self.mpi:
                     self._scan()
+                    self._note_segments()
                 try:
                     proc.wait(timeout=0.25)
                 except subprocess.TimeoutExpired:
@@ -218,13 +220,14 @@ class Launch:
         had mapped (a killed rank never unlinks them: /dev/shm would fill up)."""
         self.killed = True
         self._scan()
-        shm = set()
-        for pid in self.ranks:
+        for pid in self.ranks:             # frozen first: none maps a new segment while we look
             try:
-                with open(f"/proc/{pid}/maps") as f:
-                    shm.update(re.findall(r"/dev/shm/mpich_shm_\S+", f.read()))
+                os.kill(pid, signal.SIGSTOP)
             except OSError:
                 pass
+        self._scan()
+        self._note_segments(again=True)
+        shm = set(self.shm)
         for pid in [*self.ranks, self.proc.pid]:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -240,6 +243,21 @@ class Launch:
                 os.unlink(segment)
             except OSError:
                 pass
+
+    def _note_segments(self, again=False):
+        """The MPICH shared-memory segments the job's ranks map, noted while they live (a rank that
+        has already ended by the time of a kill can no longer be asked; its segment can stay)."""
+        for pid in self.ranks:
+            if pid in self.shm_read and not again:
+                continue
+            try:
+                with open(f"/proc/{pid}/maps") as f:
+                    found = re.findall(r"/dev/shm/mpich_shm_\S+", f.read())
+            except OSError:
+                continue
+            if found:
+                self.shm.update(found)
+                self.shm_read.add(pid)
 
     def _scan(self):
         """pid -> rank of the job's ranks (each in a session of its own under mpiexec's proxy)."""
@@ -339,14 +357,26 @@ class Launch:
         for fd in fds:
             os.close(fd)
 
-    def _first_gone(self):
-        """The pids of the rank(s) that ended first (several when they ended in one wake-up of the
-        watcher). Ranks that reported an MPI failure were alive to see another die: not them."""
+    def _reporters(self):
+        """Ranks that reported an MPI failure: alive to see another die, so not the first to end."""
         reporters = set()
         for line in self.mpi_said:
             m = re.search(r"\(rank (\d+) in comm 0\)", line) or re.match(r"error: rank (\d+):", line)
             if m:
                 reporters.add(int(m.group(1)))
+        return reporters
+
+    def _world_size(self):
+        """N of the job's `mpiexec -n N` (None when the command line does not say)."""
+        for flag, value in zip(self.argv, self.argv[1:]):
+            if flag in ("-n", "-np") and value.isdigit():
+                return int(value)
+        return None
+
+    def _first_gone(self):
+        """The pids of the rank(s) that ended first (several when they ended in one wake-up of the
+        watcher). Ranks that reported an MPI failure were alive to see another die: not them."""
+        reporters = self._reporters()
         for batch in self.gone_batches:
             candidates = [pid for pid in batch if self.ranks.get(pid) not in reporters]
             if candidates:
@@ -388,6 +418,14 @@ class Launch:
             who = " and ".join(f"rank {self.ranks[p]} (pid {p})" for p in sorted(first, key=self.ranks.get))
             sys.stderr.write(f"error: {who} on {host} ended at the same moment, one of them first (killed by a "
                              f"signal or crashed); mpiexec ended the job (exit status {rc})\n")
+            return rc
+        n, reporters = self._world_size(), self._reporters()
+        silent = [r for r in range(n or 0) if r not in reporters]
+        if rc not in (0, 75, 130) and not self.said_error and not self.signals and reporters and len(silent) == 1:
+            # the watcher never saw it (a rank killed before the launcher found it, on a busy
+            # machine): every other rank reported the failure, so the one that did not went first
+            sys.stderr.write(f"error: rank {silent[0]} ended first, without a word (killed by a signal or "
+                             f"crashed): the other rank(s) saw it go; mpiexec ended the job (exit status {rc})\n")
             return rc
         if rc not in (0, 75, 130) and not self.said_error and self.mpi_said and not self.signals:
             sys.stderr.write(f"error: the MPI library ended the job (exit status {rc}): {self.mpi_said[0][:300]}\n")

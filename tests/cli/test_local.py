@@ -138,6 +138,20 @@ def test_the_launcher_holds_back_mpich_error_stacks_and_ctrl_c_chatter(capsys):
     assert capsys.readouterr().err.startswith("error: the MPI library ended the job (exit status 134): Abort(")
 
 
+def test_a_rank_the_watcher_never_saw_is_named_when_every_other_rank_saw_it_go(capsys):
+    """Busy machine: rank 1 killed before the launcher found its process, no banner; rank 0
+    reported the failed collective. Of 2 ranks the one that said nothing went first; of 3 ranks
+    with one reporter, two are silent: no name is guessed."""
+    from ddp_scratch.cli.local import Launch
+    text = "Abort(543763855) on node 0 (rank 0 in comm 0): Fatal error in internal_Allreduce_c: Other MPI error\n"
+    for n, want in ((2, "error: rank 1 ended first, without a word"), (3, "error: the MPI library ended the job")):
+        launch = Launch(["mpiexec", "-n", str(n), "python", "launch.py"])
+        _filtered(text, launch)
+        launch.mark, launch.end = 0, 0
+        assert launch._status(143) == 143
+        assert capsys.readouterr().err.startswith(want)
+
+
 def test_a_progress_bar_passes_at_once():
     passed, _ = _filtered("\r[##   ] 1/10\r[#### ] 2/10")
     assert passed == "\r[##   ] 1/10\r[#### ] 2/10"

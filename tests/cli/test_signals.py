@@ -101,7 +101,10 @@ def test_a_rank_killed_by_sigkill_ends_the_job_with_one_line(tmp_path):
         together = re.fullmatch(r"error: rank 0 \(pid \d+\) and rank 1 \(pid \d+\) on \S+ ended at the same "
                                 r"moment, one of them first \(killed by a signal or crashed\); mpiexec ended the "
                                 r"job \(exit status (\d+)\)", line)
-        if (line == named and rc == 137) or (together and rc == int(together.group(1)) != 0):
+        # rank 1 killed before the launcher's watcher found it (a busy machine): rank 0 reported the
+        # failed collective, so the one rank that said nothing is named, from that alone
+        deduced = line.startswith("error: rank 1 ended first, without a word") and rc != 0
+        if (line == named and rc == 137) or (together and rc == int(together.group(1)) != 0) or deduced:
             return
         assert line.startswith("error: rank 0 ") and rc != 0, line       # the known limit, once
     pytest.fail(f"twice the wrong rank was named: {line}")
