@@ -1,5 +1,9 @@
 """Processes on this machine: threads per rank, finding mpiexec, `launch.py local -n N`, and
-forwarding a launcher's exit status and Ctrl-C to every rank."""
+forwarding a launcher's exit status and Ctrl-C to every rank.
+
+Size: a little over 400 lines because Launch is one piece: what mpiexec prints, the order in which
+the ranks end and the signals that reach the launcher together decide the one line a person reads
+when a job goes wrong; split, those three would have to share its state across modules."""
 import os
 import re
 import shutil
