@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+from ddp_scratch import backend as B
 from ddp_scratch.config import load_config
 from ddp_scratch.parallel.world import Comm
 from ddp_scratch.run.trainer import Options, Trainer
@@ -32,9 +33,9 @@ def run(overrides, comm):
                              "data.tail=pad", "logging.progress=false", "train.check_every=4", *LENET, *overrides])
     out = tempfile.mkdtemp(prefix=f"lenet{MPI.COMM_WORLD.Get_rank()}")
     tr = Trainer(cfg, Options(out=out, quiet=True), comm=comm)
-    init = tr.space.params.copy()
+    init = B.to_numpy(tr.space.params).copy()        # a host copy (the params may live on a device)
     s = tr.run()
-    return init, tr.space.params.copy(), s
+    return init, B.to_numpy(tr.space.params).copy(), s
 
 
 @pytest.mark.mpi(min_size=2)

@@ -142,6 +142,10 @@ class ndarray:
         out[...] = self._a
         return out
 
+    def __reduce__(self):              # pickled (mpi4py's allgather of objects) through the host, as CuPy's
+        transfers.note_d2h("pickle")
+        return _from_host, (self._a.copy(),)
+
     def set(self, arr, stream=None):
         if type(arr) is not _np.ndarray:
             raise TypeError(f"set() needs a numpy.ndarray, got {type(arr)}")
@@ -251,6 +255,11 @@ class ndarray:
         self._a[_index(key)] = _un(value, "as the value of an assignment")
 
 
+def _from_host(a):
+    transfers.h2d += 1
+    return ndarray(a)
+
+
 def _binary(name):
     f = getattr(_op, name + "_" if name in ("and", "or") else name)
 
@@ -341,11 +350,29 @@ def __getattr__(name):
     if name.startswith("__") or name in _HOST_ONLY:
         raise AttributeError(name)
     obj = getattr(_np, name)
+    if isinstance(obj, type(_np)):      # numpy.linalg, numpy.random, ...: NumPy's own functions
+        raise AttributeError(f"cupy.{name}: not covered by the strict stand-in (add it, with CuPy's "
+                             "signatures, to tests/strict_device/cupy)")
     if isinstance(obj, _np.ufunc):
         return _Ufunc(obj)
     if callable(obj) and not isinstance(obj, type):
         return lambda *a, **k: _call(obj, a, k)
     return obj
+
+
+class _StrideTricks:
+    @staticmethod
+    def as_strided(x, shape=None, strides=None):      # cupy.lib.stride_tricks.as_strided
+        if type(x) is not ndarray:
+            raise TypeError(f"as_strided: expected a device array, got {type(x)}")
+        return ndarray(_np.lib.stride_tricks.as_strided(x._a, shape, strides))
+
+
+class _Lib:
+    stride_tricks = _StrideTricks()
+
+
+lib = _Lib()
 
 
 # -------------------------------------------------------------------- the CUDA pieces the package uses
