@@ -125,11 +125,16 @@ class ParamSpace:
         self.extras.fill(0)
 
     def finish_grads(self):
-        """Zero whatever no layer wrote this step, so stale values never reach the all-reduce."""
+        """Zero whatever no layer wrote this step, so stale values never reach the all-reduce.
+        Returns the names of those parameters (a backward that assigned p.grad itself, without
+        Param.acc*, lands here: its gradient is overwritten by the zeros)."""
+        unwritten = []
         for p in self.plist:
             if p.fresh:
                 p.grad.fill(0)
                 p.fresh = False
+                unwritten.append(p.name)
+        return unwritten
 
     def named(self):
         return {p.name: p for p in self.plist}

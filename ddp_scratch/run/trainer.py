@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import signal
+import sys
 import time
 
 import numpy as np
@@ -72,6 +73,7 @@ class Trainer:
         self.comm = comm or Comm(cfg.comm.timeout_s)
         self.stop_requested = False      # agreed by all ranks
         self.signal_seen = False         # this rank got a stop signal
+        self.warned_unwritten = False    # a parameter no backward wrote: said once
         self._install_signals()          # early: a preemption during start-up must not kill us
         self.ckpt_path = os.path.join(opts.out, "checkpoint.npz")
         self.summary_path = os.path.join(opts.out, "summary.json")
@@ -217,7 +219,13 @@ class Trainer:
                 lk, ck = self.model.loss(x[lo:hi], y[lo:hi], 1.0 / n_items)
                 self.model.backward()
                 loss, correct = loss + lk, correct + ck
-        space.finish_grads()
+        unwritten = space.finish_grads()
+        if unwritten and not self.warned_unwritten and self.comm.rank == 0:
+            self.warned_unwritten = True      # said once: a layer may skip a parameter on purpose
+            names = ", ".join(unwritten[:6]) + (f" and {len(unwritten) - 6} more" if len(unwritten) > 6 else "")
+            print(f"warning: no backward wrote a gradient for {names} at step {self.step}: they get zero "
+                  "gradient (write gradients with Param.acc / acc_matmul / acc_sum0; an assignment to "
+                  "p.grad is overwritten: see docs/extending.md, the fresh rule)", file=sys.stderr, flush=True)
         # loss and correct may be device scalars (no read-back on a GPU); written on the device
         ex[EXTRA_LOSS], ex[EXTRA_CORRECT], ex[EXTRA_ITEMS] = loss, correct, y.size
         ex[EXTRA_STOP] = 0.0 if not self.signal_seen else INTERRUPT if self.signum == signal.SIGINT else 1.0

@@ -292,3 +292,25 @@ def test_train_and_local_refuse_a_broken_plugin_in_one_line(tmp_path):
             f"error: model.name: {tmp_path}/m.py:M is not a model: it lacks loss(x, t, scale), backward(), predict(x), "
             "flops_per_step(n), activation_bytes(rows) (see docs/extending.md)"], r.stderr
     assert not (tmp_path / "o" / "checkpoint.npz").exists()
+
+
+def test_a_backward_that_assigns_p_grad_is_warned_about_once(tmp_path):
+    """A plug-in whose backward assigns p.grad itself (not through Param.acc*) trains on zero
+    gradients (the fresh rule overwrites them): said once on stderr at the first step, naming the
+    parameters; a model that writes all of them through acc* gets no such line."""
+    src = TINY.replace("        self.fc.backward(ops.softmax_xent_backward(self.p, self.t, self.scale))",
+                       "        d = ops.softmax_xent_backward(self.p, self.t, self.scale)\n"
+                       "        self.fc.W.grad[...] = self.fc.x.T @ d\n")
+    assert src != TINY
+    (tmp_path / "assign.py").write_text(src)
+    (tmp_path / "tiny.py").write_text(TINY)
+    (tmp_path / BASE).write_text("data:\n  name: digits\ntrain:\n  batch_size: 16\n  max_steps: 4\n")
+    for name, want in (("assign", ["fc.W", "fc.b"]), ("tiny", [])):
+        r = run_launch("train", tmp_path / BASE, "--out", tmp_path / name, "--quiet",
+                       "--set", f"model.name={tmp_path}/{name}.py:Tiny", timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: no backward wrote")]
+        print(lines)
+        assert len(lines) == (1 if want else 0)
+        if want:
+            assert all(n in lines[0] for n in want) and "Param.acc" in lines[0] and "at step 0" in lines[0]
