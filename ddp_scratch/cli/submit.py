@@ -333,12 +333,19 @@ def _kill_marked(token, timeout=10.0):
     segments its ranks had mapped are removed too: killed ranks never unlink them (2 MB each
     in /dev/shm, and a later job whose id hashes alike would open a stale one)."""
     pids, shm = _marked(token), set()
+    for pid in pids:        # all frozen first: killing mpiexec first let its proxy end the ranks
+        try:                # before their maps were read, and their segments stayed behind
+            os.kill(pid, signal.SIGSTOP)
+        except OSError:
+            pass
+    pids = sorted(set(pids) | set(_marked(token)))
     for pid in pids:
         try:
             with open(f"/proc/{pid}/maps") as f:
                 shm.update(re.findall(r"/dev/shm/mpich_(?:shm|vci)_\S+", f.read()))
         except OSError:
             pass
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
