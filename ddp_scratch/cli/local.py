@@ -89,22 +89,67 @@ _received = []          # every stop signal this process got since its first Lau
 _current = []           # the Launch whose job is running now (at most one)
 
 
-def _exit_signal(pid):
-    """The signal that ended process `pid`, if it is still a zombie (field 52 of its stat)."""
+def _stat(pid):
+    """The fields of /proc/PID/stat after the command name (state first), or None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[49]) & 0x7F or None) if fields[0] == "Z" and len(fields) > 49 else None
+
+
+def _exit_signal(pid):
+    """The signal that ended process `pid`, if it is still a zombie (field 52 of its stat)."""
+    fields = _stat(pid)
+    return (int(fields[49]) & 0x7F or None) if fields and fields[0] == "Z" and len(fields) > 49 else None
 
 
 def _zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    fields = _stat(pid)
+    return fields is None or fields[0] == "Z"
+
+
+MPICH_SEGMENT = r"/dev/shm/mpich_(?:shm|vci)_\S+"    # MPICH's shared memory, as /proc/PID/maps names it
+
+
+def segments_of(pids):
+    """The MPICH shared-memory segments the processes `pids` map (killed ranks never unlink them)."""
+    found = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                found.update(re.findall(MPICH_SEGMENT, f.read()))
+        except OSError:
+            pass
+    return found
+
+
+def _signal_all(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def kill_job(find_pids, segments=()):
+    """SIGKILL every process `find_pids()` names; -> (the pids, the segments to unlink once they are
+    gone). They are frozen first (SIGSTOP), so that none ends, maps a new segment or is ended by
+    another (mpiexec's proxy) before its maps are read: else its segment stays in /dev/shm."""
+    pids = find_pids()
+    _signal_all(pids, signal.SIGSTOP)
+    pids = sorted(set(pids) | set(find_pids()))
+    shm = set(segments) | segments_of(pids)
+    _signal_all(pids, signal.SIGKILL)
+    return pids, shm
+
+
+def unlink_all(segments):
+    for segment in segments:
+        try:
+            os.unlink(segment)
+        except OSError:
+            pass
 
 
 def signals_since(mark):
@@ -223,45 +268,27 @@ class Launch:
         """SIGKILL the ranks and mpiexec, and remove the MPICH shared-memory segments the ranks
         had mapped (a killed rank never unlinks them: /dev/shm would fill up)."""
         self.killed = True
-        self._scan()
-        for pid in self.ranks:             # frozen first: none maps a new segment while we look
-            try:
-                os.kill(pid, signal.SIGSTOP)
-            except OSError:
-                pass
-        self._scan()
-        self._note_segments(again=True)
-        shm = set(self.shm)
-        for pid in [*self.ranks, self.proc.pid]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+
+        def job():
+            self._scan()
+            return [*self.ranks, self.proc.pid]
+        _, shm = kill_job(job, self.shm)
         for pid in self.ranks:             # gone before their segments go
             for _ in range(50):
                 if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
                     break
                 time.sleep(0.02)
-        for segment in shm:
-            try:
-                os.unlink(segment)
-            except OSError:
-                pass
+        unlink_all(shm)
 
-    def _note_segments(self, again=False):
-        """The MPICH shared-memory segments the job's ranks map, noted while they live (a rank that
-        has already ended by the time of a kill can no longer be asked; its segment can stay)."""
+    def _note_segments(self):
+        """The MPICH shared-memory segments the job's ranks map, noted once per rank while they live
+        (a rank that has already ended by the time of a kill can no longer be asked)."""
         for pid in self.ranks:
-            if pid in self.shm_read and not again:
-                continue
-            try:
-                with open(f"/proc/{pid}/maps") as f:
-                    found = re.findall(r"/dev/shm/mpich_shm_\S+", f.read())
-            except OSError:
-                continue
-            if found:
-                self.shm.update(found)
-                self.shm_read.add(pid)
+            if pid not in self.shm_read:
+                found = segments_of([pid])
+                if found:
+                    self.shm.update(found)
+                    self.shm_read.add(pid)
 
     def _scan(self):
         """pid -> rank of the job's ranks (each in a session of its own under mpiexec's proxy)."""

@@ -34,7 +34,7 @@ import uuid
 
 from ..errors import UserError
 from .args import add_slurm_resource_args, add_train_args, integer, path
-from .local import LAUNCH_PY, Launch, find_mpiexec
+from .local import LAUNCH_PY, Launch, find_mpiexec, kill_job, unlink_all
 
 # SLURM job states after which nothing more happens to the job (submitit counts PREEMPTED as
 # not done: a preempted job is normally requeued).
@@ -332,32 +332,11 @@ def _kill_marked(token, timeout=10.0):
     """SIGKILL every process of the local job; -> how many there were. The MPICH shared-memory
     segments its ranks had mapped are removed too: killed ranks never unlink them (2 MB each
     in /dev/shm, and a later job whose id hashes alike would open a stale one)."""
-    pids, shm = _marked(token), set()
-    for pid in pids:        # all frozen first: killing mpiexec first let its proxy end the ranks
-        try:                # before their maps were read, and their segments stayed behind
-            os.kill(pid, signal.SIGSTOP)
-        except OSError:
-            pass
-    pids = sorted(set(pids) | set(_marked(token)))
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                shm.update(re.findall(r"/dev/shm/mpich_(?:shm|vci)_\S+", f.read()))
-        except OSError:
-            pass
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    pids, shm = kill_job(lambda: _marked(token))
     deadline = time.monotonic() + timeout
     while _marked(token) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for segment in shm:
-        try:
-            os.unlink(segment)
-        except OSError:
-            pass
+    unlink_all(shm)
     return len(pids)
 
 
