@@ -134,6 +134,8 @@ def build_parser():
     p.add_argument("--entries", type=integer(0, "a count"), default=200, metavar="N",
                    help="entries per array checked by finite differences, chosen at random beyond N; 0 = all (default 200)")
     p.add_argument("--no-torch", action="store_true", help="finite differences only, even where torch is importable")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
+                   help="array module the target runs on: cupy checks a layer's GPU path (default numpy)")
     return ap
 
 
@@ -184,7 +186,9 @@ def cmd_sample(a):
 
 def cmd_gradcheck(a):
     set_threads(1)                      # small arrays: more threads only add overhead
+    from .. import backend
     from ..nn.gradcheck_targets import check_target
+    backend.use(a.backend)
     report = check_target(a.target, seed=a.seed, entries=a.entries, use_torch=not a.no_torch)
     print(report.text(), flush=True)
     return 0 if report.ok else 1

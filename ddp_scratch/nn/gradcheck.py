@@ -33,6 +33,8 @@ import math
 
 import numpy as np
 
+from .. import backend as B
+
 
 EPS = 1e-6          # float64 central differences: truncation ~eps^2, rounding ~1e-16/eps
 TOL = 1e-6          # max relative error against finite differences
@@ -42,24 +44,30 @@ ENTRIES = 200       # entries per array checked by finite differences (2 forward
 
 def numgrad(f, x, eps=EPS, entries=None):
     """Central differences of scalar f() with respect to x's entries (modified in place, restored):
-    all of them, or the flat indices `entries` (the others stay 0). float64: truncation error
+    all of them, or the flat indices `entries` (the others stay 0). x may live on the device (it
+    is the array forward reads); the result is a host (NumPy) array. float64: truncation error
     ~eps^2, rounding ~1e-16/eps."""
-    g = np.zeros_like(x)
+    g = np.zeros(x.shape)
     flat, gf = x.reshape(-1), g.reshape(-1)
     for i in (range(flat.size) if entries is None else entries):
-        old = flat[i]
+        old = float(flat[i])        # a host copy: CuPy's flat[i] is a view that the next line changes
         flat[i] = old + eps
-        fp = f()
+        fp = float(f())
         flat[i] = old - eps
-        fm = f()
+        fm = float(f())
         flat[i] = old
         gf[i] = (fp - fm) / (2 * eps)
     return g
 
 
+def host(a):
+    """A float64 NumPy copy of a host or device array (the checks compare on the host)."""
+    return np.array(B.to_numpy(a), dtype=np.float64)
+
+
 def rel_err(got, want):
     """max |got - want| / max |want| (0 when both are 0)."""
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    got, want = host(got), host(want)
     if got.size == 0:
         return 0.0
     scale = float(np.abs(want).max())
@@ -104,7 +112,7 @@ class Report:
     def text(self):
         def e(v):
             return "-" if v is None else f"{v:.1e}"
-        lines = [self.title, f"  float64; central differences (eps {EPS:g}); {self.torch_note}",
+        lines = [self.title, f"  float64 on {B.name}; central differences (eps {EPS:g}); {self.torch_note}",
                  f"  {'gradient of':<16}{'shape':<16}{'entries':>12}  {'fd max abs':>10}  {'fd max rel':>10}"
                  f"  {'torch max abs':>13}  {'torch max rel':>13}"]
         for r in self.rows:
@@ -132,7 +140,7 @@ def _sample(rng, size, entries):
 
 def _perturb(space, rng, noise):
     for p in space.plist:
-        p.data += noise * rng.standard_normal(p.shape)
+        p.data += B.asarray(noise * rng.standard_normal(p.shape))
 
 
 def _torch():
@@ -165,31 +173,33 @@ def _fresh_rule(space, run, g0):
 
 
 def check_layer(layer, space, x, *, seed=0, entries=ENTRIES, noise=0.1, use_torch=True, title=None):
-    """Check `layer` (its parameters declared in `space`, float64, built here) on input x."""
+    """Check `layer` (its parameters declared in `space`, float64, built here) on input x, on the
+    active array module (backend.xp: the device where CuPy is in use); compared on the host."""
     rng = np.random.default_rng(seed)
     if space.params is None:
         space.build(seed)
     _perturb(space, rng, noise)
-    x = np.asarray(x)
+    x = B.asarray(x)
     floating = x.dtype.kind == "f"
     if floating:
         x = x.astype(np.float64)
-    y0 = np.array(layer.forward(x.copy()), dtype=np.float64)
+    y0 = host(layer.forward(x.copy()))
     R = rng.standard_normal(y0.shape)                     # f = sum(y * R): dy = R
+    R_dev = B.asarray(R)
 
     def f():
-        return float((layer.forward(x.copy()) * R).sum())
+        return (layer.forward(x.copy()) * R_dev).sum()
 
     def run():
         layer.forward(x.copy())
-        return layer.backward(R.copy())
+        return layer.backward(R_dev.copy())
 
     space.grads.fill(0)
     space.zero_grad()
     dx = run()
     space.finish_grads()
-    dx = None if dx is None or not floating else np.array(dx, dtype=np.float64)
-    g0 = space.grads.copy()
+    dx = None if dx is None or not floating else host(dx)
+    g0 = host(space.grads)
     grads = {p.name: g0[p.offset:p.offset + p.size].reshape(p.shape) for p in space.plist}
     rows = []
     if dx is not None:
@@ -208,11 +218,13 @@ def check_layer(layer, space, x, *, seed=0, entries=ENTRIES, noise=0.1, use_torc
 
 
 def check_model(model, x, t, *, seed=0, entries=ENTRIES, noise=0.1, use_torch=True, title=None):
-    """Check a model's loss/backward on batch (x, t); its space is float64 and built."""
+    """Check a model's loss/backward on batch (x, t); its space is float64 and built. Runs on the
+    active array module (see check_layer)."""
     rng = np.random.default_rng(seed)
     space = model.space
     _perturb(space, rng, noise)
-    scale = 1.0 / max(1, np.asarray(t).size)
+    x, t = B.asarray(x), B.asarray(t)
+    scale = 1.0 / max(1, t.size)
 
     def f():
         return float(model.loss(x, t, scale)[0])
@@ -226,7 +238,7 @@ def check_model(model, x, t, *, seed=0, entries=ENTRIES, noise=0.1, use_torch=Tr
     space.zero_grad()
     run()
     space.finish_grads()
-    g0 = space.grads.copy()
+    g0 = host(space.grads)
     rows = []
     for p in space.plist:
         idx, n = _sample(rng, p.size, entries)
@@ -241,14 +253,14 @@ def check_model(model, x, t, *, seed=0, entries=ENTRIES, noise=0.1, use_torch=Tr
 
 def _fd_row(what, got, num, idx, n):
     shape = tuple(np.shape(got))
-    got, num = np.asarray(got).reshape(-1), num.reshape(-1)
+    got, num = host(got).reshape(-1), num.reshape(-1)
     if idx is not None:
         got, num = got[idx], num[idx]
     return Row(what, shape, n, float(np.abs(got - num).max(initial=0.0)), rel_err(got, num))
 
 
 def _torch_params(torch, space):
-    return {p.name: torch.tensor(np.array(p.data, dtype=np.float64), requires_grad=True) for p in space.plist}
+    return {p.name: torch.tensor(host(p.data), requires_grad=True) for p in space.plist}
 
 
 def _compare_layer(torch, layer, space, x, R, y0, dx, grads, rows):
@@ -259,7 +271,7 @@ def _compare_layer(torch, layer, space, x, R, y0, dx, grads, rows):
         twin = _twin(layer, torch, params)
         if twin is None:
             return f"torch {torch.__version__}: no torch_twin, not compared"
-        xt = torch.tensor(x, requires_grad=dx is not None)
+        xt = torch.tensor(B.to_numpy(x), requires_grad=dx is not None)
         yt = twin(xt)
         (yt * torch.tensor(R)).sum().backward()
         _torch_row(rows, "input", dx, xt.grad)
@@ -281,7 +293,7 @@ def _compare_model(torch, model, x, t, scale, loss0, g0, rows):
         twin = _twin(model, torch, params)
         if twin is None:
             return f"torch {torch.__version__}: no torch_twin, not compared"
-        lt = twin(torch.tensor(np.asarray(x)), torch.tensor(np.asarray(t)), scale)
+        lt = twin(torch.tensor(B.to_numpy(x)), torch.tensor(B.to_numpy(t)), scale)
         lt.backward()
         for p in model.space.plist:
             _torch_row(rows, p.name, g0[p.offset:p.offset + p.size], params[p.name].grad)
@@ -294,7 +306,7 @@ def _compare_model(torch, model, x, t, scale, loss0, g0, rows):
 
 
 def _errs(got, want):
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    got, want = host(got), host(want)
     if got.shape != want.shape:
         return math.inf, math.inf
     return float(np.abs(got - want).max(initial=0.0)), rel_err(got, want)
