@@ -100,3 +100,51 @@ def test_cnn_benchmark_compares_like_with_like(tmp_path):
     assert math.isclose(sum(res["breakdown_ms"].values()), total, rel_tol=1e-9)
     assert all(0 <= p["gemm_ms"] <= p["ms"] for p in res["profile"])
     assert res["torch_profile"] and "where the time goes" in r.stdout
+
+
+def _tiny_wheel(folder):
+    """A real (hand-packed) pure-Python wheel: what `make gpu-wheels` brings, without a network."""
+    import zipfile
+    folder.mkdir()
+    path = folder / "gpuprobe-0.1-py3-none-any.whl"
+    files = {"gpuprobe/__init__.py": "VALUE = 42\n",
+             "gpuprobe-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpuprobe\nVersion: 0.1\n",
+             "gpuprobe-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{n},,\n" for n in files) + "gpuprobe-0.1.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, text in {**files, "gpuprobe-0.1.dist-info/RECORD": record}.items():
+            z.writestr(n, text)
+    return folder
+
+
+def test_device_script_installs_the_carried_wheels_into_a_venv_that_sees_the_image(tmp_path):
+    """The device script's first step, on the CPU: a venv over the image's packages (here this
+    machine's: numpy must stay importable, as CuPy and torch must on the GPU image) with the
+    carried wheels installed offline; a second call reuses it."""
+    import subprocess
+    script = os.path.join(ROOT, "benchmarks", "gpu", "device_run.sh")
+    env = dict(os.environ, VENV=str(tmp_path / "venv"), WHEELS=str(_tiny_wheel(tmp_path / "whl")),
+               STAGES="install", OUT=str(tmp_path / "out"), PIP_NO_INDEX="1")
+    # the image's python3 is the one with the packages: here, the test's own interpreter's folder first
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    for _ in range(2):
+        r = subprocess.run(["bash", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "venv ready" in r.stdout, r.stdout + r.stderr
+    py = tmp_path / "venv" / "bin" / "python"
+    r = subprocess.run([str(py), "-c", "import gpuprobe, numpy; print(gpuprobe.VALUE)"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "42", r.stderr
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"WHEELS": "nowhere"}, "error: no wheels in nowhere/ (expected the wheels of 'make gpu-wheels'"),
+    ({"STAGES": "suite bnech"}, "error: unknown stage 'bnech' (expected suite, device, train, bench or install)"),
+])
+def test_device_script_refuses_bad_input_in_one_line(change, why, tmp_path):
+    import subprocess
+    script = os.path.join(ROOT, "benchmarks", "gpu", "device_run.sh")
+    env = dict(os.environ, VENV=str(tmp_path / "venv"), WHEELS=str(_tiny_wheel(tmp_path / "whl")),
+               OUT=str(tmp_path / "out"))
+    env.update(change)
+    r = subprocess.run(["bash", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith(why) and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "out").exists()

@@ -15,16 +15,30 @@
 # and torch; copy it to benchmarks/results/gpu/ and commit. Written without a GPU at hand: its
 # CPU-checkable parts run in tests/test_benchmarks.py (this script's syntax and paths, the
 # benchmark's --check on the strict stand-in); expect to adjust the rest on first use.
+# VENV and WHEELS move the venv and the wheel folder; STAGES=install only makes the venv (the
+# CPU test of this script uses both).
 set -u -o pipefail
 OUT=${OUT:-/tmp/out}
 STAGES=${STAGES:-"suite device train bench"}
-mkdir -p "$OUT"
-if [ ! -x /tmp/venv/bin/python ]; then
-  python3 -m venv --system-site-packages /tmp/venv || exit 1
-  /tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl \
-    || { echo "wheel install failed"; exit 1; }
+VENV=${VENV:-/tmp/venv}
+WHEELS=${WHEELS:-.whl}
+for stage in $STAGES; do
+  case $stage in suite|device|train|bench|install) ;;
+    *) echo "error: unknown stage '$stage' (expected suite, device, train, bench or install)" >&2; exit 2 ;;
+  esac
+done
+if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  echo "error: no wheels in $WHEELS/ (expected the wheels of 'make gpu-wheels', carried to this machine)" >&2; exit 2
 fi
-export PATH=/tmp/venv/bin:$PATH PYTHONPATH=$PWD PYTHONUNBUFFERED=1 DDP_REQUIRE_GPU=1 WANDB_MODE=disabled
+mkdir -p "$OUT"
+if [ ! -x "$VENV/bin/python" ]; then
+  # the image's own packages (CuPy, NCCL, torch) stay visible; the wheels add what it lacks
+  python3 -m venv --system-site-packages "$VENV" || exit 1
+  "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$WHEELS"/*.whl \
+    || { echo "error: installing the wheels of $WHEELS/ into $VENV failed" >&2; rm -rf "$VENV"; exit 1; }
+fi
+if [ "$STAGES" = install ]; then echo "venv ready: $VENV"; exit 0; fi
+export PATH=$VENV/bin:$PATH PYTHONPATH=$PWD PYTHONUNBUFFERED=1 DDP_REQUIRE_GPU=1 WANDB_MODE=disabled
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python - <<'PY'
@@ -52,7 +66,7 @@ for stage in $STAGES; do
       cp /tmp/gpu2/summary.json "$OUT/summary-2ranks.json" 2>/dev/null ;;
     bench)
       python benchmarks/gpu/bench_gpu.py --out "$OUT/gpu_steps.json" 2>&1 | tee "$OUT/bench.log" || rc=1 ;;
-    *) echo "unknown stage $stage (expected suite, device, train, bench)"; exit 2 ;;
+    install) ;;
   esac
 done
 exit $rc
