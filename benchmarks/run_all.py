@@ -14,6 +14,7 @@ side of the MLP benchmarks, in the same timing windows:
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -95,6 +96,9 @@ def plan(a):
                         "--out", "cnn_single.json"], {}),
         ("cnn_single_b256", [py, "bench_cnn.py", "--batch", "256", "--threads", "2", *q,
                              "--out", "cnn_single_b256.json"], {}),
+        # what users run: launch.py train against a plain PyTorch script, whole commands
+        ("e2e", [py, "bench_e2e.py", "--ranks", "1", str(a.ranks),
+                 *(["--rounds", "1", "--set", "train.max_steps=20"] if a.quick else [])], {}),
     ]
     pin = openblas_pinned() if a.openblas_variant else None
     if pin:
@@ -145,13 +149,14 @@ def collect(label):
     runs = {}
     for fn in sorted(os.listdir(common.RESULTS)) if os.path.isdir(common.RESULTS) else []:
         # this script's outputs only (results/ is shared with other benchmarks, e.g. bench_gpt.py)
-        if fn.endswith(".json") and (fn.startswith(("mlp_", "cnn_")) or fn in ("allreduce.json", "memory.json")):
+        if fn.endswith(".json") and (fn.startswith(("mlp_", "cnn_")) or fn in ("allreduce.json", "memory.json",
+                                                                                 "e2e.json")):
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)
         elif fn in ("gpt_throughput.json", "gpt_ddp.json"):     # bench_gpt.py's: {"args", "result"}
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)["result"]
-    order = ["mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "gpt_throughput",
+    order = ["e2e", "mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "gpt_throughput",
              "gpt_ddp", "cnn_single", "cnn_single_b256", "allreduce", "memory"]
     runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     env = next((r["env"] for k, r in runs.items() if k == "mlp_single"), None) or \
@@ -194,6 +199,13 @@ def summary(res):
             m = r["mlp_grads"]
             out.append(f"{'allreduce MLP grads (us)':34s} {m['ddp_scratch_us']:14.0f} {m['mpi4py_us']:14.0f} "
                        f"{m['ratio']:6.3f}x {'<=1.05x':>7s}")
+        elif key == "e2e":
+            for ranks, pt in r["points"].items():
+                tgt = ">=1.1x" if ranks == "1" else ">=1.3x"
+                out.append(f"{'launch.py train, ' + ranks + ' rank(s) (wall s)':34s} "
+                           f"{statistics.median(x['ddp_scratch']['wall_s'] for x in pt['rounds']):14.2f} "
+                           f"{statistics.median(x['torch']['wall_s'] for x in pt['rounds']):14.2f} "
+                           f"{pt['ratio_median']:6.2f}x {tgt:>7s}")
         elif key == "memory":
             out.append(f"{'memory anon RSS growth, 2nd half MiB':34s} {r['anon_growth_second_half_mib']:14.2f} "
                        f"{'':>14s} {'flat' if r['flat'] else 'GROWS':>7s}")
@@ -221,6 +233,8 @@ def report(res):
          "Rates are medians over timing windows that no other process disturbed (\"clean\": under 8% "
          "of the CPUs used by others, from /proc/stat); where fewer than 3 windows were clean the "
          "median is over all windows and the figure is less trustworthy. \"best\" is the fastest window.", ""]
+    if "e2e" in runs:
+        L += _e2e_section(runs["e2e"])
     for key, r in runs.items():
         if not key.startswith("mlp_"):
             continue
@@ -332,6 +346,28 @@ def report(res):
               f"anonymous growth over the second half <= {r['tolerance_mib']:g} MiB, live bytes < 64 KiB; "
               "see bench_memory.py on allocator settling).", ""]
     return "\n".join(L) + "\n"
+
+
+def _e2e_section(r):
+    L = ["## End to end: `launch.py train` against a plain PyTorch script", "",
+         f"The whole command, as a user runs it, on `{r['config']}`"
+         + (f" with {' '.join('--set ' + o for o in r['overrides'])}" if r["overrides"] else "")
+         + ": start-up, reading the IDX files, training, a validation pass per epoch, the test split, "
+         "checkpoint and summary. The peer is benchmarks/torch_train.py, the same work written as a student "
+         "would in PyTorch (same data and split, optimizer, schedule, batch, evaluation cadence and threads; "
+         "DDP over gloo under the same mpiexec). Rounds alternate which side runs first; the ratio is torch's "
+         "time / ours (> 1: ddp_scratch is faster), median over rounds.", "",
+         "| ranks | steps | ddp_scratch s (median) | torch s (median) | ratio, whole command | ratio, training steps | "
+         "test accuracy ours / torch | target |", "|---|---|---|---|---|---|---|---|"]
+    for ranks, pt in r["points"].items():
+        med = {side: statistics.median(x[side]["wall_s"] for x in pt["rounds"]) for side in ("ddp_scratch", "torch")}
+        acc = pt["rounds"][-1]
+        tgt = 1.1 if ranks == "1" else 1.3
+        L.append(f"| {ranks} | {pt['steps']} | {med['ddp_scratch']:.2f} | {med['torch']:.2f} | "
+                 f"**{pt['ratio_median']:.2f}x** | {pt['train_ratio_median']:.2f}x | "
+                 f"{acc['ddp_scratch']['test_accuracy']:.4f} / {acc['torch']['test_accuracy']:.4f} | "
+                 f">= {tgt}x: {'met' if pt['ratio_median'] >= tgt else 'NOT met'} |")
+    return L + [""]
 
 
 def _cnn_section(cnn):
