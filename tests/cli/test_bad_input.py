@@ -181,6 +181,13 @@ CASES = [
     ("nccl-on-cpu", lambda t, g: ["train", DIGITS, "--set", "comm.backend=nccl"], "comm.backend: 'nccl' sums GPU buffers and needs backend: cupy", 0),
     ("cupy-without-gpu", lambda t, g: ["train", DIGITS, "--set", "backend=cupy", "--set", "comm.backend=nccl"], "backend: 'cupy'", 2),
     ("batch-too-big", lambda t, g: ["train", DIGITS, "--set", "train.batch_size=100000"], "larger than the training split", 0),
+    ("comm-algorithm-unknown", lambda t, g: ["train", DIGITS, "--set", "comm.algorithm=rign"], "comm.algorithm: expected one of mpi, ring, got 'rign' (did you mean 'ring'?)", 0),
+    ("ring-overlap", lambda t, g: ["train", DIGITS, "--set", "comm.algorithm=ring", "--set", "comm.overlap=true"], "comm.overlap: the ring all-reduce (comm.algorithm: ring) is blocking", 2),
+    ("ring-nccl", lambda t, g: ["train", DIGITS, "--set", "backend=cupy", "--set", "comm.backend=nccl", "--set", "comm.algorithm=ring"], "comm.algorithm: 'ring' is the hand-written ring over MPI", 0),
+    ("compress-unknown", lambda t, g: ["train", DIGITS, "--set", "comm.algorithm=ring", "--set", "comm.compress=fp8"], "comm.compress: expected one of none, fp16, bf16, got 'fp8'", 0),
+    ("compress-without-ring", lambda t, g: ["train", DIGITS, "--set", "comm.compress=bf16"], "comm.compress: 'bf16' gradients are summed in float32 inside the hand-written ring; needs comm.algorithm=ring", 2),
+    ("error-feedback-type", lambda t, g: ["train", DIGITS, "--set", "comm.error_feedback=maybe"], "comm.error_feedback: expected true or false", 0),
+    ("error-feedback-without-compress", lambda t, g: ["train", DIGITS, "--set", "comm.algorithm=ring", "--set", "comm.error_feedback=true"], "comm.error_feedback: feeds back what 16-bit rounding lost; needs comm.compress", 0),
     # --- CLI
     ("unknown-subcommand", lambda t, g: ["trian", DIGITS], "invalid choice", 0),
     ("bad-set-syntax", lambda t, g: ["train", DIGITS, "--set", "train.batch_size"], "expected key=value", 0),
