@@ -194,6 +194,9 @@ def summary(res):
             m = r["mlp_grads"]
             out.append(f"{'allreduce MLP grads (us)':34s} {m['ddp_scratch_us']:14.0f} {m['mpi4py_us']:14.0f} "
                        f"{m['ratio']:6.3f}x {'<=1.05x':>7s}")
+            for k, g in r.get("ring", {}).items():     # ours = the hand-written ring, peer = MPI's Allreduce
+                out.append(f"{'ring ' + k + ' vs MPI Allreduce (us)':34s} {g['ddp_scratch_us']:14.0f} "
+                           f"{g['mpi4py_us']:14.0f} {g['ratio']:6.3f}x {'':>7s}")
         elif key == "memory":
             out.append(f"{'memory anon RSS growth, 2nd half MiB':34s} {r['anon_growth_second_half_mib']:14.2f} "
                        f"{'':>14s} {'flat' if r['flat'] else 'GROWS':>7s}")
@@ -317,6 +320,17 @@ def report(res):
         L += [f"| {common.human_bytes(s['bytes'])} | {s['ddp_scratch_us']:.1f} | {s['mpi4py_us']:.1f} | {s['ratio']:.3f} | "
               f"{s['mpi4py_busbw_GBps']:.2f} | {s['clean_windows']}/{s['rounds']} |" for s in r["sweep"]]
         L.append("")
+        if r.get("ring"):
+            L += ["The hand-written ring (`comm.algorithm: ring`, `ddp_scratch/parallel/ring.py`) on the same "
+                  "buffer against MPI's Allreduce, in paired windows; 16-bit variants (`comm.compress`) send half "
+                  "the bytes but pay for the conversions, which on one host's shared memory cost more than the "
+                  "bytes they save.", "",
+                  "| ring | ring us | MPI Allreduce us | ratio ring/MPI | bytes sent per rank and call | clean rounds |",
+                  "|---|---|---|---|---|---|"]
+            L += [f"| {k} | {g['ddp_scratch_us']:.0f} | {g['mpi4py_us']:.0f} | {g['ratio']:.3f} | "
+                  f"{common.human_bytes(g['bytes_sent_per_call'])} | {g['clean_windows']}/{g['rounds']} |"
+                  for k, g in r["ring"].items()]
+            L.append("")
     if "memory" in runs:
         r = runs["memory"]
         L += [f"## Memory over {r['steps']} train steps (1 process, batch {r['batch']}, after "
