@@ -305,6 +305,7 @@ CASES = [
     ("report-empty-runs", lambda t, g: ["report", str((t / "r" / "runs").mkdir(parents=True) or t / "r")], "no run files", 0),
     ("report-bad-json", lambda t, g: ["report", str(((t / "r" / "runs").mkdir(parents=True), (t / "r" / "runs" / "x.json").write_text("{")) and t / "r")], "x.json", 0),
     ("bench-comm-one-rank", lambda t, g: ["bench-comm", "-n", "1", "--out", str(t / "b")], "argument -n/--ranks: expected a number of ranks (an integer >= 2), got '1'", 0),
+    ("bench-comm-algorithm", lambda t, g: ["bench-comm", "--algorithm", "tree", "--out", str(t / "b")], "argument --algorithm: invalid choice: 'tree'", 0),
     ("bench-comm-half-model", lambda t, g: ["bench-comm", "--alpha-us", "2", "--out", str(t / "b")], "give both", 0),
     ("sample-missing", lambda t, g: ["sample", str(t / "none.npz")], "none.npz does not exist", 0),
     ("sample-random-bytes", lambda t, g: ["sample", str(_ckpt(t, g, "random") / "checkpoint.npz")], "is not an .npz file", 0),
