@@ -153,6 +153,7 @@ def test_compressed_training_on_digits_reaches_the_uncompressed_accuracy():
 
 
 @pytest.mark.mpi(min_size=2)
+@pytest.mark.host_arrays("counts NumPy's host allocations (a device step's temporaries come from CuPy's pool)")
 def test_a_compressed_ring_step_allocates_no_arrays(tmp_path):
     from conftest import step_memory
     cfg = load_config(None, ["data.name=synthetic", "data.n_samples=2048", "model.hidden=[256,256]",
