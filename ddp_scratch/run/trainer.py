@@ -144,6 +144,9 @@ class Trainer:
             self._load_checkpoint()
         elif opts.resume:         # resume-if-there-is-one: what a requeued job needs; but said
             self.notes.append(f"note: --resume: no checkpoint in {opts.out} yet; starting from step 0")
+        if self.step and cfg.comm.error_feedback and comm.size > 1:
+            self.notes.append("note: comm.error_feedback: the rounding residuals are not in the checkpoint; "
+                              "they restart at zero (the run does not continue bit for bit)")
         ckpt.check_stop_at(opts.stop_at_step, self.step, self.ckpt_path)
         self.resumed_from = self.step
         # Done and said so: a resume changes nothing. A run that reached its (possibly shortened)
