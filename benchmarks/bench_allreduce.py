@@ -8,6 +8,10 @@
 2. A size sweep, 4 KiB .. 64 MiB of float32 (buffers from flat.zeros, as ddp_scratch allocates),
    both ways (Comm gets a stand-in object that holds only `grads_full`, the one attribute
    all_reduce_gradients reads).
+3. The hand-written ring (comm.algorithm: ring, parallel/ring.py) on the same MLP buffer against
+   MPI's Allreduce: float32, and 16-bit on the wire (comm.compress bf16 / fp16, the 5 statistic
+   slots exact), with the bytes each rank sent per call; with --ring-sweep also at every size of
+   the sweep (float32), for the alpha-beta fit of the ring (study/comm_model.py).
 
 Buffers hold zeros, so repeated in-place sums stay finite (and never denormal) without a refill
 inside the timed loop. Windows alternate between the two sides, a Barrier precedes each, and a
@@ -35,6 +39,8 @@ def parse():
     ap.add_argument("--window-s", type=float, default=0.3, help="target seconds per timing window")
     ap.add_argument("--min-bytes", type=int, default=4 << 10)
     ap.add_argument("--max-bytes", type=int, default=64 << 20)
+    ap.add_argument("--ring-windows", type=int, default=7, help="clean rounds wanted per ring variant")
+    ap.add_argument("--ring-sweep", action="store_true", help="also time the float32 ring at every size of the sweep")
     ap.add_argument("--out", default="allreduce.json")
     return ap.parse_args()
 
@@ -46,6 +52,8 @@ def main():
     from ddp_scratch.parallel.world import Comm
     from ddp_scratch.nn.flat import zeros
     from ddp_scratch.nn.mlp import MLP
+    from ddp_scratch.nn.flat import N_EXTRAS
+    from ddp_scratch.parallel.ring import RingAllReduce
     comm = Comm()
     MPI, mpi, rank, world = comm.MPI, comm.comm, comm.rank, comm.size
     if world < 2:
@@ -118,11 +126,27 @@ def main():
         t, reps = measure(lambda: comm.all_reduce_gradients(buf),
                           lambda: mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), a.sweep_windows)
         sweep.append(row(nbytes, t, reps))
+        if a.ring_sweep:
+            ring = RingAllReduce(comm, buf.size, buf.dtype)
+            t, reps = measure(lambda: ring.all_reduce_(buf),
+                              lambda: mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), a.sweep_windows)
+            sweep[-1]["ring_us"], sweep[-1]["ring_ratio"] = t["ddp_scratch"] * 1e6, t["ratio"]
         nbytes *= 4
+
+    # 3. the hand-written ring on the MLP buffer (statistic slots exact when compressed)
+    rings = {}
+    for compress in ("none", "bf16", "fp16"):
+        ring = RingAllReduce(comm, space.grads_full.size, space.grads_full.dtype, compress, exact_tail=N_EXTRAS)
+        t, reps = measure(lambda: ring.all_reduce_(space.grads_full),
+                          lambda: mpi.Allreduce(MPI.IN_PLACE, space.grads_full, op=MPI.SUM), a.ring_windows)
+        r = row(space.grads_full.nbytes, t, reps)
+        calls = ring.calls
+        r["bytes_sent_per_call"] = mpi.allreduce(ring.bytes_sent / calls, op=MPI.MAX)
+        rings["float32" if compress == "none" else compress] = r
     if rank != 0:
         return
     out = {"benchmark": "allreduce", "world_size": world, "clean_rounds_wanted": a.windows, "target_ratio_max": 1.05,
-           "env": common.environment(), "mlp_grads": mlp, "sweep": sweep}
+           "env": common.environment(), "mlp_grads": mlp, "sweep": sweep, "ring": rings}
     path = common.write_json(a.out, out)
     print(f"all-reduce, {world} ranks, float32 SUM in place; medians over clean windows, ratio = median "
           "of paired windows")
@@ -133,6 +157,14 @@ def main():
     for r in sweep:
         print(f"  {common.human_bytes(r['bytes']):>10s} {r['ddp_scratch_us']:15.1f} {r['mpi4py_us']:10.1f} "
               f"{r['ratio']:6.3f} {r['mpi4py_busbw_GBps']:11.2f} {r['clean_windows']:3d}/{r['rounds']}")
+    print("  hand-written ring (comm.algorithm: ring) on the MLP buffer vs MPI's Allreduce; ratio = ring / MPI:")
+    for k, r in rings.items():
+        print(f"    {k:8s} ring {r['ddp_scratch_us']:8.0f} us  MPI {r['mpi4py_us']:8.0f} us  ratio {r['ratio']:6.3f}  "
+              f"sent {r['bytes_sent_per_call'] / 2**20:.2f} MiB/rank/call  ({r['clean_windows']}/{r['rounds']} clean)")
+    if a.ring_sweep:
+        print(f"  {'bytes':>10s} {'ring us':>10s} {'MPI us':>10s} {'ratio':>6s}")
+        for r in sweep:
+            print(f"  {common.human_bytes(r['bytes']):>10s} {r['ring_us']:10.1f} {r['mpi4py_us']:10.1f} {r['ring_ratio']:6.3f}")
     print(f"  -> {os.path.relpath(path)}")
 
 

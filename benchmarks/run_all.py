@@ -87,6 +87,7 @@ def plan(a):
         ("allreduce", [*mpi, py, "bench_allreduce.py",
                        *(["--windows", "2", "--max-windows", "3", "--max-bytes", str(4 << 20)] if a.quick else [])], {}),
         ("memory", [py, "bench_memory.py", *(["--steps", "200", "--every", "50"] if a.quick else [])], {}),
+        ("compress", [py, "bench_compress.py"], {}),   # digits, 5 short 2-rank trainings (~30 s): accuracy, not time
         # the transformer: writes results/gpt_*.json itself (figures in benchmarks/README.md)
         ("gpt", [py, "bench_gpt.py", "all", *(["--windows", "2", "--max-windows", "3", "--iters", "50"] if a.quick else [])], {}),
         ("gpt_ddp", [*mpi, py, "bench_gpt.py", "ddp", "--no-wait",
@@ -150,14 +151,14 @@ def collect(label):
     for fn in sorted(os.listdir(common.RESULTS)) if os.path.isdir(common.RESULTS) else []:
         # this script's outputs only (results/ is shared with other benchmarks, e.g. bench_gpt.py)
         if fn.endswith(".json") and (fn.startswith(("mlp_", "cnn_")) or fn in ("allreduce.json", "memory.json",
-                                                                                 "e2e.json")):
+                                                                                 "e2e.json", "compress.json")):
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)
         elif fn in ("gpt_throughput.json", "gpt_ddp.json"):     # bench_gpt.py's: {"args", "result"}
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)["result"]
     order = ["e2e", "mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "gpt_throughput",
-             "gpt_ddp", "cnn_single", "cnn_single_b256", "allreduce", "memory"]
+             "gpt_ddp", "cnn_single", "cnn_single_b256", "allreduce", "compress", "memory"]
     runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     env = next((r["env"] for k, r in runs.items() if k == "mlp_single"), None) or \
         next((r["env"] for r in runs.values()), {})
@@ -199,6 +200,9 @@ def summary(res):
             m = r["mlp_grads"]
             out.append(f"{'allreduce MLP grads (us)':34s} {m['ddp_scratch_us']:14.0f} {m['mpi4py_us']:14.0f} "
                        f"{m['ratio']:6.3f}x {'<=1.05x':>7s}")
+            for k, g in r.get("ring", {}).items():     # ours = the hand-written ring, peer = MPI's Allreduce
+                out.append(f"{'ring ' + k + ' vs MPI Allreduce (us)':34s} {g['ddp_scratch_us']:14.0f} "
+                           f"{g['mpi4py_us']:14.0f} {g['ratio']:6.3f}x {'':>7s}")
         elif key == "e2e":
             for ranks, pt in r["points"].items():
                 tgt = ">=1.1x" if ranks == "1" else ">=1.3x"
@@ -330,6 +334,27 @@ def report(res):
               "|---|---|---|---|---|---|"]
         L += [f"| {common.human_bytes(s['bytes'])} | {s['ddp_scratch_us']:.1f} | {s['mpi4py_us']:.1f} | {s['ratio']:.3f} | "
               f"{s['mpi4py_busbw_GBps']:.2f} | {s['clean_windows']}/{s['rounds']} |" for s in r["sweep"]]
+        L.append("")
+        if r.get("ring"):
+            L += ["The hand-written ring (`comm.algorithm: ring`, `ddp_scratch/parallel/ring.py`) on the same "
+                  "buffer against MPI's Allreduce, in paired windows; 16-bit variants (`comm.compress`) send half "
+                  "the bytes but pay for the conversions, which on one host's shared memory cost more than the "
+                  "bytes they save.", "",
+                  "| ring | ring us | MPI Allreduce us | ratio ring/MPI | bytes sent per rank and call | clean rounds |",
+                  "|---|---|---|---|---|---|"]
+            L += [f"| {k} | {g['ddp_scratch_us']:.0f} | {g['mpi4py_us']:.0f} | {g['ratio']:.3f} | "
+                  f"{common.human_bytes(g['bytes_sent_per_call'])} | {g['clean_windows']}/{g['rounds']} |"
+                  for k, g in r["ring"].items()]
+            L.append("")
+    if "compress" in runs:
+        rows = runs["compress"]["rows"]
+        L += ["## 16-bit gradients (comm.compress), 2 ranks", "",
+              "The same training from the same seed, uncompressed and with the ring's 16-bit variants "
+              "(`benchmarks/bench_compress.py`; one seed each, so small differences are noise).", "",
+              "| task | variant | headline metric | final train loss | val loss | bytes sent per step and rank |",
+              "|---|---|---|---|---|---|"]
+        L += [f"| {r['task']} | {r['variant']} | {r['metric']} {r['value']:.4f} | {r['train_loss']:.5f} | "
+              f"{r['val_loss']:.5f} | {r['comm_bytes_per_step']:,.0f} |" for r in rows]
         L.append("")
     if "memory" in runs:
         r = runs["memory"]

@@ -112,6 +112,9 @@ class CommConfig:
     first_bucket_mb: float = F(1.0, gt=0.0)
     overlap: bool = F(False, help="non-blocking bucketed all-reduce during backward")
     accumulate: int = F(1, gt=0, help="micro-steps per optimizer step, no communication between")
+    algorithm: str = F("mpi", choices=["mpi", "ring"], help="gradient all-reduce: MPI_Allreduce, or the hand-written ring")
+    compress: str = F("none", choices=["none", "fp16", "bf16"], help="gradients on the wire in 16 bits (ring only)")
+    error_feedback: bool = F(False, help="add what 16-bit rounding lost to the next step's gradients")
 
 
 @dataclass
@@ -551,6 +554,7 @@ def _cross_check(cfg: Config):
     if cfg.comm.backend == "nccl" and cfg.backend != "cupy":
         raise ConfigError(f"comm.backend: 'nccl' sums GPU buffers and needs backend: cupy, got backend: "
                           f"{cfg.backend!r} (use comm.backend=mpi on the CPU)")
+    _check_comm(cfg.comm)
     if cfg.optim.nesterov and cfg.optim.momentum <= 0:
         raise ConfigError("optim.nesterov: needs optim.momentum > 0")
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
@@ -561,6 +565,23 @@ def _cross_check(cfg: Config):
                           f"on), got {d.val_fraction} + {d.test_fraction}")
     if cfg.optim.schedule == "cosine" and cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr: expected at most optim.lr ({cfg.optim.lr}), got {cfg.optim.min_lr}")
+
+
+def _check_comm(c: CommConfig):
+    """The hand-written ring (parallel/ring.py) is blocking, host-MPI, and the only place where
+    16-bit gradients are summed in float32: say so instead of silently running something else."""
+    if c.algorithm == "ring" and c.backend == "nccl":
+        raise ConfigError("comm.algorithm: 'ring' is the hand-written ring over MPI; comm.backend nccl runs "
+                          "NCCL's own ring (use comm.algorithm=mpi with nccl)")
+    if c.algorithm == "ring" and c.overlap:
+        raise ConfigError("comm.overlap: the ring all-reduce (comm.algorithm: ring) is blocking and does not "
+                          "overlap with backward; use comm.overlap=false, or comm.algorithm=mpi")
+    if c.compress != "none" and c.algorithm != "ring":
+        raise ConfigError(f"comm.compress: {c.compress!r} gradients are summed in float32 inside the hand-written "
+                          "ring; needs comm.algorithm=ring (MPI_Allreduce cannot sum 16-bit floats)")
+    if c.error_feedback and c.compress == "none":
+        raise ConfigError("comm.error_feedback: feeds back what 16-bit rounding lost; needs comm.compress fp16 "
+                          "or bf16 (with none nothing is lost)")
 
 
 def config_from_dict(d: dict) -> Config:

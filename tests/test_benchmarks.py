@@ -148,3 +148,23 @@ def test_device_script_refuses_bad_input_in_one_line(change, why, tmp_path):
     r = subprocess.run(["bash", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith(why) and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "venv").exists() and not (tmp_path / "out").exists()
+
+
+def test_ring_allreduce_benchmark_runs_and_counts_its_bytes(tmp_path):
+    """bench_allreduce.py's ring part, one short window each: every variant timed against MPI's
+    Allreduce, and the bytes each rank sent are the ring's 2(N-1)/N of the buffer (16-bit: half,
+    the 5 statistic slots in float32)."""
+    cmd = [mpiexec(), "-n", "2", sys.executable, os.path.join(ROOT, "benchmarks", "bench_allreduce.py"),
+           "--windows", "1", "--max-windows", "1", "--sweep-windows", "1", "--max-bytes", "4096",
+           "--ring-windows", "1", "--window-s", "0.02", "--ring-sweep"]
+    r = run_group(cmd, timeout=300, cwd=ROOT, env=dict(os.environ, BENCH_RESULTS_DIR=str(tmp_path), OMP_NUM_THREADS="1"))
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "allreduce.json").read_text())
+    n = res["mlp_grads"]["elements"]
+    assert set(res["ring"]) == {"float32", "bf16", "fp16"}
+    assert res["ring"]["float32"]["bytes_sent_per_call"] == pytest.approx(n * 4, abs=8)     # 2(N-1)/N = 1 at N=2
+    for k in ("bf16", "fp16"):
+        assert res["ring"][k]["bytes_sent_per_call"] == pytest.approx((n - 5) * 2 + 5 * 4, abs=8)
+    assert all(g["ratio"] > 0 and g["ddp_scratch_us"] > 0 for g in res["ring"].values())
+    assert res["sweep"][0]["ring_us"] > 0

@@ -132,7 +132,7 @@ def test_devices_are_refused_without_reading():
 
 KEYS = ["backend", "model.name", "model.hidden", "model.dropout", "data.name", "data.val_fraction",
         "train.batch_size", "train.epochs", "train.dtype", "optim.lr", "optim.betas", "optim.nesterov",
-        "comm.timeout_s", "logging.wandb", "model", "nosuch.key", "train.nosuch", "model.options", "model.options.x",
+        "comm.timeout_s", "comm.algorithm", "comm.compress", "comm.error_feedback", "logging.wandb", "model", "nosuch.key", "train.nosuch", "model.options", "model.options.x",
         "optim.name", "optim.options"]
 yaml_scalars = st.one_of(st.integers(-10**20, 10**20).map(str), st.floats(allow_nan=True).map(repr),
                          st.sampled_from(["", "~", "null", "yes", "no", "[1, 2]", "{a: 1}", "[", "'x", "&a 1",
@@ -172,6 +172,9 @@ CROSS = [   # (overrides, the --set the error must name)
     (["model.name=gpt"], "model.name=gpt"),
     (["data.name=addition"], "data.name=addition"),
     (["comm.backend=nccl"], "comm.backend=nccl"),
+    (["comm.algorithm=ring", "comm.overlap=true"], "comm.overlap=true"),
+    (["comm.compress=fp16"], "comm.compress=fp16"),
+    (["comm.algorithm=ring", "comm.error_feedback=true"], "comm.error_feedback=true"),
     (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov=true"),
     (["train.epochs=0"], "train.epochs=0"),
     (["data.val_fraction=0.5", "data.test_fraction=0.5"], "data.val_fraction=0.5"),

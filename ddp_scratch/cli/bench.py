@@ -60,7 +60,8 @@ def cmd_bench_comm(a):
         raise UserError("bench-comm: no mpiexec found (pip install mpich)")
     warn_if_oversubscribed(a.ranks, 1, "bench-comm")
     raw = os.path.abspath(os.path.join(a.out, "bench_comm_raw.json"))     # the ranks run in the repo folder
-    run = Launch([mpiexec, "-n", str(a.ranks), sys.executable, "-m", "ddp_scratch.study.bench_comm", raw],
+    run = Launch([mpiexec, "-n", str(a.ranks), sys.executable, "-m", "ddp_scratch.study.bench_comm", raw,
+                  f"--algorithm={a.algorithm}"],
                  cwd=os.path.dirname(LAUNCH_PY))
     rc = run.run()
     if run.signals:
@@ -81,7 +82,8 @@ def cmd_bench_comm(a):
             compute[os.path.splitext(os.path.basename(path))[0]] = _step_compute(path, scratch)
     alpha = a.alpha_us * 1e-6 if a.alpha_us is not None else None
     beta = 1 / (a.bandwidth_gbps * 1e9) if a.bandwidth_gbps is not None else None
-    res = analyse(meas, a.ranks, a.out, alpha, beta, compute, environment=describe(ranks=a.ranks))
+    res = analyse(meas, a.ranks, a.out, alpha, beta, compute, environment=describe(ranks=a.ranks),
+                  algorithm=a.algorithm)
     f = res["fit"]
     print(f"fit: alpha {f['alpha_s'] * 1e6:.2f} us, bandwidth {f['bandwidth_GBps'] or 0:.2f} {GBPS}, "
           f"r2 {f['r2']:.3f}")

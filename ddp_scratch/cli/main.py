@@ -35,7 +35,8 @@ EXAMPLES = {
       python launch.py report runs/weak""",
     "bench-comm": """
       python launch.py bench-comm -n 2 --out runs/comm
-      python launch.py bench-comm -n 2 --alpha-us 2 --bandwidth-gbps 25 --out runs/comm-ib   # project for InfiniBand""",
+      python launch.py bench-comm -n 2 --alpha-us 2 --bandwidth-gbps 25 --out runs/comm-ib   # project for InfiniBand
+      python launch.py bench-comm -n 2 --algorithm ring --out runs/comm-ring   # the hand-written ring""",
     "download": """
       python launch.py download mnist --to data/mnist
       python launch.py download fashion-mnist --to data/fashion""",
@@ -113,6 +114,8 @@ def build_parser():
                    help="interconnect latency for the projection, in microseconds (with --bandwidth-gbps)")
     p.add_argument("--bandwidth-gbps", type=float, default=None,
                    help="interconnect bandwidth for the projection, in GB/s (gigabytes per second; divide Gbit/s by 8)")
+    p.add_argument("--algorithm", choices=["mpi", "ring"], default="mpi",
+                   help="what is timed: MPI's Allreduce (default) or the hand-written ring of comm.algorithm: ring")
     p.add_argument("--configs", default="experiments/mlp_digits.yaml,experiments/gpt_addition.yaml",
                    help="comma-separated configs whose step time and gradient size are projected")
     add_submit_parser(cmd)

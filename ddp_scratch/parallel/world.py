@@ -52,6 +52,7 @@ class Comm:
         self.local_rank, self.local_size = self._local()
         self.cuda_aware = self._cuda_aware()
         self.nccl = None           # an NcclAllReduce once use_nccl() ran
+        self.ring = None           # a RingAllReduce once use_ring() ran (comm.algorithm: ring)
         self._host = None
         self.comm_s = 0.0          # seconds inside the gradient all-reduce since reset
         self.comm_calls = 0
@@ -68,6 +69,7 @@ class Comm:
     def _init_serial(self):
         self.MPI, self.comm, self.rank, self.size = None, None, 0, 1
         self.local_rank, self.local_size, self.cuda_aware, self._host, self.nccl = 0, 1, False, None, None
+        self.ring = None
         self.comm_s, self.comm_calls, self.step, self._busy, self._wd = 0.0, 0, -1, None, None
 
     # ------------------------------------------------------------------ topology
@@ -155,12 +157,13 @@ class Comm:
     def _on_device(buf):
         return B.on_gpu() and not isinstance(buf, np.ndarray)
 
-    def _device_call(self, buf, fn):
-        """Run fn on a buffer MPI can read: device memory if CUDA-aware, else a host copy."""
+    def _device_call(self, buf, fn, host=False):
+        """Run fn on a buffer MPI can read: device memory if CUDA-aware (and not `host`: fn does
+        NumPy arithmetic), else a host copy."""
         if not self._on_device(buf):     # host buffers (e.g. evaluation sums, also in a GPU run) as is
             return fn(buf)
         B.synchronize()
-        if self.cuda_aware:
+        if self.cuda_aware and not host:
             return fn(buf)
         if self._host is None or self._host.shape != buf.shape or self._host.dtype != buf.dtype:
             self._host = np.empty(buf.shape, buf.dtype)
@@ -173,6 +176,23 @@ class Comm:
         if self.size > 1 and self.nccl is None:
             from .nccl import NcclAllReduce
             self.nccl = NcclAllReduce(self)
+
+    def use_ring(self, n, dtype, compress="none", error_feedback=False, exact_tail=0):
+        """Sum the gradient buffer (n elements of dtype) with the hand-written ring from now on
+        (ring.py); the last exact_tail elements never travel compressed."""
+        if self.size > 1:
+            from .ring import RingAllReduce
+            self.ring = RingAllReduce(self, n, dtype, compress, error_feedback, exact_tail)
+
+    def bytes_per_step(self, nbytes):
+        """(bytes this rank sent per gradient all-reduce, how known): counted by the ring, else
+        what a bandwidth-optimal all-reduce of nbytes sends, 2(N-1)/N of it (MPI's own choice of
+        algorithm is not visible from here)."""
+        if self.size == 1:
+            return 0, "none"
+        if self.ring is not None and self.ring.calls:
+            return self.ring.bytes_sent / self.ring.calls, "counted"
+        return 2 * (self.size - 1) * nbytes / self.size, "model"
 
     def all_reduce_sum_(self, buf, what="all-reduce"):
         """In-place SUM over ranks of a contiguous buffer."""
@@ -195,7 +215,14 @@ class Comm:
             return
         self._heartbeat_post()
         t0 = time.perf_counter()
-        self.all_reduce_sum_(grads, "gradient all-reduce")
+        if self.ring is not None:
+            self._enter("ring gradient all-reduce")
+            try:
+                self._device_call(grads, self.ring.all_reduce_, host=True)
+            finally:
+                self._leave()
+        else:
+            self.all_reduce_sum_(grads, "gradient all-reduce")
         self.comm_s += time.perf_counter() - t0
         self.comm_calls += 1
         self._heartbeat_done()

@@ -80,6 +80,8 @@ def build_summary(tr, times, status, energy=None):
         "skipped_steps": st.skipped, "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
         "peak_rss_bytes": peak_rss_bytes(), "history": st.history, "config": cfg.to_dict(),
     }
+    # bytes on the wire per step and rank: counted by the ring, modelled for MPI_Allreduce
+    s["comm_bytes_per_step"], s["comm_bytes_per_step_source"] = comm.bytes_per_step(tr.space.grads_full.nbytes)
     if task.items != "samples":
         s["samples_per_s"] = s[f"{task.items}_per_s"] / getattr(task, "items_per_sample", 1)
     if status == "completed":

@@ -20,7 +20,7 @@ from .. import backend as B
 from ..data.tasks import build_task, data_bytes
 from ..errors import ConfigError, UserError
 from ..fsutil import atomic_write_text
-from ..nn.flat import EXTRA_CORRECT, EXTRA_GNORM2, EXTRA_ITEMS, EXTRA_LOSS, EXTRA_STOP
+from ..nn.flat import EXTRA_CORRECT, EXTRA_GNORM2, EXTRA_ITEMS, EXTRA_LOSS, EXTRA_STOP, N_EXTRAS
 from ..nn.optim import build_optimizer, lr_at
 from ..nn.registry import build_model, memory_estimate
 from ..parallel.world import Comm
@@ -144,6 +144,9 @@ class Trainer:
             self._load_checkpoint()
         elif opts.resume:         # resume-if-there-is-one: what a requeued job needs; but said
             self.notes.append(f"note: --resume: no checkpoint in {opts.out} yet; starting from step 0")
+        if self.step and cfg.comm.error_feedback and comm.size > 1:
+            self.notes.append("note: comm.error_feedback: the rounding residuals are not in the checkpoint; "
+                              "they restart at zero (the run does not continue bit for bit)")
         ckpt.check_stop_at(opts.stop_at_step, self.step, self.ckpt_path)
         self.resumed_from = self.step
         # Done and said so: a resume changes nothing. A run that reached its (possibly shortened)
@@ -160,6 +163,9 @@ class Trainer:
         if c.backend == "nccl":
             self.comm.use_nccl()
         self.comm.broadcast_(self.space.params, what="initial parameter broadcast")
+        if c.algorithm == "ring":         # the statistic slots travel uncompressed (exact counts)
+            g = self.space.grads_full
+            self.comm.use_ring(g.size, g.dtype, c.compress, c.error_feedback, exact_tail=N_EXTRAS)
         self.overlap = self.comm.overlapped(self.space, c.bucket_mb, c.first_bucket_mb) if c.overlap else None
         self.hosts = self.comm.allgather(platform.node(), "host names")
         self.environment = None

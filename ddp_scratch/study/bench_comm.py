@@ -1,7 +1,10 @@
 """`launch.py bench-comm`: an osu-style all-reduce micro-benchmark through ddp_scratch's Comm,
 an alpha-beta fit of it, and projections of step time and efficiency to large worlds.
 
-Measure (under mpiexec):  python -m ddp_scratch.study.bench_comm OUT.json [sizes...]
+Measure (under mpiexec):  python -m ddp_scratch.study.bench_comm OUT.json [--algorithm=ring] [sizes...]
+What is timed: MPI's Allreduce through Comm (default), or with --algorithm=ring the hand-written
+ring of `comm.algorithm: ring` (parallel/ring.py), whose cost is exactly the model's
+2(N-1)α + 2(N-1)/N·n·β: fitting both shows what MPI's own algorithms gain over it.
 Warm-up iterations are skipped, ranks meet at a barrier before timing, and the time of an
 operation is the slowest rank's mean (a collective is as slow as its last rank); rank 0 writes.
 busbw is the bus bandwidth 2(N-1)/N x bytes / time, the figure NCCL-tests and OSU report.
@@ -50,17 +53,21 @@ def check_given(alpha_us=None, bandwidth_gbps=None):
                              f"10 TB/s, got {bandwidth_gbps:g}")
 
 
-def measure(comm, sizes, iters=None, warmup=3):
+def measure(comm, sizes, iters=None, warmup=3, algorithm="mpi"):
     out = []
     for nbytes in sizes:
         buf = np.ones(max(1, nbytes // 4), dtype=np.float32)
+        reduce = comm.all_reduce_sum_
+        if algorithm == "ring":
+            from ..parallel.ring import RingAllReduce
+            reduce = RingAllReduce(comm, buf.size, buf.dtype).all_reduce_
         n = iters or max(5, min(200, (64 << 20) // max(nbytes, 1)))
         for _ in range(warmup):
-            comm.all_reduce_sum_(buf)
+            reduce(buf)
         comm.barrier()
         t0 = time.perf_counter()
         for _ in range(n):
-            comm.all_reduce_sum_(buf)
+            reduce(buf)
         mine = (time.perf_counter() - t0) / n
         worst = max(comm.allgather(mine))
         out.append({"bytes": buf.nbytes, "seconds": worst, "iters": n,
@@ -118,7 +125,7 @@ def projection_lines(res) -> list[str]:
 
 
 def analyse(meas, world, out_dir, alpha=None, beta=None, compute=None, worlds=(8, 16, 32, 64, 128, 256, 512, 1024),
-            environment=None):
+            environment=None, algorithm="mpi"):
     """Fit, plot measured vs predicted, and project efficiency for the given models.
 
     compute: {name: (compute_seconds_per_step, grad_bytes)}; alpha/beta override the fit (e.g. the
@@ -132,7 +139,7 @@ def analyse(meas, world, out_dir, alpha=None, beta=None, compute=None, worlds=(8
     fit = fit_alpha_beta(sizes, times, world)
     a = fit.alpha if alpha is None else alpha
     b = fit.beta if beta is None else beta
-    res = {"world_size": world, "measured": meas,
+    res = {"world_size": world, "algorithm": algorithm, "measured": meas,
            "fit": {"alpha_s": fit.alpha, "beta_s_per_byte": fit.beta, "r2": fit.r2,
                    "bandwidth_GBps": 1 / fit.beta / 1e9 if fit.beta else None,
                    "r2_poor_below": R2_POOR, "poor": fit.r2 < R2_POOR},
@@ -205,8 +212,9 @@ def figure(res):
     ax, ax2 = sub.subplots(1, 2)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    what = "hand-written ring" if res.get("algorithm") == "ring" else "MPI_Allreduce"
     ax.plot(*_drawable(sizes, [m["seconds"] for m in res["measured"]]), "o", color="#0072B2",
-            label=f"measured ({res['world_size']} ranks, slowest rank)")
+            label=f"measured: {what} ({res['world_size']} ranks, slowest rank)")
     ax.plot(*_drawable(sizes, res["predicted_here"]), "-", color="#E69F00",
             label=f"fit: {_params_text(fit['alpha_s'], fit['beta_s_per_byte'], True)}, r² = {fit['r2']:.2f}")
     if pp["source"] == "given":
@@ -217,7 +225,7 @@ def figure(res):
     ax.set_xticks(ticks, [_size_label(t) for t in ticks])
     ax.minorticks_off()
     ax.set(xlabel="message size (gradient bytes)", ylabel="all-reduce time (µs)",
-           title=f"All-reduce on {res['world_size']} ranks" + (f" — poor fit (r² < {R2_POOR})" if fit["poor"] else ""))
+           title=f"{what[0].upper() + what[1:]} on {res['world_size']} ranks" + (f" — poor fit (r² < {R2_POOR})" if fit["poor"] else ""))
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, fontsize=9)
     for i, (name, p) in enumerate(res["projections"].items()):
@@ -245,12 +253,15 @@ def figure(res):
 def main(argv):
     from ..parallel.world import Comm
     out = argv[0]
-    sizes = [int(s) for s in argv[1:]] or DEFAULT_SIZES
+    algorithm = next((x.split("=", 1)[1] for x in argv[1:] if x.startswith("--algorithm=")), "mpi")
+    sizes = [int(s) for s in argv[1:] if not s.startswith("--")] or DEFAULT_SIZES
     comm = Comm(timeout_s=120)
-    meas = measure(comm, sizes)
+    with np.errstate(all="ignore"):     # the sums in place of ones overflow to inf, silently in MPI
+        meas = measure(comm, sizes, algorithm=algorithm)
     if comm.rank == 0:
-        atomic_write_text(out, json.dumps({"world_size": comm.size, "measured": meas}))
-        print(f"all-reduce (sum of float32) on {comm.size} ranks: time = the slowest rank's mean; "
+        atomic_write_text(out, json.dumps({"world_size": comm.size, "algorithm": algorithm, "measured": meas}))
+        what = "the hand-written ring all-reduce" if algorithm == "ring" else "all-reduce"
+        print(f"{what} (sum of float32) on {comm.size} ranks: time = the slowest rank's mean; "
               f"{BUSBW_NOTE}", flush=True)
         for m in meas:
             print(f"{m['bytes']:>10d} B  {m['seconds'] * 1e6:10.1f} us  busbw {m['busbw_GBps']:.2f} GB/s", flush=True)

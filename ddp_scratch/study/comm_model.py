@@ -8,6 +8,14 @@ all-gather, each N-1 steps moving B/N bytes per rank:
 alpha: per-message latency (s), beta: inverse bandwidth (s/byte). The model
 ignores the reduction arithmetic and contention, which is why the fit also
 reports r2: a poor r2 means the measurements are outside the model's regime.
+
+It is exactly the cost of `comm.algorithm: ring` (parallel/ring.py: 2(N-1)
+Sendrecv steps of n/N bytes each); `bench-comm --algorithm ring` fits it to
+that ring's timings. MPI_Allreduce picks its own algorithm (MPICH: recursive
+doubling for small messages, Rabenseifner's reduce-scatter + all-gather for
+large ones, with 2 log2(N) latency terms instead of 2(N-1) and the same
+bandwidth term), so for MPI the fitted alpha is an effective one and the
+projection to large N overestimates its latency cost.
 """
 from __future__ import annotations
 

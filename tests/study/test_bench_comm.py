@@ -160,3 +160,13 @@ def test_bench_comm_console_names_the_projection_parameters(tmp_path, launch):
     assert len(warned) == (1 if res["fit"]["r2"] < R2_POOR else 0), r.stderr
     assert res["environment"]["logical_cores"] >= 1
     assert png_dpi((tmp_path / "bench_comm.png").read_bytes()) == 300
+
+
+def test_a_ring_measurement_says_what_was_timed(tmp_path):
+    """bench-comm --algorithm ring times the hand-written ring: the JSON and the plot say so."""
+    res = analyse(meas(), 2, tmp_path, algorithm="ring")
+    assert json.loads((tmp_path / "bench_comm.json").read_text())["algorithm"] == "ring"
+    ax = bench_comm.figure(res).axes[0]
+    assert ax.get_title() == "Hand-written ring on 2 ranks"
+    assert ax.get_legend_handles_labels()[1][0].startswith("measured: hand-written ring (2 ranks")
+    assert bench_comm.figure(analyse(meas(), 2, tmp_path)).axes[0].get_title() == "MPI_Allreduce on 2 ranks"
