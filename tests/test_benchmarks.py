@@ -168,3 +168,23 @@ def test_ring_allreduce_benchmark_runs_and_counts_its_bytes(tmp_path):
         assert res["ring"][k]["bytes_sent_per_call"] == pytest.approx((n - 5) * 2 + 5 * 4, abs=8)
     assert all(g["ratio"] > 0 and g["ddp_scratch_us"] > 0 for g in res["ring"].values())
     assert res["sweep"][0]["ring_us"] > 0
+
+
+def test_end_to_end_benchmark_runs_both_commands_on_the_same_job(tmp_path):
+    """bench_e2e.py at its smallest: launch.py train and torch_train.py run the same 3 steps of the
+    same config, 2 ranks each (torch: DDP over gloo), and the result holds both sides' wall and step
+    times, the per-round ratio and both test accuracies."""
+    require_torch()
+    from conftest import need_fashion
+    need_fashion()
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_e2e.py"), "--ranks", "2", "--rounds", "1",
+           "--no-wait", "--set", "train.max_steps=3", "--set", "train.threads=1"]
+    r = run_group(cmd, timeout=300, cwd=ROOT, env=dict(os.environ, BENCH_RESULTS_DIR=str(tmp_path)))
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    pt = json.loads((tmp_path / "e2e.json").read_text())["points"]["2"]
+    rnd = pt["rounds"][0]
+    assert pt["steps"] == 3 and math.isclose(pt["ratio_median"], rnd["torch"]["wall_s"] / rnd["ddp_scratch"]["wall_s"])
+    for side in ("ddp_scratch", "torch"):
+        assert rnd[side]["steps"] == 3 and 0 < rnd[side]["train_s"] < rnd[side]["wall_s"]
+        assert 0.0 < rnd[side]["test_accuracy"] <= 1.0
