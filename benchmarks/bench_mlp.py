@@ -72,6 +72,7 @@ def build_scratch(pkg="ddp_scratch"):
 
 
 BASELINE = "ddp_scratch@baseline"
+GEMMS = "gemm_ceiling"      # the step's GEMMs alone (single mode): the sgemm-bound ceiling
 
 
 def load_baseline_tree(path):
@@ -150,6 +151,30 @@ def torch_params_flat(net):
                                                         lin.bias.detach().numpy())])
 
 
+def gemm_step_fn(model, x):
+    """The step's GEMMs alone, with the shapes, layouts and out= buffers that ops.linear_forward /
+    linear_backward use: x W per layer forward; x^T dy into dW and dy W^T into dx (not for the
+    first layer, whose input needs no gradient) backward. Its rate is the step's sgemm-bound
+    ceiling: what the step would reach if everything but its matrix products took no time."""
+    import numpy as np
+    Ws = [layer.W.data for layer in model.layers if hasattr(layer, "W")]
+    n = x.shape[0]
+    hs = [x] + [np.ones((n, W.shape[1]), dtype=x.dtype) for W in Ws]       # layer inputs and outputs
+    dWs = [np.empty_like(W) for W in Ws]
+    dxs = [np.empty((n, W.shape[0]), dtype=x.dtype) for W in Ws]
+
+    def step():
+        for i, W in enumerate(Ws):
+            np.matmul(hs[i], W, out=hs[i + 1])
+        dy = hs[-1]
+        for i in reversed(range(len(Ws))):
+            np.matmul(hs[i].T, dy, out=dWs[i])
+            if i > 0:
+                dy = np.matmul(dy, Ws[i].T, out=dxs[i])
+        return 0.0
+    return step
+
+
 # ----------------------------------------------------------------------------- profile
 
 def profile_scratch(model, opt, x, t, scale, reps=30, tries=6):
@@ -172,7 +197,7 @@ def profile_scratch(model, opt, x, t, scale, reps=30, tries=6):
 
 def _profile_once(model, opt, x, t, scale, reps):
     import numpy as np
-    from ddp_scratch import ops
+    from ddp_scratch.nn import ops
     names, rows = [], []
     for r in range(reps + 3):
         times = []
@@ -259,6 +284,7 @@ def run_single(a):
     if a.baseline_tree:
         m0, o0 = build_scratch(load_baseline_tree(a.baseline_tree))
         sides.append((BASELINE, scratch_step_fn(m0, o0, x, t, 1.0 / a.batch)))
+    sides.append((GEMMS, gemm_step_fn(model, x)))
     times = interleaved(sides, a.steps, a.windows, a.max_windows, a.warmup)
     if not a.no_torch:
         res["check"]["param_max_abs_diff_after"] = float(np.abs(model.space.params - torch_params_flat(net)).max())
@@ -351,6 +377,11 @@ def main():
         step_ms = 1e3 / out["sides"][names[0]]["steps_per_s"]["median"]
         out["comm_wait_removed_fraction"] = 1.0 - w["ddp_scratch_overlap"] / w["ddp_scratch"]
         out["comm_hidden_fraction"] = step_ms * (1.0 - 1.0 / out["overlap_vs_blocking"]) / w["ddp_scratch"]
+    if GEMMS in names:
+        # steps/s of the whole step / steps/s of its GEMMs alone, paired windows
+        out["vs_gemm_ceiling"], _ = paired_ratio(rounds, names[0], GEMMS)
+        out["gemm_ceiling_gflops_per_s"] = out["sides"][GEMMS]["gflops_per_s"]
+        names.remove(GEMMS)
     if BASELINE in names:
         out["baseline_tree"] = os.path.abspath(a.baseline_tree)
         out["vs_baseline"], _ = paired_ratio(rounds, names[0], BASELINE)

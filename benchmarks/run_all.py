@@ -263,6 +263,13 @@ def report(res):
             L += ["", f"Ratio ddp_scratch / torch: **{r['ratio']:.2f}x** (target >= {r['target_ratio']}x: "
                   f"{'met' if ok else 'NOT met'}): the median of the per-round ratios over {r['clean_rounds']} "
                   f"clean rounds of adjacent windows (ratio of the medians: {r['ratio_of_medians']:.2f}x)."]
+        if "vs_gemm_ceiling" in r:
+            L += [f"Against its ceiling: the step runs at **{r['vs_gemm_ceiling']:.2f}** of the rate of its GEMMs "
+                  f"alone (the same shapes, layouts and out= buffers, timed in the same windows: the `gemm_ceiling` "
+                  f"row, {r['gemm_ceiling_gflops_per_s']:.0f} GFLOP/s counted with the whole step's FLOPs; target "
+                  f">= 0.95: {'met' if r['vs_gemm_ceiling'] >= 0.95 else 'NOT met'}). The rest of the step "
+                  "(bias, ReLU, softmax cross-entropy, bias gradients, the optimizer) is what separates the two; "
+                  "the profile below says how much each part takes."]
         if "overlap_vs_blocking" in r:
             L += [f"ddp_scratch with comm.overlap=true (bucketed Iallreduce during backward, 25 MiB buckets, "
                   f"the first 1 MiB: the `ddp_scratch_overlap` row) runs at **{r['overlap_vs_blocking']:.3f}x** "
