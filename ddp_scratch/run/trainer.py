@@ -161,7 +161,12 @@ class Trainer:
             self.comm.use_nccl()
         self.comm.broadcast_(self.space.params, what="initial parameter broadcast")
         self.overlap = self.comm.overlapped(self.space, c.bucket_mb, c.first_bucket_mb) if c.overlap else None
-        self.hosts = self.comm.allgather(platform.node(), "host names")
+        # where each rank runs: summary.json's "placement", one record per rank
+        self.placement = [dict(rank=r, **p) for r, p in enumerate(self.comm.allgather(
+            {"host": platform.node(), "local_rank": self.comm.local_rank, "local_size": self.comm.local_size,
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": B.device_index_in_use()},
+            "rank placement"))]
+        self.hosts = [p["host"] for p in self.placement]
         self.environment = None
         if self.comm.rank == 0:
             from ..study.environment import describe
