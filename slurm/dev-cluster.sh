@@ -395,9 +395,10 @@ status() {
     daemons_alive && node_ready
 }
 
+# Bad arguments: one line, exit 2.
 usage() {
-    [[ -z ${1:-} ]] || echo "[dev-cluster] ERROR: $1" >&2
-    echo "usage: $0 start|stop|status [--nodes N] | exec NODE COMMAND [ARGS...] | kill-node|revive-node NODE" >&2
+    echo "[dev-cluster] ERROR: ${1:-expected a command}; usage: $0 start|stop|status [--nodes N]" \
+        "| exec NODE COMMAND [ARGS...] | kill-node|revive-node NODE" >&2
     exit 2
 }
 
@@ -429,7 +430,7 @@ if ((NODES > 1)); then
     start) nodes_start "$NODES" ;;
     stop) nodes_stop ;;
     status) nodes_status ;;
-    *) usage ;;
+    *) usage "unknown command '$cmd'" ;;
     esac
     exit
 fi
@@ -437,5 +438,5 @@ case $cmd in
 start) start ;;
 stop) stop ;;
 status) status ;;
-*) usage ;;
+*) usage "unknown command '$cmd'" ;;
 esac

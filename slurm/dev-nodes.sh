@@ -203,7 +203,7 @@ all_ready() {
 nodes_start() {
     NODES=$1
     [[ $(id -u) -eq 0 ]] || { echo "[dev-cluster] ERROR: must run as root" >&2; exit 4; }
-    ((NODES <= MAX_NODES)) || { echo "[dev-cluster] ERROR: --nodes: at most $MAX_NODES, got $NODES" >&2; exit 2; }
+    ((NODES <= MAX_NODES)) || usage "--nodes: expected at most $MAX_NODES nodes, got $NODES"
     PACKAGES+=(iproute2)
     install_packages || exit 3
     if (($(node_names | wc -l) == NODES)) && nodes_daemons_alive && all_ready; then
@@ -312,7 +312,7 @@ nodes_status() {
 # kill-node NODE: as a power cut: the node's link goes down first (its peers get no FIN or
 # RST, they just stop hearing from it), then every process on it is killed, slurmd included.
 nodes_kill() {
-    [[ $# -eq 1 && $1 =~ ^node([0-9]+)$ ]] || { echo "usage: $0 kill-node NODE" >&2; exit 2; }
+    [[ $# -eq 1 && $1 =~ ^node([0-9]+)$ ]] || usage "kill-node: expected one node name like node2, got '$*'"
     [[ $(id -u) -eq 0 ]] || die "must run as root"
     local node=$1 i=${BASH_REMATCH[1]} holder pids
     holder=$(ns_pid "$node") || die "no node '$node' is running"
@@ -326,7 +326,7 @@ nodes_kill() {
 # revive-node NODE: the node boots again after kill-node: link up, its slurmd started (slurmctld
 # returns it to service, ReturnToService=2; a job requeued after the failure can run again).
 nodes_revive() {
-    [[ $# -eq 1 && $1 =~ ^node([0-9]+)$ ]] || { echo "usage: $0 revive-node NODE" >&2; exit 2; }
+    [[ $# -eq 1 && $1 =~ ^node([0-9]+)$ ]] || usage "revive-node: expected one node name like node2, got '$*'"
     [[ $(id -u) -eq 0 ]] || die "must run as root"
     local node=$1 i=${BASH_REMATCH[1]}
     ns_pid "$node" >/dev/null || die "no node '$node' is running"
@@ -337,7 +337,7 @@ nodes_revive() {
 }
 
 nodes_exec() {
-    [[ $# -ge 2 ]] || { echo "usage: $0 exec NODE COMMAND [ARGS...]" >&2; exit 2; }
+    [[ $# -ge 2 ]] || usage "exec: expected a node and a command, got '$*'"
     [[ $(id -u) -eq 0 ]] || die "must run as root"
     local node=$1
     shift

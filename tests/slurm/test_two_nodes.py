@@ -8,6 +8,8 @@ The cluster has its own lifecycle (`slurm_nodes`, module scope) apart from the o
 cluster's; Slurm commands run on node1. The trainer runs the real launch.py throughout.
 """
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -75,6 +77,23 @@ def _gpus_of(placement, node):
             visible = p["cuda_visible_devices"].split(",")
             gpus.append(visible[B.device_index(p["local_rank"], len(visible))])
     return gpus
+
+
+def test_dev_cluster_refuses_bad_arguments_in_one_line():
+    """Before anything starts or stops (no cluster needed): one line, exit status 2."""
+    for args, expected in [([], "unknown command ''"), (["begin"], "unknown command 'begin'"),
+                           (["start", "--nodes", "0"], "--nodes: expected a number of nodes >= 1, got '0'"),
+                           (["start", "--nodes"], "--nodes: expected a number of nodes >= 1, got ''"),
+                           (["start", "--nodes", "two"], "--nodes: expected a number of nodes >= 1, got 'two'"),
+                           (["stop", "--node=2"], "unknown argument '--node=2'"),
+                           (["start", "--nodes", "9"], "--nodes: expected at most 8 nodes, got 9"),
+                           (["exec", "node1"], "exec: expected a node and a command, got 'node1'"),
+                           (["kill-node", "node"], "kill-node: expected one node name like node2, got 'node'"),
+                           (["revive-node"], "revive-node: expected one node name like node2, got ''")]:
+        r = subprocess.run(["bash", os.path.join(ROOT, "slurm", "dev-cluster.sh"), *args],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert r.stderr.startswith(f"[dev-cluster] ERROR: {expected}; usage: "), (args, r.stderr)
 
 
 @pytest.mark.timeout(150)
