@@ -70,8 +70,8 @@ ns_pid() {
     f=$(holder_file "$1")
     alive "$f" || return 1
     pid=$(<"$f")
-    [[ $(<"/proc/$pid/comm") == sleep ]] || return 1
-    [[ $(readlink "/proc/$pid/ns/net") != $(readlink /proc/self/ns/net) ]] || return 1
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == sleep ]] || return 1
+    [[ $(readlink "/proc/$pid/ns/net" 2>/dev/null) != "$(readlink /proc/self/ns/net)" ]] || return 1
     echo "$pid"
 }
 
@@ -93,11 +93,17 @@ start_holder() {
     # output must not wait for the holder's end)
     setsid unshare --net --uts --mount --ipc --propagation private sleep infinity </dev/null >/dev/null 2>"$err" &
     echo $! >"$f"
-    wait_for 5 ns_pid "$1" >/dev/null
+    local t0=$SECONDS
+    until ns_pid "$1" >/dev/null; do
+        alive "$f" && ((SECONDS - t0 < 5)) || return 1    # unshare refused (it exited), or hangs
+        sleep 0.05
+    done
 }
 
+# The kernel or the sandbox refuses namespaces, veth links or a bridge: undo, exit 5 (tests skip).
 cannot() {
     echo "[dev-cluster] ERROR: cannot emulate nodes here: $*" >&2
+    nodes_stop >/dev/null 2>&1 || true
     exit 5
 }
 
@@ -213,10 +219,12 @@ nodes_start() {
     fi
     [[ -z $(node_names) ]] || nodes_stop
     mkdir -p "$NS_DIR/run"
-    start_holder switch || cannot "unshare of network/UTS/mount/IPC namespaces failed: $(<"$NS_DIR/run/ns-switch.err")"
-    local i
-    for ((i = 1; i <= NODES; i++)); do start_holder "node$i" || cannot "unshare failed for node$i"; done
-    if ! (make_network); then nodes_stop >/dev/null 2>&1; exit 5; fi
+    local i name
+    for name in switch $(seq -f 'node%g' 1 "$NODES"); do
+        start_holder "$name" || cannot "no network/UTS/mount/IPC namespaces for $name" \
+            "($(tr '\n' ' ' <"$NS_DIR/run/ns-$name.err" | sed 's/ *$//'))"
+    done
+    make_network
     render_nodes_conf
     for ((i = 1; i <= NODES; i++)); do setup_node "$i" || { nodes_stop; die "could not set up node$i"; }; done
     start_node_munge || { nodes_stop; die "munged did not come up (see $MUNGE_DIR/munged.log)"; }

@@ -96,6 +96,34 @@ def test_dev_cluster_refuses_bad_arguments_in_one_line():
         assert r.stderr.startswith(f"[dev-cluster] ERROR: {expected}; usage: "), (args, r.stderr)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fake, reason", [
+    ("unshare", "no network/UTS/mount/IPC namespaces for switch (unshare: unshare failed: Operation not permitted)"),
+    ("ip", "no veth link (RTNETLINK answers: Operation not permitted)")])
+def test_start_where_nodes_cannot_be_made_exits_5_with_the_reason(slurm_nodes, tmp_path, fake, reason):
+    """A sandbox that refuses namespaces or veth links (here: stand-ins for unshare and ip that say
+    so): `start --nodes 2` exits 5, which the fixture turns into a skip (a failure with
+    DDP_REQUIRE_SLURM=1), names the reason in one line and leaves no process behind. Its own
+    state folder: the running cluster is not touched."""
+    import shutil
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    real_ip = shutil.which("ip")
+    (bin_dir / fake).write_text("#!/bin/sh\n" + (
+        'echo "unshare: unshare failed: Operation not permitted" >&2; exit 1\n' if fake == "unshare" else
+        f'case "$*" in *veth*) echo "RTNETLINK answers: Operation not permitted" >&2; exit 2;; esac\n'
+        f'exec {real_ip} "$@"\n'))
+    (bin_dir / fake).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", DDP_SLURM_NODES_DIR=str(state))
+    r = subprocess.run(["bash", os.path.join(ROOT, "slurm", "dev-cluster.sh"), "start", "--nodes", "2"],
+                       capture_output=True, text=True, timeout=50, env=env)
+    assert r.returncode == 5 and r.stderr.strip() == f"[dev-cluster] ERROR: cannot emulate nodes here: {reason}", r.stderr
+    assert not list((state / "run").glob("*.pid"))
+    st = subprocess.run(["bash", os.path.join(ROOT, "slurm", "dev-cluster.sh"), "status", "--nodes", "2"],
+                        capture_output=True, text=True, timeout=30)
+    assert st.returncode == 0, st.stdout       # the cluster of the other tests still runs
+
+
 @pytest.mark.timeout(150)
 def test_train_template_on_two_nodes_with_two_ranks_each_crosses_the_link(nodes, tmp_path):
     """sbatch --nodes=2 --ntasks-per-node=2 --gpus-per-task=1: a world of 4, ranks 0-1 on node1 and 2-3 on
