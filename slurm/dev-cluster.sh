@@ -13,6 +13,7 @@
 #
 # --nodes picks the cluster (1: the one on the host; 2 or more: the one in
 # namespaces); the two keep their own state, munged and ports and may run side by side.
+# (Over 400 lines: most of it the findings below, which the next person needs here.)
 #
 # Needs root: it installs Debian's slurmctld slurmd slurm-client munge (apt-get,
 # only when missing) and runs the daemons as root. start exits 3 when the

@@ -9,6 +9,7 @@ cluster's; Slurm commands run on node1. The trainer runs the real launch.py thro
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -105,7 +106,6 @@ def test_start_where_nodes_cannot_be_made_exits_5_with_the_reason(slurm_nodes, t
     so): `start --nodes 2` exits 5, which the fixture turns into a skip (a failure with
     DDP_REQUIRE_SLURM=1), names the reason in one line and leaves no process behind. Its own
     state folder: the running cluster is not touched."""
-    import shutil
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir()
     real_ip = shutil.which("ip")
