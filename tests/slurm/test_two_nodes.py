@@ -100,7 +100,7 @@ def test_dev_cluster_refuses_bad_arguments_in_one_line():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("fake, reason", [
     ("unshare", "no network/UTS/mount/IPC namespaces for switch (unshare: unshare failed: Operation not permitted)"),
-    ("ip", "no veth link (RTNETLINK answers: Operation not permitted)")])
+    ("ip", "no veth link (RTNETLINK answers: Operation not permitted)")], ids=["no-namespaces", "no-veth"])
 def test_start_where_nodes_cannot_be_made_exits_5_with_the_reason(slurm_nodes, tmp_path, fake, reason):
     """A sandbox that refuses namespaces or veth links (here: stand-ins for unshare and ip that say
     so): `start --nodes 2` exits 5, which the fixture turns into a skip (a failure with
