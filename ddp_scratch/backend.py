@@ -26,11 +26,24 @@ def use(backend: str, device: int | None = None):
             raise UserError(f"backend: 'cupy' was asked for but no usable CUDA device: {e}") from None
         if n == 0:
             raise UserError("backend: 'cupy' was asked for but no CUDA device is visible")
-        cupy.cuda.Device(device % n if device is not None else 0).use()
+        cupy.cuda.Device(device_index(device, n) if device is not None else 0).use()
         xp, name = cupy, "cupy"
     else:
         raise UserError(f"backend: expected 'numpy' or 'cupy', got {backend!r}")
     return xp
+
+
+def device_index(local_rank: int, n_visible: int) -> int:
+    """The GPU a rank drives among the `n_visible` its process sees (numbered as CUDA_VISIBLE_DEVICES
+    lists them): SLURM's --gpus-per-task=1 leaves each task one GPU (CUDA_VISIBLE_DEVICES=<its own>),
+    so 0; where every rank of a node sees all the node's GPUs (--gpus-per-node, mpiexec), the
+    local rank's own; more ranks than GPUs share them round-robin."""
+    return local_rank % n_visible
+
+
+def device_index_in_use():
+    """The CUDA device this process uses (None on the CPU)."""
+    return int(xp.cuda.Device().id) if name == "cupy" else None
 
 
 def on_gpu() -> bool:

@@ -101,7 +101,9 @@ class Comm:
             # others give it a moment before ending the job themselves
             grace = 0.0 if self.rank == 0 else min(5.0, limit)
             if waited > limit + grace:
-                missing = self._missing_ranks()
+                # heartbeats name them in a gradient all-reduce; in any collective of two ranks
+                # the one missing is the other (a node that died during an evaluation)
+                missing = self._missing_ranks() or ([1 - self.rank] if self.size == 2 else [])
                 who = (f"rank(s) {missing} did not arrive (died, froze or stuck in I/O)" if missing
                        else f"another rank did not arrive (rank {self.rank} of {self.size} was waiting)")
                 sys.stderr.write(f"error: {busy[0]} at step {self.step} did not complete within "

@@ -77,7 +77,7 @@ def build_summary(tr, times, status, energy=None):
         "flops_per_s": flops / seg_s if seg_s else 0.0,
         "wall_s": st.train_s, "wall_s_this_run": seg_s,
         "comm_s": float(rows[:, 1].sum()), "compute_s": float(rows[:, 0].sum()),
-        "skipped_steps": st.skipped, "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
+        "skipped_steps": st.skipped, "placement": getattr(tr, "placement", None), "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
         "peak_rss_bytes": peak_rss_bytes(), "history": st.history, "config": cfg.to_dict(),
     }
     # bytes on the wire per step and rank: counted by the ring, modelled for MPI_Allreduce

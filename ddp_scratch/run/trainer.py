@@ -167,7 +167,12 @@ class Trainer:
             g = self.space.grads_full
             self.comm.use_ring(g.size, g.dtype, c.compress, c.error_feedback, exact_tail=N_EXTRAS)
         self.overlap = self.comm.overlapped(self.space, c.bucket_mb, c.first_bucket_mb) if c.overlap else None
-        self.hosts = self.comm.allgather(platform.node(), "host names")
+        # where each rank runs: summary.json's "placement", one record per rank
+        self.placement = [dict(rank=r, **p) for r, p in enumerate(self.comm.allgather(
+            {"host": platform.node(), "local_rank": self.comm.local_rank, "local_size": self.comm.local_size,
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": B.device_index_in_use()},
+            "rank placement"))]
+        self.hosts = [p["host"] for p in self.placement]
         self.environment = None
         if self.comm.rank == 0:
             from ..study.environment import describe

@@ -8,7 +8,7 @@ import pytest
 from conftest import BACKEND
 
 SUMMARY_KEYS = {"world_size", "backend", "dtype", "model", "n_params", "steps", "epochs", "train_loss",
-                "test_accuracy", "samples_per_s", "flops_per_s", "wall_s"}
+                "test_accuracy", "samples_per_s", "flops_per_s", "wall_s", "placement"}
 
 
 def test_mlp_learns_embedded_digits_to_95_percent(tmp_path, launch):
@@ -21,6 +21,9 @@ def test_mlp_learns_embedded_digits_to_95_percent(tmp_path, launch):
           f"({s['wall_s']:.2f}s training)")
     assert SUMMARY_KEYS <= set(s)
     assert s["world_size"] == 2 and s["backend"] == BACKEND and s["model"] == "mlp"
+    # where each rank ran: one host, local ranks 0 and 1 (two nodes: tests/slurm/test_two_nodes.py)
+    assert [(p["rank"], p["local_rank"], p["local_size"]) for p in s["placement"]] == [(0, 0, 2), (1, 1, 2)]
+    assert len({p["host"] for p in s["placement"]}) == 1
     assert s["test_accuracy"] >= 0.95
     assert s["n_params"] == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
     # the analytic memory of every model, as the README says (float32 parameters)

@@ -1,4 +1,4 @@
-"""A real single-node SLURM cluster for the tests (slurm/dev-cluster.sh).
+"""A real single-node SLURM cluster for the tests (slurm/dev-cluster.sh), and a two-node one.
 
 `slurm_cluster` (session): starts the cluster unless it already runs, puts slurm/bin first on
 PATH (its `sacct` answers from the job completion log, which submitit needs to see finished
@@ -8,6 +8,11 @@ packages cannot be installed, the tests skip with the reason; with DDP_REQUIRE_S
 
 `slurm` (function): the same cluster object; jobs that a test submitted through it and that
 are still queued when the test ends are cancelled.
+
+`slurm_nodes` (module, for the two-node tests' module): `dev-cluster.sh start --nodes 2`, two
+nodes in namespaces on this machine; its commands run on node1 (`dev-cluster.sh exec node1`).
+Its own state, munged and ports: it never meets the one-node cluster. Where namespaces or veth
+links cannot be made (exit 5) the tests skip, or fail with DDP_REQUIRE_SLURM=1.
 """
 import os
 import re
@@ -57,12 +62,18 @@ class SlurmCluster:
     python = sys.executable
     stub_launch = STUB_LAUNCH
 
+    prefix = []            # what runs a Slurm command on the cluster (the host: nothing)
+
     def __init__(self):
         self.submitted = []
 
+    def run(self, *cmd, timeout=60, **kw):
+        """A command where this cluster's clients run (the host, or a node)."""
+        return _run([*self.prefix, *map(str, cmd)], timeout=timeout, **kw)
+
     def sbatch(self, *args, cwd=REPO):
         """`sbatch --parsable ARGS` from `cwd`; returns the job id (as a string)."""
-        r = _run(["sbatch", "--parsable", *map(str, args)], cwd=cwd)
+        r = self.run("sbatch", "--parsable", *args, cwd=cwd)
         assert r.returncode == 0, f"sbatch {' '.join(map(str, args))} failed: {r.stderr.strip()}"
         job_id = r.stdout.strip().split(";")[0]
         self.submitted.append(job_id)
@@ -70,12 +81,12 @@ class SlurmCluster:
 
     def queued(self, job_id):
         """True while squeue still lists the job (or any element of an array job)."""
-        r = _run(["squeue", "-h", "-r", "-j", str(job_id), "-o", "%i"])
+        r = self.run("squeue", "-h", "-r", "-j", job_id, "-o", "%i")
         return r.returncode == 0 and bool(r.stdout.strip())
 
     def states(self, job_id):
         """{job or array element id: state} from sacct (slurm/bin/sacct on the dev cluster)."""
-        r = _run([str(SLURM_BIN / "sacct"), "-n", "-P", "-o", "JobID,State", "-j", str(job_id)])
+        r = self.run(SLURM_BIN / "sacct", "-n", "-P", "-o", "JobID,State", "-j", job_id)
         assert r.returncode == 0, r.stderr
         out = {}
         for line in r.stdout.splitlines():
@@ -114,40 +125,79 @@ class SlurmCluster:
         raise AssertionError(f"{pattern!r} x{count} not in {path} after {timeout}s:\n{text}")
 
     def scancel(self, *args):
-        r = _run(["scancel", *map(str, args)])
+        r = self.run("scancel", *args)
         assert r.returncode == 0, r.stderr
 
     def cancel_leftovers(self):
         left = [j for j in self.submitted if self.queued(j)]
         if left:
-            _run(["scancel", *left])
+            self.run("scancel", *left)
         self.submitted.clear()
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
+class NodesCluster(SlurmCluster):
+    """The two-node cluster: Slurm commands run on node1; `on(node, ...)` anywhere."""
+
+    prefix = ["bash", str(SCRIPT), "exec", "node1"]
+    nodes = ("node1", "node2")
+
+    def on(self, node, *cmd, timeout=60, **kw):
+        return _run(["bash", str(SCRIPT), "exec", node, *map(str, cmd)], timeout=timeout, **kw)
+
+    def script(self, *args, timeout=60):
+        """`dev-cluster.sh ARGS` (kill-node, revive-node, ...); asserts it succeeded."""
+        r = _run(["bash", str(SCRIPT), *map(str, args)], timeout=timeout)
+        assert r.returncode == 0, f"dev-cluster.sh {' '.join(map(str, args))}: {r.stderr}"
+        return r
+
+    def eth0_bytes(self):
+        """{node: (received, sent)} bytes of each node's eth0, its only link to the others."""
+        out = {}
+        for node in self.nodes:
+            r = self.on(node, "cat", "/proc/net/dev")
+            assert r.returncode == 0, r.stderr
+            row = next(line for line in r.stdout.splitlines() if line.strip().startswith("eth0:"))
+            f = row.split(":", 1)[1].split()
+            out[node] = (int(f[0]), int(f[8]))
+        return out
+
+
+def _cluster(args, make):
+    """Start the dev cluster (`dev-cluster.sh start ARGS`) unless it runs; yield make(); stop it at
+    the end if it was started here. slurm/bin first on PATH meanwhile."""
     if os.geteuid() != 0:
         _unavailable("needs root (installs Debian's slurm packages and runs the daemons)")
     if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
         _unavailable("Slurm is not installed and there is no apt-get to install it")
-    already = _run(["bash", str(SCRIPT), "status"]).returncode == 0
+    already = _run(["bash", str(SCRIPT), "status", *args]).returncode == 0
     if not already:
         try:
-            r = _run(["bash", str(SCRIPT), "start"], timeout=START_TIMEOUT_S)
+            r = _run(["bash", str(SCRIPT), "start", *args], timeout=START_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             pytest.fail(f"slurm/dev-cluster.sh start took over {START_TIMEOUT_S}s", pytrace=False)
-        if r.returncode in (3, 4):     # 3: apt-get could not install, 4: not root
+        if r.returncode in (3, 4, 5):     # 3: apt-get could not install, 4: not root, 5: no namespaces/veth
             _unavailable(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
         if r.returncode != 0:
-            pytest.fail(f"slurm/dev-cluster.sh start failed (exit {r.returncode}):\n{r.stderr}", pytrace=False)
+            pytest.fail(f"slurm/dev-cluster.sh start {' '.join(args)} failed (exit {r.returncode}):\n{r.stderr}",
+                        pytrace=False)
     old_path = os.environ.get("PATH", "")
     os.environ["PATH"] = f"{SLURM_BIN}{os.pathsep}{old_path}"
     try:
-        yield SlurmCluster()
+        yield make()
     finally:
         os.environ["PATH"] = old_path
         if not already:
-            _run(["bash", str(SCRIPT), "stop"], timeout=120)
+            _run(["bash", str(SCRIPT), "stop", *args], timeout=120)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    yield from _cluster([], SlurmCluster)
+
+
+@pytest.fixture(scope="module")
+def slurm_nodes():
+    yield from _cluster(["--nodes", "2"], NodesCluster)
 
 
 @pytest.fixture
