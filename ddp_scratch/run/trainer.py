@@ -24,6 +24,7 @@ from ..nn.flat import EXTRA_CORRECT, EXTRA_GNORM2, EXTRA_ITEMS, EXTRA_LOSS, EXTR
 from ..nn.optim import build_optimizer, lr_at
 from ..nn.registry import build_model, memory_estimate
 from ..parallel.world import Comm
+from ..parallel.zero import ZeroReducer
 from ..study.metrics import StepTimes, energy_meter, now
 from . import checkpoint as ckpt
 from .preflight import check_memory, check_out_folder, lock_out_folder
@@ -127,11 +128,15 @@ class Trainer:
         rows = -(-cfg.train.batch_size // comm.size)
         eval_rows = rows if cfg.model.name == "gpt" else min(cfg.train.eval_batch, 1 << 20)
         hint = "use a smaller model or batch, fewer ranks per node" + (", or float32" if t.dtype == "float64" else "")
-        self.memory = memory_estimate(cfg, self.task.d_in, self.task.n_out, rows, eval_rows)
+        self.memory = memory_estimate(cfg, self.task.d_in, self.task.n_out, rows, eval_rows,
+                                      shards=comm.size if cfg.optim.zero else 1)
         check_memory(f"model {cfg.model.name}", self.memory, comm.local_size, hint)
         self.model = build_model(cfg, self.task.d_in, self.task.n_out, cfg.train.seed)
         self.space = self.model.space
-        self.opt = build_optimizer(cfg.optim, self.space)
+        # ZeRO-1: the optimizer steps this rank's slice of the buffers (its state 1/N the size)
+        self.zero = ZeroReducer(comm, self.space.n_params) if cfg.optim.zero and comm.size > 1 else None
+        self.opt_space = self.space.shard(self.zero.lo, self.zero.hi) if self.zero else self.space
+        self.opt = build_optimizer(cfg.optim, self.opt_space)
         self.spe = self.task.steps_per_epoch
         self.total_steps = t.epochs * self.spe
         if t.max_steps:
@@ -173,8 +178,11 @@ class Trainer:
         ckpt.restore(self)
 
     def save_checkpoint(self):
+        state = None
+        if self.zero is not None:      # the whole optimizer state, as a run without ZeRO keeps it
+            state = self.zero.gather_state({k: v for k, v in self.opt.state_dict().items() if k != "t"})
         if self.comm.rank == 0:
-            ckpt.write(self)
+            ckpt.write(self, state)
 
     # ------------------------------------------------------------------ signals
     def _install_signals(self):
@@ -230,13 +238,17 @@ class Trainer:
         ex[EXTRA_LOSS], ex[EXTRA_CORRECT], ex[EXTRA_ITEMS] = loss, correct, y.size
         ex[EXTRA_STOP] = 0.0 if not self.signal_seen else INTERRUPT if self.signum == signal.SIGINT else 1.0
         t1 = now()
-        if self.overlap is not None:
+        if self.zero is not None:      # this rank's slice summed, the statistics and the norm too
+            g = self.opt_space.grads
+            self.zero.reduce_gradients(space.grads, g, ex, EXTRA_GNORM2)
+        elif self.overlap is not None:
             self.comm.all_reduce_overlapped_finish(self.overlap)
         else:
             self.comm.all_reduce_gradients(space.grads_full)
         t2 = now()
-        g = space.grads
-        ex[EXTRA_GNORM2] = B.xp.dot(g, g)
+        if self.zero is None:
+            g = space.grads
+            ex[EXTRA_GNORM2] = B.xp.dot(g, g)
         stats = B.to_numpy(ex).astype(np.float64)      # the step's one device->host read
         gnorm = math.sqrt(stats[EXTRA_GNORM2]) if stats[EXTRA_GNORM2] >= 0 else math.nan
         if stats[EXTRA_STOP] > 0:
@@ -248,6 +260,8 @@ class Trainer:
         if t.grad_clip and gnorm > t.grad_clip:
             g *= t.grad_clip / (gnorm + 1e-6)
         self.opt.step(lr_at(self.cfg.optim, self.step, self.total_steps))
+        if self.zero is not None:
+            t2 += self.zero.all_gather_params(space.params)     # communication time, too
         self.gnorm = gnorm
         return stats, t1 - t0, t2 - t1
 
