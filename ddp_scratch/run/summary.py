@@ -80,9 +80,10 @@ def build_summary(tr, times, status, energy=None):
         "skipped_steps": st.skipped, "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
         "peak_rss_bytes": peak_rss_bytes(), "history": st.history, "config": cfg.to_dict(),
     }
-    # optimizer state held by this rank (rank 0: under ZeRO-1 the largest slice), its update scratch aside
-    s["optim_zero"] = cfg.optim.zero
-    s["optim_state_bytes_per_rank"] = sum(int(v.nbytes) for k, v in tr.opt.state_dict().items() if k != "t")
+    # optimizer state each rank holds (its update scratch aside): 1/N of it under ZeRO-1
+    held = comm.allgather(sum(int(v.nbytes) for k, v in tr.opt.state_dict().items() if k != "t"),
+                          "optimizer state sizes")
+    s.update(optim_zero=cfg.optim.zero, optim_state_bytes_per_rank=max(held), optim_state_bytes_by_rank=held)
     if task.items != "samples":
         s["samples_per_s"] = s[f"{task.items}_per_s"] / getattr(task, "items_per_sample", 1)
     if status == "completed":
