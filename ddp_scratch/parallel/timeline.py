@@ -1,5 +1,5 @@
 """What the trace (logging.trace, run/trace.py) needs from the world of ranks: every rank's clock
-against rank 0's, and the ranks' events brought to rank 0.
+against rank 0's, and the ranks' events brought to rank 0 one rank at a time.
 
 Clock offsets are measured once at start-up by ping-pong with rank 0 (as NTP does): rank r notes
 its time a, rank 0 answers with its time c, rank r notes b; then c - (a + b) / 2 is rank 0's clock
@@ -41,12 +41,19 @@ def clock_offsets(comm, rounds=8):
     return (0.0, 0.0) if comm.rank == 0 else (best[1], best[0])
 
 
-def gather_to_root(comm, obj, what="trace gather"):
-    """Every rank's `obj` (small arrays and numbers) as a list on rank 0, None on the others."""
+def stream_to_root(comm, obj, consume, what="trace gather"):
+    """Rank 0 calls consume(rank, obj) with every rank's `obj`, in rank order, receiving the next
+    only after the previous one was consumed (one rank's at a time in memory); the others send."""
+    if comm.rank == 0:
+        consume(0, obj)
     if comm.size == 1:
-        return [obj]
+        return
     comm._enter(what)
     try:
-        return comm.comm.gather(obj, root=0)
+        if comm.rank == 0:
+            for r in range(1, comm.size):
+                consume(r, comm.comm.recv(source=r, tag=TAG + 1))
+        else:
+            comm.comm.send(obj, dest=0, tag=TAG + 1)
     finally:
         comm._leave()

@@ -28,8 +28,8 @@ import time
 import numpy as np
 
 from .. import backend as B
-from ..fsutil import atomic_write_text
-from ..parallel.timeline import clock_offsets, gather_to_root
+from ..fsutil import atomic_open
+from ..parallel.timeline import clock_offsets, stream_to_root
 
 CAPACITY = 1 << 18       # events per rank: 6.3 MiB of arrays
 PHASES = ("step", "batch", "forward", "backward", "gradient all-reduce", "reduce-scatter + statistics",
@@ -126,40 +126,67 @@ class Tracer:
                 "t": self.t[:n] + self.offset, "dropped": self.dropped, "offset": self.offset, "rtt": self.rtt}
 
     def write(self, comm, path):
-        """Bring every rank's events to rank 0, which writes `path` (a collective)."""
-        ranks = gather_to_root(comm, self.events())
-        if ranks is None:
+        """Every rank's events into `path`, written by rank 0 one rank at a time, so its memory
+        holds one rank's events however many ranks there are (a collective). The file replaces
+        the old one only once complete."""
+        first = comm.allgather(float(self.t[0, 0] + self.offset) if self.n else None, "trace start")
+        origin = min((t for t in first if t is not None), default=0.0)
+        other = {"capacity_per_rank": self.capacity, "dropped_events": 0, "clock_offset_us": [],
+                 "clock_round_trip_us": []}
+        failed, f, written = [], None, [0]
+
+        def consume(pid, r):          # rank 0: one rank's events arrived
+            other["dropped_events"] += r["dropped"]
+            other["clock_offset_us"].append(round(r["offset"] * 1e6, 3))
+            other["clock_round_trip_us"].append(round(r["rtt"] * 1e6, 3))
+            if f is not None and not failed:
+                try:
+                    for lines in chrome_events(pid, r, origin):
+                        f.write(((",\n" if written[0] else "") + ",\n".join(lines)).encode())
+                        written[0] += len(lines)
+                except OSError as e:      # keep receiving: the other ranks are sending
+                    failed.append(e)
+
+        if comm.rank != 0:
+            stream_to_root(comm, self.events(), consume)
             return
-        text, dropped = chrome_trace(ranks, self.capacity)
-        atomic_write_text(path, text)
-        if dropped:
+        streamed = False
+        try:
+            with atomic_open(path) as f:
+                f.write(b'{"displayTimeUnit": "ms", "traceEvents": [\n')
+                streamed = True
+                stream_to_root(comm, self.events(), consume)
+                if failed:
+                    raise failed[0]
+                f.write(('\n],\n"otherData": ' + json.dumps(other) + "}\n").encode())
+        finally:
+            if not streamed:          # the file could not be opened: the ranks still send theirs
+                f = None
+                stream_to_root(comm, self.events(), consume)
+        if other["dropped_events"]:
             print(f"warning: the trace kept the first {self.capacity:,} events of each rank and dropped "
-                  f"{dropped:,} ({path})", file=sys.stderr, flush=True)
+                  f"{other['dropped_events']:,} ({path})", file=sys.stderr, flush=True)
 
 
-def chrome_trace(ranks, capacity):
-    """(JSON text, events dropped) of the ranks' events: Chrome trace format, 'X' events sorted
-    by time within each rank (a parent before the children that start with it)."""
-    origin = min((float(r["t"][:, 0].min()) for r in ranks if len(r["t"])), default=0.0)
-    out = []
-    for pid, r in enumerate(ranks):
-        out.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": f"rank {pid}"}})
-        out.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": pid}})
-        out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": 0, "args": {"name": "steps"}})
-        if (r["tid"] == 1).any():
-            out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": 1, "args": {"name": "all-reduce buckets"}})
-        ts = (r["t"][:, 0] - origin) * 1e6
-        dur = (r["t"][:, 1] - r["t"][:, 0]) * 1e6
-        for i in np.lexsort((-dur, ts, r["tid"])):
+def chrome_events(pid, r, origin, chunk=8192):
+    """Rank `pid`'s events `r` as lists of Chrome trace JSON objects (text), of at most `chunk`
+    events each: its metadata, then 'X' events sorted by time (a parent before the children that
+    start with it)."""
+    meta = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": f"rank {pid}"}},
+            {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": pid}},
+            {"ph": "M", "name": "thread_name", "pid": pid, "tid": 0, "args": {"name": "steps"}}]
+    if (r["tid"] == 1).any():
+        meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": 1, "args": {"name": "all-reduce buckets"}})
+    yield [json.dumps(e, separators=(",", ":")) for e in meta]
+    ts = (r["t"][:, 0] - origin) * 1e6
+    dur = (r["t"][:, 1] - r["t"][:, 0]) * 1e6
+    order = np.lexsort((-dur, ts, r["tid"]))
+    for lo in range(0, len(order), chunk):
+        lines = []
+        for i in order[lo:lo + chunk]:
             e = {"name": r["names"][r["kind"][i]], "ph": "X", "pid": pid, "tid": int(r["tid"][i]),
                  "ts": round(float(ts[i]), 3), "dur": round(float(dur[i]), 3)}
             if r["step"][i] >= 0:
                 e["args"] = {"step": int(r["step"][i])}
-            out.append(e)
-    dropped = sum(r["dropped"] for r in ranks)
-    other = {"capacity_per_rank": capacity, "dropped_events": dropped,
-             "clock_offset_us": [round(r["offset"] * 1e6, 3) for r in ranks],
-             "clock_round_trip_us": [round(r["rtt"] * 1e6, 3) for r in ranks]}
-    body = ",\n".join(json.dumps(e, separators=(",", ":")) for e in out)
-    return ('{"displayTimeUnit": "ms", "otherData": ' + json.dumps(other) + ',\n"traceEvents": [\n'
-            + body + "\n]}\n"), dropped
+            lines.append(json.dumps(e, separators=(",", ":")))
+        yield lines

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import ON_DEVICE
-from ddp_scratch.run.trace import PHASES, Tracer, chrome_trace
+from ddp_scratch.run.trace import PHASES, Tracer
 
 DIGITS = "experiments/mlp_digits.yaml"
 IN_STEP = {"batch", "forward", "backward", "gradient all-reduce", "reduce-scatter + statistics", "optimizer",
@@ -84,14 +84,32 @@ def test_no_trace_when_off(tmp_path, launch):
     assert not (tmp_path / "trace.json").exists()
 
 
-def test_events_beyond_the_capacity_are_counted_not_kept():
+def test_events_beyond_the_capacity_are_counted_not_kept(tmp_path, capsys):
+    from ddp_scratch.parallel.world import Comm
     tr = Tracer(0, capacity=4)
     for i in range(10):
         tr.add(1, float(i), i + 0.5, step=i)
     assert tr.n == 4 and tr.dropped == 6 and tr.kind.nbytes == 16
-    text, dropped = chrome_trace([tr.events()], tr.capacity)
-    doc = json.loads(text)
-    assert dropped == 6 and doc["otherData"]["dropped_events"] == 6
+    tr.write(Comm(serial=True), tmp_path / "trace.json")
+    doc = load(tmp_path / "trace.json")
+    assert doc["otherData"]["dropped_events"] == 6
+    assert "dropped 6 (" in capsys.readouterr().err
     xs = [e for e in doc["traceEvents"] if e["ph"] == "X"]
     assert [e["name"] for e in xs] == [PHASES[1]] * 4 and [e["ts"] for e in xs] == [0.0, 1e6, 2e6, 3e6]
-    assert np.allclose([e["dur"] for e in xs], 5e5)
+    assert np.allclose([e["dur"] for e in xs], 5e5) and [e["args"]["step"] for e in xs] == [0, 1, 2, 3]
+
+
+def test_a_trace_that_cannot_be_written_leaves_the_old_one(tmp_path):
+    from ddp_scratch.errors import UserError
+    from ddp_scratch.parallel.world import Comm
+    old = tmp_path / "trace.json"
+    old.write_text("old")
+    tr = Tracer(0, capacity=4)
+    tr.add(1, 0.0, 1.0)
+    tr.names[1] = object()        # not JSON: the write fails halfway
+    with pytest.raises(TypeError):
+        tr.write(Comm(serial=True), old)
+    assert old.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["trace.json"]
+    (tmp_path / "blocker").write_text("")      # a file where the folder should be: one line naming it
+    with pytest.raises(UserError, match=f"cannot write {tmp_path / 'blocker' / 'trace.json'}"):
+        Tracer(0, capacity=4).write(Comm(serial=True), tmp_path / "blocker" / "trace.json")
