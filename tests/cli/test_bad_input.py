@@ -363,6 +363,8 @@ def _plain_optimizer(tmp):
     """A plug-in optimizer that does not say it is element-wise (so ZeRO-1 may not slice it)."""
     p = tmp / "plain_opt.py"
     p.write_text("from ddp_scratch.nn.optim import Optimizer\n\n\nclass Plain(Optimizer):\n"
+                 "    def __init__(self, space, lr, weight_decay=0.0, maximize=False, options=None):\n"
+                 "        super().__init__(space, lr, weight_decay, maximize)\n\n"
                  "    def step(self, lr=None):\n        self.p -= (lr or self.lr) * self.g\n")
     return f"optim.name={p}:Plain"
 
