@@ -102,6 +102,7 @@ class OptimConfig:
     gamma: float = F(0.1, gt=0.0)
     min_lr: float = F(0.0, min=0.0)
     decay_steps: int = F(0, min=0, help="cosine length; 0 = the whole run")
+    zero: int = F(0, min=0, max=1, help="ZeRO stage: 1 shards the optimizer state across ranks")
 
 
 @dataclass
@@ -123,6 +124,7 @@ class LoggingConfig:
     wandb_project: str = F("ddp_scratch")
     wandb_mode: str = F("offline", choices=["offline", "online", "disabled"])
     progress: bool = F(True)
+    trace: bool = F(False, help="per-rank timeline of every step's phases in OUT/trace.json (Chrome trace)")
 
 
 @dataclass
@@ -145,6 +147,8 @@ class Config:
         for s in ("model", "optim"):      # no options: as before plug-ins (older checkpoints resume)
             if s in keep and not keep[s].get("options"):
                 keep[s].pop("options", None)
+        if "optim" in keep:     # ZeRO-1 changes where the state lives, not the run: a resume may toggle it
+            keep["optim"].pop("zero", None)
         keep["train"] = {k: d["train"][k] for k in ("batch_size", "seed", "dtype", "loss")}
         return keep
 
@@ -563,6 +567,14 @@ def _cross_check(cfg: Config):
     if d.name in ("digits", "synthetic", "addition") and d.val_fraction + d.test_fraction >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction: expected less than 1 (something left to train "
                           f"on), got {d.val_fraction} + {d.test_fraction}")
+    if cfg.optim.zero and cfg.comm.overlap:
+        raise ConfigError("optim.zero: 1 reduce-scatters the gradients after backward and does not overlap; "
+                          "set comm.overlap=false (or optim.zero=0)")
+    if cfg.optim.zero and cfg.comm.backend == "nccl":
+        raise ConfigError("optim.zero: 1 reduce-scatters through MPI; set comm.backend=mpi (or optim.zero=0)")
+    if cfg.optim.zero and cfg.comm.algorithm != "mpi":
+        raise ConfigError("optim.zero: 1 reduce-scatters with MPI_Reduce_scatter, not the ring (nor its 16-bit "
+                          "compression); set comm.algorithm=mpi (or optim.zero=0)")
     if cfg.optim.schedule == "cosine" and cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr: expected at most optim.lr ({cfg.optim.lr}), got {cfg.optim.min_lr}")
 

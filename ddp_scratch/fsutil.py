@@ -7,10 +7,11 @@ then renamed over the target.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "remove_stale_temps"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -33,6 +34,15 @@ def _fsync_dir(dirname: str) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
     """Atomically replace ``path`` with ``data``; returns the path as str."""
+    with atomic_open(path) as f:
+        f.write(data)
+    return os.fspath(path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike):
+    """A binary file whose contents replace ``path`` atomically when the block ends without an
+    error (for files written piece by piece, e.g. the trace); on an error the old file stays."""
     path = os.fspath(path)
     dirname = os.path.dirname(os.path.abspath(path))
     try:
@@ -43,7 +53,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp's 0600 would hide results from group members
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -56,7 +66,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
             raise _write_error(path, e) from None
         raise
     _fsync_dir(dirname)
-    return path
 
 
 def remove_stale_temps(dirname, names) -> list:

@@ -179,6 +179,8 @@ CROSS = [   # (overrides, the --set the error must name)
     (["train.epochs=0"], "train.epochs=0"),
     (["data.val_fraction=0.5", "data.test_fraction=0.5"], "data.val_fraction=0.5"),
     (["optim.schedule=cosine", "optim.min_lr=1", "optim.lr=0.1"], "optim.min_lr=1"),
+    (["comm.overlap=true", "optim.zero=1"], "optim.zero=1"),
+    (["comm.algorithm=ring", "optim.zero=1"], "optim.zero=1"),
 ]
 
 

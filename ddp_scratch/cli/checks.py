@@ -63,6 +63,7 @@ def check_rank_memory(cfg, ranks, what):
         d_in, n_out = dims(cfg)
         rows = -(-cfg.train.batch_size // ranks)
         eval_rows = rows if cfg.model.name == "gpt" else min(cfg.train.eval_batch, 1 << 20)
-        parts.update(memory_estimate(cfg, d_in, n_out, rows, eval_rows))
+        parts.update(memory_estimate(cfg, d_in, n_out, rows, eval_rows,
+                                     shards=ranks if cfg.optim.zero else 1))
     check_memory(f"{what} {ranks}: the run", parts, ranks,
                  "use fewer ranks, or a smaller model, batch or dataset")

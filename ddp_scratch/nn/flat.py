@@ -155,6 +155,34 @@ class ParamSpace:
         """Name, shape and offset of every parameter: stored in checkpoints to refuse mismatches."""
         return [[p.name, list(p.shape), p.offset] for p in self.plist]
 
+    def shard(self, lo, hi):
+        """Elements [lo, hi) of the flat buffers as a space of their own (ZeRO-1, optim.zero: 1)."""
+        return SpaceShard(self, lo, hi)
+
+
+class SpaceShard:
+    """What an element-wise optimizer sees of a ParamSpace under ZeRO-1: a contiguous slice of
+    the parameters (a view: the update lands in the full buffer, then travels in the all-gather),
+    its own gradient buffer of the same size (the reduce-scatter writes the summed slice there)
+    and the weight-decay ranges cut to the slice. Optimizer state allocated for it is 1/N."""
+
+    def __init__(self, space, lo, hi):
+        self.dtype, self.lo, self.hi = space.dtype, lo, hi
+        self.params = space.params[lo:hi]
+        self.grads = zeros(hi - lo, space.dtype)
+        self._decay = [(max(a, lo) - lo, min(b, hi) - lo) for a, b in space.decay_ranges() if a < hi and b > lo]
+
+    @property
+    def itemsize(self):
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def n_params(self):
+        return self.hi - self.lo
+
+    def decay_ranges(self):
+        return list(self._decay)
+
 
 def zeros(n, dtype):
     """A flat zero buffer; on the host, large ones start on a huge-page boundary.

@@ -13,11 +13,15 @@ import math
 from .. import backend as B
 from ..errors import ConfigError
 from .flat import zeros
-from .plugins import build_optimizer as build_plugin_optimizer, is_plugin, optimizer_state_arrays
+from .plugins import build_optimizer as build_plugin_optimizer, is_plugin, optimizer_class, optimizer_state_arrays
 
 
 class Optimizer:
     state_names: tuple = ()
+    # True where each element's update reads only that element's gradient, state and parameter
+    # (and scalars): then a slice of the buffers is an optimizer of its own, and optim.zero: 1
+    # may give each rank one slice (ZeRO-1). A plug-in says so itself (docs/extending.md).
+    elementwise: bool = False
 
     def __init__(self, space, lr, weight_decay=0.0, maximize=False):
         self.space, self.lr, self.wd, self.maximize = space, lr, weight_decay, maximize
@@ -50,6 +54,7 @@ class Optimizer:
 
 class SGD(Optimizer):
     state_names = ("buf",)
+    elementwise = True
 
     def __init__(self, space, lr, momentum=0.0, nesterov=False, weight_decay=0.0, maximize=False, dampening=0.0):
         if nesterov and momentum <= 0:
@@ -96,6 +101,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (L2 weight decay added to the gradient) or, with decoupled=True, AdamW."""
     state_names = ("m", "v", "vmax")
+    elementwise = True
 
     def __init__(self, space, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
                  maximize=False, decoupled=False):
@@ -134,6 +140,8 @@ class Adam(Optimizer):
 
 
 class RMSProp(Optimizer):
+    elementwise = True
+
     def __init__(self, space, lr, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
                  weight_decay=0.0, maximize=False):
         self.state_names = ("sq",) + (("buf",) if momentum else ()) + (("gavg",) if centered else ())
@@ -170,7 +178,9 @@ class RMSProp(Optimizer):
 
 
 def build_optimizer(cfg, space):
-    """cfg: the `optim` config section."""
+    """cfg: the `optim` config section; space: a ParamSpace, or one rank's SpaceShard (optim.zero: 1)."""
+    if getattr(cfg, "zero", 0):
+        check_shardable(cfg)
     if is_plugin(cfg.name):          # a user's optimizer: mypkg.optim:Lion or path/file.py:Lion
         return build_plugin_optimizer(cfg.name, cfg, space)
     common = dict(weight_decay=cfg.weight_decay, maximize=cfg.maximize)
@@ -183,6 +193,14 @@ def build_optimizer(cfg, space):
         return RMSProp(space, cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum,
                        centered=cfg.centered, **common)
     raise ConfigError(f"optim.name: expected one of sgd, adam, adamw, rmsprop, got {cfg.name!r}")
+
+
+def check_shardable(cfg):
+    """optim.zero: 1 needs an element-wise optimizer (a slice of the buffers is then an optimizer)."""
+    if is_plugin(cfg.name) and not getattr(optimizer_class(cfg.name), "elementwise", False):
+        raise ConfigError(f"optim.zero: 1 shards the optimizer state across ranks, but {cfg.name} does not declare "
+                          "elementwise = True (each element updated from its own gradient and state alone); use "
+                          "optim.zero=0, or see docs/extending.md, section 5")
 
 
 def optimizer_arrays(o):

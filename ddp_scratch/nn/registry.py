@@ -22,12 +22,13 @@ def build_model(cfg, d_in, n_out, seed, build=True):
     raise ConfigError(f"model.name: expected mlp or gpt, got {m.name!r}")
 
 
-def memory_estimate(cfg, d_in, n_out, rows, eval_rows):
+def memory_estimate(cfg, d_in, n_out, rows, eval_rows, shards=1):
     """Bytes per rank, by part, of a model trained on `rows` per step and evaluated `eval_rows` at
     a time: parameters, gradients, optimizer state (+ its update scratch), activations and scratch
-    of the training batch and of the evaluation batch. A lower bound: NumPy temporaries aside."""
+    of the training batch and of the evaluation batch. A lower bound: NumPy temporaries aside.
+    shards: ranks the optimizer state is split over (optim.zero: 1), each with a gradient slice."""
     model = build_model(cfg, d_in, n_out, 0, build=False)
     P, it = model.space.n_params, model.space.itemsize
     return {"params": P * it, "grads": (P + N_EXTRAS) * it,
-            "optimizer": (optimizer_arrays(cfg.optim) + 1) * P * it,
+            "optimizer": (optimizer_arrays(cfg.optim) + 1 + (shards > 1)) * -(-P // shards) * it,
             "activations": model.activation_bytes(rows) + model.activation_bytes(eval_rows)}

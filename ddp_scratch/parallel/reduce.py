@@ -34,6 +34,7 @@ class OverlappedAllReduce:
         self.expected = None      # gradient writes per parameter, learned on the first step
         self.reqs, self.next, self.pending = [], 0, []
         self.exposed_s = 0.0
+        self.trace = None         # run/trace.py's Tracer (logging.trace): told of writes and buckets
 
     def _close(self, params):
         lo = min(p.offset for p in params)
@@ -53,6 +54,8 @@ class OverlappedAllReduce:
             self.pending = [sum(self.expected[id(p)] > 0 for p in ps) for _, _, ps in self.buckets]
 
     def _written(self, p):
+        if self.trace is not None:
+            self.trace.grad(p)
         c = self.counts[id(p)] = self.counts[id(p)] + 1
         if self.expected is None or c != self.expected[id(p)]:
             return
@@ -64,6 +67,8 @@ class OverlappedAllReduce:
     def _issue(self, b):
         lo, hi, _ = self.buckets[b]
         self._start(self.space.grads[lo:hi])
+        if self.trace is not None:
+            self.trace.bucket_issued(b)
         self.next = b + 1
 
     def finish(self):
@@ -79,6 +84,8 @@ class OverlappedAllReduce:
         while self.next < len(self.buckets):
             self._issue(self.next)
         self._start(self.space.extras)
+        if self.trace is not None:
+            self.trace.bucket_issued(len(self.buckets))
         self.comm._enter("overlapped gradient all-reduce")
         try:
             self._wait()
@@ -92,9 +99,18 @@ class OverlappedAllReduce:
         self.reqs.append(self.comm.comm.Iallreduce(self.comm.MPI.IN_PLACE, view, op=self.comm.MPI.SUM))
 
     def _progress(self):
-        if self.reqs:
+        if not self.reqs:
+            return
+        if self.trace is None:
             self.comm.MPI.Request.Testall(self.reqs)
+        else:                    # which buckets finished: their end on the timeline
+            for i in self.comm.MPI.Request.Testsome(self.reqs) or ():
+                self.trace.bucket_done(i)
 
     def _wait(self):
-        self.comm.MPI.Request.Waitall(self.reqs)
+        if self.trace is None:
+            self.comm.MPI.Request.Waitall(self.reqs)
+        else:
+            while (i := self.comm.MPI.Request.Waitany(self.reqs)) != self.comm.MPI.UNDEFINED:
+                self.trace.bucket_done(i)
         self.reqs = []

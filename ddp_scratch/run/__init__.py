@@ -1,2 +1,2 @@
-"""A training run: the one loop (trainer.py), checkpoints, the progress display, and sampling
-from a trained GPT."""
+"""A training run: the one loop (trainer.py), checkpoints, the progress display, the timeline
+of every rank (trace.py), and sampling from a trained GPT."""

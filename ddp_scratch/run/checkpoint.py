@@ -121,6 +121,8 @@ def restore(tr):
     tr.state = RunState.from_meta(meta.get("run"), f"checkpoint {path}")
     _check_length(tr, meta, step)
     tr.space.params[...] = B.xp.asarray(arrays["params"])
+    if getattr(tr, "zero", None) is not None:     # ZeRO-1: this rank's slice of the whole state
+        state = {k: v[tr.zero.lo:tr.zero.hi] for k, v in state.items()}
     tr.opt.load_state_dict(state | {"t": field(meta, path, "opt_t", int)})
     tr.step = step
 
@@ -194,12 +196,15 @@ def left_behind(out):
     return f"the checkpoint at step {step:,} in {out} stays (--resume continues from it)"
 
 
-def write(tr):
-    """Trainer `tr`'s parameters, optimizer state and run state, atomically (rank 0 calls it)."""
+def write(tr, state=None):
+    """Trainer `tr`'s parameters, optimizer state and run state, atomically (rank 0 calls it).
+    state: the whole optimizer state gathered from the ranks' slices (optim.zero: 1), else the
+    optimizer's own; either way the same arrays, so a resume may change ranks or toggle ZeRO."""
     arrays = {"params": B.to_numpy(tr.space.params)}
-    for k, v in tr.opt.state_dict().items():
-        if k != "t":
-            arrays[f"opt.{k}"] = B.to_numpy(v)
+    if state is None:
+        state = {k: v for k, v in tr.opt.state_dict().items() if k != "t"}
+    for k, v in state.items():
+        arrays[f"opt.{k}"] = B.to_numpy(v)
     epoch, i = divmod(tr.step, tr.spe)
     meta = {"step": tr.step, "epoch": epoch, "step_in_epoch": i, "opt_t": tr.opt.t,
             "fingerprint": tr.fp, "config_hash": config_hash(tr.fp), "layout": tr.space.layout(),

@@ -5,7 +5,7 @@ from .. import backend as B
 from ..errors import ConfigError, UserError
 from ..fsutil import remove_stale_temps
 
-RUN_FILES = ("checkpoint.npz", "summary.json")     # what a run writes into OUT (atomically)
+RUN_FILES = ("checkpoint.npz", "summary.json", "trace.json")     # what a run writes into OUT (atomically)
 
 
 def check_memory(what, parts, ranks_here=1, hint="use a smaller model, batch or dataset, or fewer ranks per node"):

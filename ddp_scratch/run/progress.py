@@ -67,7 +67,8 @@ def startup_text(tr):
     lines = [
         f"ddp_scratch: {where}; {dev}, {threads} thread(s) per rank",
         f"  model: {model}, {tr.space.n_params:,} parameters, {t.dtype}; "
-        f"optimizer {cfg.optim.name}, lr {cfg.optim.lr:g} ({cfg.optim.schedule})",
+        f"optimizer {cfg.optim.name}, lr {cfg.optim.lr:g} ({cfg.optim.schedule})"
+        + (f", ZeRO-1 (state sharded over {comm.size} ranks)" if getattr(tr, "zero", None) else ""),
         f"  data:  {tr.task.describe()}",
         f"  batch: {t.batch_size} global = {per} per rank; {_plural(tr.total_steps, 'step')} = "
         + _plural(epochs, "epoch") + f" of {_plural(tr.spe, 'step')}; {ev}",

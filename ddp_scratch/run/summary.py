@@ -82,6 +82,10 @@ def build_summary(tr, times, status, energy=None):
     }
     # bytes on the wire per step and rank: counted by the ring, modelled for MPI_Allreduce
     s["comm_bytes_per_step"], s["comm_bytes_per_step_source"] = comm.bytes_per_step(tr.space.grads_full.nbytes)
+    # optimizer state each rank holds (its update scratch aside): 1/N of it under ZeRO-1
+    held = comm.allgather(sum(int(v.nbytes) for k, v in tr.opt.state_dict().items() if k != "t"),
+                          "optimizer state sizes")
+    s.update(optim_zero=cfg.optim.zero, optim_state_bytes_per_rank=max(held), optim_state_bytes_by_rank=held)
     if task.items != "samples":
         s["samples_per_s"] = s[f"{task.items}_per_s"] / getattr(task, "items_per_sample", 1)
     if status == "completed":

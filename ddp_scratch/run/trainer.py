@@ -4,6 +4,10 @@ Model- and communication-agnostic: the model exposes loss()/backward() over a fl
 the task hands out rank-local batches, and Comm hides MPI. Per-step statistics (loss, accuracy,
 non-finite flag, stop request) ride in extra slots of the gradient buffer, so agreeing on them
 costs no extra round trip.
+
+Size: a little over 400 lines, because the loop, its set-up and its agreements are one protocol
+(every rank reaches every collective in the same order, whatever fails), and the trace
+(logging.trace) marks the step's phases where they happen.
 """
 from dataclasses import dataclass
 import json
@@ -24,8 +28,10 @@ from ..nn.flat import EXTRA_CORRECT, EXTRA_GNORM2, EXTRA_ITEMS, EXTRA_LOSS, EXTR
 from ..nn.optim import build_optimizer, lr_at
 from ..nn.registry import build_model, memory_estimate
 from ..parallel.world import Comm
+from ..parallel.zero import ZeroReducer
 from ..study.metrics import StepTimes, energy_meter, now
 from . import checkpoint as ckpt
+from . import trace as T
 from .preflight import check_memory, check_out_folder, lock_out_folder
 from .progress import Progress, startup_text
 from .summary import RunState, build_summary, summary_status, wandb_init
@@ -127,11 +133,16 @@ class Trainer:
         rows = -(-cfg.train.batch_size // comm.size)
         eval_rows = rows if cfg.model.name == "gpt" else min(cfg.train.eval_batch, 1 << 20)
         hint = "use a smaller model or batch, fewer ranks per node" + (", or float32" if t.dtype == "float64" else "")
-        self.memory = memory_estimate(cfg, self.task.d_in, self.task.n_out, rows, eval_rows)
+        self.memory = memory_estimate(cfg, self.task.d_in, self.task.n_out, rows, eval_rows,
+                                      shards=comm.size if cfg.optim.zero else 1)
         check_memory(f"model {cfg.model.name}", self.memory, comm.local_size, hint)
         self.model = build_model(cfg, self.task.d_in, self.task.n_out, cfg.train.seed)
         self.space = self.model.space
-        self.opt = build_optimizer(cfg.optim, self.space)
+        # ZeRO-1: the optimizer steps this rank's slice of the buffers (its state 1/N the size)
+        self.zero = ZeroReducer(comm, self.space.n_params) if cfg.optim.zero and comm.size > 1 else None
+        self.opt_space = self.space.shard(self.zero.lo, self.zero.hi) if self.zero else self.space
+        self.opt = build_optimizer(cfg.optim, self.opt_space)
+        self.trace = T.Tracer(comm.rank) if cfg.logging.trace else None    # None: one test per phase
         self.spe = self.task.steps_per_epoch
         self.total_steps = t.epochs * self.spe
         if t.max_steps:
@@ -167,6 +178,9 @@ class Trainer:
             g = self.space.grads_full
             self.comm.use_ring(g.size, g.dtype, c.compress, c.error_feedback, exact_tail=N_EXTRAS)
         self.overlap = self.comm.overlapped(self.space, c.bucket_mb, c.first_bucket_mb) if c.overlap else None
+        if self.trace is not None:
+            self.trace.align(self.comm)
+            self.trace.watch(self.space, self.overlap)
         # where each rank runs: summary.json's "placement", one record per rank
         self.placement = [dict(rank=r, **p) for r, p in enumerate(self.comm.allgather(
             {"host": platform.node(), "local_rank": self.comm.local_rank, "local_size": self.comm.local_size,
@@ -184,8 +198,13 @@ class Trainer:
         ckpt.restore(self)
 
     def save_checkpoint(self):
+        t0, state = time.perf_counter(), None
+        if self.zero is not None:      # the whole optimizer state, as a run without ZeRO keeps it
+            state = self.zero.gather_state({k: v for k, v in self.opt.state_dict().items() if k != "t"})
         if self.comm.rank == 0:
-            ckpt.write(self)
+            ckpt.write(self, state)
+        if self.trace is not None:
+            self.trace.add(T.CHECKPOINT, t0, time.perf_counter())
 
     # ------------------------------------------------------------------ signals
     def _install_signals(self):
@@ -212,8 +231,10 @@ class Trainer:
     def train_step(self, epoch, i):
         """One optimizer step; returns (compute_s, comm_s, global loss, global correct, items)."""
         space, ex, t = self.space, self.space.extras, self.cfg.train
-        t0 = time.perf_counter()
+        t0, tr = time.perf_counter(), self.trace
         x, y, n_items = self.task.batch(epoch, i)
+        if tr is not None:
+            tr.mark(T.BATCH, since=t0)
         self.n_items = n_items
         space.zero_grad()
         # Gradient accumulation (like DDP's no_sync): the rank's rows in K micro-batches, every
@@ -228,7 +249,11 @@ class Trainer:
                 if hasattr(self.model, "set_step"):   # dropout masks keyed by (step, global row)
                     self.model.set_step(self.step, getattr(self.task, "lo", 0) + lo)
                 lk, ck = self.model.loss(x[lo:hi], y[lo:hi], 1.0 / n_items)
+                if tr is not None:
+                    tr.mark(T.FORWARD)
                 self.model.backward()
+                if tr is not None:
+                    tr.mark(T.BACKWARD)
                 loss, correct = loss + lk, correct + ck
         unwritten = space.finish_grads()
         if unwritten and not self.warned_unwritten and self.comm.rank == 0:
@@ -241,13 +266,19 @@ class Trainer:
         ex[EXTRA_LOSS], ex[EXTRA_CORRECT], ex[EXTRA_ITEMS] = loss, correct, y.size
         ex[EXTRA_STOP] = 0.0 if not self.signal_seen else INTERRUPT if self.signum == signal.SIGINT else 1.0
         t1 = now()
-        if self.overlap is not None:
+        if self.zero is not None:      # this rank's slice summed, the statistics and the norm too
+            g = self.opt_space.grads
+            self.zero.reduce_gradients(space.grads, g, ex, EXTRA_GNORM2)
+        elif self.overlap is not None:
             self.comm.all_reduce_overlapped_finish(self.overlap)
         else:
             self.comm.all_reduce_gradients(space.grads_full)
         t2 = now()
-        g = space.grads
-        ex[EXTRA_GNORM2] = B.xp.dot(g, g)
+        if tr is not None:
+            tr.communicated(T.ALLREDUCE if self.zero is None else T.REDUCE_SCATTER, t1, t2)
+        if self.zero is None:
+            g = space.grads
+            ex[EXTRA_GNORM2] = B.xp.dot(g, g)
         stats = B.to_numpy(ex).astype(np.float64)      # the step's one device->host read
         gnorm = math.sqrt(stats[EXTRA_GNORM2]) if stats[EXTRA_GNORM2] >= 0 else math.nan
         if stats[EXTRA_STOP] > 0:
@@ -259,6 +290,12 @@ class Trainer:
         if t.grad_clip and gnorm > t.grad_clip:
             g *= t.grad_clip / (gnorm + 1e-6)
         self.opt.step(lr_at(self.cfg.optim, self.step, self.total_steps))
+        if tr is not None:
+            tr.mark(T.OPTIMIZER)
+        if self.zero is not None:
+            t2 += self.zero.all_gather_params(space.params)     # communication time, too
+            if tr is not None:
+                tr.mark(T.ALLGATHER)
         self.gnorm = gnorm
         return stats, t1 - t0, t2 - t1
 
@@ -305,6 +342,8 @@ class Trainer:
                 stats, c_s, m_s = self.train_step(epoch, i)
             B.synchronize()              # the optimizer's kernels belong to this step's time
             dt = time.perf_counter() - t0
+            if self.trace is not None:
+                self.trace.add(T.STEP, t0, t0 + dt, step=self.step)
             st.train_s += dt
             times.add(c_s, m_s, dt)
             if not self.skips:      # a skipped step contributes nothing, not even to the averages
@@ -340,6 +379,8 @@ class Trainer:
         self._agreed(self.save_checkpoint, f"checkpoint write at step {self.step}")
         summary = build_summary(self, times, status, energy)
         self._agreed(lambda: self._write_summary(summary), "summary write")
+        if self.trace is not None:
+            self._agreed(lambda: self.trace.write(comm, os.path.join(opts.out, "trace.json")), "trace write")
         if comm.rank == 0:
             if self.wandb:
                 self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
@@ -364,7 +405,7 @@ class Trainer:
 
     def _evaluate(self, epoch, times, prog):
         """One validation pass (a collective), recorded in the learning curve."""
-        cfg, st = self.cfg, self.state
+        cfg, st, t0 = self.cfg, self.state, time.perf_counter()
         rec = {"step": self.step, "epoch": epoch,
                "train_loss": st.ep_loss / max(1, st.ep_steps),
                "train_loss_steps": st.ep_steps,     # the steps of this epoch so far (skipped ones not)
@@ -373,6 +414,8 @@ class Trainer:
                f"{self.task.items}_per_s": times.rate(self.task.items_per_step())}
         rec.update({f"val_{k}": v for k, v in self.task.evaluate(self.model, "val", self.comm).items()})
         st.history.append(rec)
+        if self.trace is not None:
+            self.trace.add(T.EVALUATION, t0, time.perf_counter())
         prog.set_validation(rec)
         if self.wandb:
             self.wandb.log(rec, step=rec["step"])

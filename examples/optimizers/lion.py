@@ -26,6 +26,7 @@ class Options:
 class Lion(Optimizer):
     Options = Options
     state_names = ("m",)
+    elementwise = True      # optim.zero: 1 may shard it (docs/extending.md)
 
     def __init__(self, space, lr, weight_decay=0.0, maximize=False, options=None):
         o = options or Options()

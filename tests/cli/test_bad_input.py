@@ -358,7 +358,24 @@ CASES = [
     ("gradcheck-unknown", lambda t, g: ["gradcheck", "conv3d"], "gradcheck: 'conv3d' is neither a built-in", 0),
     ("gradcheck-file-missing", lambda t, g: ["gradcheck", "examples/cnn/nofile.py:LeNet5"], "gradcheck: examples/cnn/nofile.py not found", 0),
     ("gradcheck-no-hook", lambda t, g: ["gradcheck", "examples/cnn/lenet.py:Options"], "gradcheck: examples/cnn/lenet.py:Options", 0),
+    # --- ZeRO-1 and the trace (issue 17)
+    ("zero-out-of-range", lambda t, g: ["train", DIGITS, "--set", "optim.zero=2"], "optim.zero: expected a value <= 1, got 2", 0),
+    ("zero-not-a-number", lambda t, g: ["train", DIGITS, "--set", "optim.zero=yes"], "optim.zero: expected an integer, got 'yes'", 0),
+    ("zero-with-overlap", lambda t, g: ["train", DIGITS, "--set", "optim.zero=1", "--set", "comm.overlap=true"], "optim.zero: 1 reduce-scatters the gradients after backward and does not overlap", 0),
+    ("zero-with-ring", lambda t, g: ["train", DIGITS, "--set", "optim.zero=1", "--set", "comm.algorithm=ring", "--set", "comm.compress=bf16"], "optim.zero: 1 reduce-scatters with MPI_Reduce_scatter, not the ring (nor its 16-bit compression); set comm.algorithm=mpi", 0),
+    ("zero-plugin-not-elementwise", lambda t, g: ["train", DIGITS, "--set", "optim.momentum=0", "--set", "optim.nesterov=false", "--set", "optim.zero=1", "--set", _plain_optimizer(t)], "does not declare elementwise = True", 2),
+    ("trace-not-a-bool", lambda t, g: ["train", DIGITS, "--set", "logging.trace=maybe"], "logging.trace: expected true or false, got 'maybe'", 0),
 ]
+
+
+def _plain_optimizer(tmp):
+    """A plug-in optimizer that does not say it is element-wise (so ZeRO-1 may not slice it)."""
+    p = tmp / "plain_opt.py"
+    p.write_text("from ddp_scratch.nn.optim import Optimizer\n\n\nclass Plain(Optimizer):\n"
+                 "    def __init__(self, space, lr, weight_decay=0.0, maximize=False, options=None):\n"
+                 "        super().__init__(space, lr, weight_decay, maximize)\n\n"
+                 "    def step(self, lr=None):\n        self.p -= (lr or self.lr) * self.g\n")
+    return f"optim.name={p}:Plain"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
