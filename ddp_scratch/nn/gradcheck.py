@@ -84,6 +84,8 @@ class Row:
     fd_rel: float = None
     torch_abs: float = None
     torch_rel: float = None
+    problem: str = None      # why this gradient could not be compared: a failure
+    note: str = None         # why it was not compared, and that is fine (an integer input)
 
 
 @dataclass
@@ -97,7 +99,8 @@ class Report:
 
     @property
     def failures(self):
-        out = [f"{r.what} (finite differences: max rel {r.fd_rel:.1e} > {self.tol:g})"
+        out = [f"{r.what} ({r.problem})" for r in self.rows if r.problem]
+        out += [f"{r.what} (finite differences: max rel {r.fd_rel:.1e} > {self.tol:g})"
                for r in self.rows if r.fd_rel is not None and not r.fd_rel <= self.tol]
         out += [f"{r.what} (torch: max rel {r.torch_rel:.1e} > {self.torch_tol:g})"
                 for r in self.rows if r.torch_rel is not None and not r.torch_rel <= self.torch_tol]
@@ -119,7 +122,8 @@ class Report:
             n = math.prod(r.shape)
             checked = f"{r.checked}/{n}" if r.fd_rel is not None else "-"
             lines.append(f"  {r.what:<16}{str(tuple(r.shape)):<16}{checked:>12}  {e(r.fd_abs):>10}  {e(r.fd_rel):>10}"
-                         f"  {e(r.torch_abs):>13}  {e(r.torch_rel):>13}")
+                         f"  {e(r.torch_abs):>13}  {e(r.torch_rel):>13}"
+                         + (f"  {r.problem or r.note}" if r.problem or r.note else ""))
         lines.append(f"  fresh rule (a backward after zero_grad overwrites, a second one adds): {self.fresh}")
         if self.ok:
             lines.append(f"ok: every gradient within tolerance (max rel {self.tol:g} against finite differences"
@@ -198,10 +202,21 @@ def check_layer(layer, space, x, *, seed=0, entries=ENTRIES, noise=0.1, use_torc
     space.zero_grad()
     dx = run()
     space.finish_grads()
-    dx = None if dx is None or not floating else host(dx)
+    rows = []
+    if not floating:
+        rows.append(Row("input", tuple(x.shape), note=f"not checked: {x.dtype} input has no gradient"))
+        dx = None
+    elif dx is None:
+        rows.append(Row("input", tuple(x.shape), problem="backward returned None; expected the input's gradient, "
+                        f"shape {tuple(x.shape)} (return dx)"))
+    elif tuple(getattr(dx, "shape", ())) != tuple(x.shape):
+        rows.append(Row("input", tuple(x.shape), problem=f"backward returned {_describe(dx)}; expected the "
+                        f"input's gradient, shape {tuple(x.shape)}"))
+        dx = None
+    else:
+        dx = host(dx)
     g0 = host(space.grads)
     grads = {p.name: g0[p.offset:p.offset + p.size].reshape(p.shape) for p in space.plist}
-    rows = []
     if dx is not None:
         idx, n = _sample(rng, x.size, entries)
         num = numgrad(f, x, entries=idx)
@@ -249,6 +264,11 @@ def check_model(model, x, t, *, seed=0, entries=ENTRIES, noise=0.1, use_torch=Tr
     if torch is not None:
         note = _compare_model(torch, model, x, t, scale, loss0, g0, rows)
     return Report(title or f"gradcheck {type(model).__name__}: batch {tuple(np.shape(x))}", rows, fresh, note)
+
+
+def _describe(a):
+    shape = getattr(a, "shape", None)
+    return f"shape {tuple(shape)}" if shape is not None else f"a {type(a).__name__}"
 
 
 def _fd_row(what, got, num, idx, n):
@@ -314,7 +334,7 @@ def _errs(got, want):
 
 def _torch_row(rows, what, ours, theirs):
     row = next((r for r in rows if r.what == what), None)
-    if row is None:
+    if row is None or row.problem or row.note:
         return
     if theirs is None:                   # torch's graph does not reach it: its gradient is zero
         row.torch_abs, row.torch_rel = _errs(ours, np.zeros(np.shape(ours)))

@@ -112,6 +112,8 @@ def check_target(name, *, seed=0, entries=ENTRIES, use_torch=True):
             model.torch_twin = _Twin(model, twin)
         return check_model(model, x, t, seed=seed, entries=entries, use_torch=use_torch,
                            title=f"gradcheck {name} ({what}): batch {tuple(np.shape(x))}")
+    if ":" not in name and name.endswith(".py"):
+        raise UserError(f"gradcheck: {name} names a file but not the class in it: expected {name}:ClassName")
     if ":" not in name:
         raise UserError(f"gradcheck: {name!r} is neither a built-in ({', '.join(BUILTINS)}) nor a plug-in "
                         "(module:Class or path/to/file.py:Class)" + _suggest(name))

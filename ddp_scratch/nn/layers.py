@@ -9,11 +9,16 @@ class Layer:
         self._ws = {}
 
     def buf(self, key, shape, dtype=None):
-        """A workspace array reused across steps (one per key and shape)."""
+        """A workspace array reused across steps (one per key and shape), of `dtype` or else the
+        layer's own `self.dtype` (set it in __init__: `self.dtype = space.dtype`)."""
         k = (key, tuple(shape))
         a = self._ws.get(k)
         if a is None:
-            a = self._ws[k] = B.xp.empty(shape, dtype=dtype or self.dtype)
+            dtype = dtype or getattr(self, "dtype", None)
+            if dtype is None:
+                raise AttributeError(f"{type(self).__name__}.buf({key!r}, ...): the layer has no dtype; set "
+                                     "self.dtype = space.dtype in its __init__ (or pass dtype=)")
+            a = self._ws[k] = B.xp.empty(shape, dtype=dtype)
         return a
 
 

@@ -98,3 +98,17 @@ NOT_A_CLASS = 3
 class NotALayer:
     def forward(self, x):
         return x
+
+
+class ForgetsToReturnDx(Affine):
+    """backward accumulates the parameter gradients but returns nothing."""
+
+    def backward(self, dy):
+        super().backward(dy)
+
+
+class WrongDxShape(Affine):
+    """backward returns the input gradient flattened."""
+
+    def backward(self, dy):
+        return super().backward(dy).reshape(-1)

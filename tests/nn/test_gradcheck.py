@@ -48,6 +48,8 @@ def test_a_right_backward_passes_finite_differences(target, capsys):
     ("AlwaysAdds", "FAILED: the fresh rule (a backward after zero_grad() did not overwrite the stale gradient"),
     ("AlwaysOverwrites", "FAILED: the fresh rule (a second backward without zero_grad() did not add"),
     ("WrongTwin", "FAILED: aff.b (torch: max rel inf > 1e-08); output (torch: max rel"),
+    ("ForgetsToReturnDx", "FAILED: input (backward returned None; expected the input's gradient, shape (5, 4) (return dx))"),
+    ("WrongDxShape", "FAILED: input (backward returned shape (20,); expected the input's gradient, shape (5, 4))"),
 ])
 def test_a_wrong_backward_fails(target, failed, capsys):
     if target == "WrongTwin":
@@ -67,6 +69,7 @@ def test_a_wrong_backward_fails(target, failed, capsys):
     (f"{BROKEN}:NotALayer", f"gradcheck: {BROKEN}:NotALayer is neither a layer (forward(x), backward(dy)) nor a model"),
     (f"{BROKEN}:Nope", f"gradcheck: {BROKEN} has no attribute 'Nope' (it defines Affine, "),
     ("tests/nn/nothere.py:X", "gradcheck: tests/nn/nothere.py not found"),
+    (BROKEN, f"gradcheck: {BROKEN} names a file but not the class in it: expected {BROKEN}:ClassName"),
 ])
 def test_a_target_that_cannot_be_checked_is_one_line(target, message, capsys):
     assert main(["gradcheck", target]) == 2
