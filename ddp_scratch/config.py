@@ -483,7 +483,11 @@ def load_config(path=None, overrides=()) -> Config:
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not a YAML text file (not UTF-8)") from None
         tree = _compose(text, f"config file {path}")
-        if tree is not None and not (isinstance(tree, Scalar) and tree.null):
+        if tree is None or (isinstance(tree, Scalar) and tree.null):
+            # most likely the wrong file or one not yet saved: every default would train silently
+            raise ConfigError(f"config file {path} is empty (only comments or nothing): expected a mapping of "
+                              "sections (model:, data:, train:, ...); see experiments/ for examples")
+        else:
             if not isinstance(tree, Mapping):
                 raise ConfigError(f"config file {path}: expected a mapping of sections at the top level "
                                   "(model:, data:, train:, ...)")

@@ -178,6 +178,8 @@ CASES = [
     ("config-not-yaml", lambda t, g: ["train", _cfg(t, "model: [unclosed\n  x: 1")], "not valid YAML", 0),
     ("config-binary", lambda t, g: ["train", _cfg(t, b"\x00\xff\xfe\x89PNG")], "config file", 0),
     ("config-list", lambda t, g: ["train", _cfg(t, "- a\n- b\n")], "expected a mapping", 0),
+    ("config-empty", lambda t, g: ["train", _cfg(t, "")], "is empty (only comments or nothing): expected a mapping of sections", 0),
+    ("config-only-comments", lambda t, g: ["train", _cfg(t, "# model: mlp\n\n")], "is empty (only comments or nothing)", 0),
     ("nccl-on-cpu", lambda t, g: ["train", DIGITS, "--set", "comm.backend=nccl"], "comm.backend: 'nccl' sums GPU buffers and needs backend: cupy", 0),
     ("cupy-without-gpu", lambda t, g: ["train", DIGITS, "--set", "backend=cupy", "--set", "comm.backend=nccl"], "backend: 'cupy'", 2),
     ("batch-too-big", lambda t, g: ["train", DIGITS, "--set", "train.batch_size=100000"], "larger than the training split", 0),
