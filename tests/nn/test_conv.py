@@ -194,5 +194,6 @@ def test_lenet_options_that_do_not_fit_the_data_are_one_line():
         build_model(cfg, 784, 10, 0, build=False)
     cfg = load_config(os.path.join(ROOT, "examples", "cnn", "lenet_fashion.yaml"),
                       [f"model.name={LENET}", "model.options.kernel=13", "model.options.padding=0"])
-    with pytest.raises(ConfigError, match="smaller than the"):
+    with pytest.raises(ConfigError, match=r"^model.options.kernel: 13 is too large for 28x28 images with padding 0 "
+                                          r"and pool 2: expected 1 to 9 \(or model.options.pool 1 to 1\)$"):
         build_model(cfg, 784, 10, 0, build=False)
