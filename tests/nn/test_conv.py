@@ -151,9 +151,12 @@ def test_lenet_flops_are_the_gemms_of_one_step(monkeypatch):
     assert counter.flops == m.flops_per_step(6)
 
 
-def test_lenet_train_step_allocates_no_arrays():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lenet_train_step_allocates_no_arrays(threads):
     """Forward, backward and AdamW on 64 Fashion-sized rows: after warm-up nothing stays and no
-    temporary as large as one feature map (64 x 28 x 28 x 6 float32 = 1.2 MB) appears."""
+    temporary as large as one feature map (64 x 28 x 28 x 6 float32 = 1.2 MB) appears; also with
+    the batch split over 2 threads (nn/batch_threads.py: the chunks write into the same
+    workspaces, and tracemalloc sees every thread's allocations)."""
     m = LeNet5(784, 10, Options(), dtype="float32")
     opt = Adam(m.space, 1e-3, weight_decay=1e-4, decoupled=True)
     rng = np.random.default_rng(0)
@@ -165,9 +168,14 @@ def test_lenet_train_step_allocates_no_arrays():
         m.backward()
         m.space.finish_grads()
         opt.step(1e-3)
-    live, peak = step_memory(step)
-    live20, peak20 = step_memory(step, warmup=0, steps=20)
-    print(f"LeNet step: temporaries peak {peak / 1024:.1f} KiB, live {live} B after 2 steps, {live20} B after 20")
+    BT.set_threads(threads)
+    try:
+        live, peak = step_memory(step)
+        live20, peak20 = step_memory(step, warmup=0, steps=20 if threads == 1 else 8)
+    finally:
+        BT.set_threads(None)
+    print(f"LeNet step on {threads} thread(s): temporaries peak {peak / 1024:.1f} KiB, live {live} B after 2 steps, "
+          f"{live20} B after more")
     assert max(live, live20) < 8192        # array views (~100 B each) replaced per step, none accumulated
     assert max(peak, peak20) < 128 * 1024
 
@@ -280,27 +288,3 @@ def test_conv_layouts_agree():
         results.append((y, dx, space.grads.copy()))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-
-
-def test_lenet_train_step_with_batch_threads_allocates_no_arrays(monkeypatch):
-    """As test_lenet_train_step_allocates_no_arrays, with the batch split over 2 threads: the
-    chunks write into the same workspaces (tracemalloc sees every thread's allocations)."""
-    monkeypatch.setattr(BT, "MIN_WORK", 0)
-    m = LeNet5(784, 10, Options(), dtype="float32")
-    opt = Adam(m.space, 1e-3, weight_decay=1e-4, decoupled=True)
-    rng = np.random.default_rng(0)
-    x, t = rng.standard_normal((16, 784)).astype(np.float32), rng.integers(0, 10, 16)
-
-    def step():
-        m.space.zero_grad()
-        m.loss(x, t, 1 / 16)
-        m.backward()
-        m.space.finish_grads()
-        opt.step(1e-3)
-    BT.set_threads(2)
-    try:
-        live, peak = step_memory(step)
-    finally:
-        BT.set_threads(None)
-    print(f"LeNet step on 2 threads: temporaries peak {peak / 1024:.1f} KiB, live {live} B")
-    assert live < 8192 and peak < 128 * 1024
