@@ -22,6 +22,15 @@ MIN_WORK = 1 << 16              # elements one call touches below which it runs 
 _state = {"threads": None, "pool": None, "workers": 0}
 
 
+def _forget_pool():
+    """A forked child has none of its parent's threads: it starts its own pool when it needs one."""
+    _state["pool"], _state["workers"] = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def threads():
     """Threads a batch is split over: set_threads()'s, else OMP_NUM_THREADS, else 1."""
     if _state["threads"] is None:

@@ -4,6 +4,7 @@ ties as torch breaks them, FLOPs counted from the GEMMs of a step, a step that a
 array, and a memory estimate that covers the workspaces."""
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -288,3 +289,34 @@ def test_conv_layouts_agree():
         results.append((y, dx, space.grads.copy()))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_over_batch_in_a_forked_child_starts_its_own_pool(monkeypatch):
+    """A child forked after the pool started has no pool threads: over_batch there must not wait
+    on the parent's (it would hang)."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    monkeypatch.setattr(BT, "MIN_WORK", 0)
+    BT.set_threads(2)
+    try:
+        BT.over_batch(4, lambda lo, hi: None, work=4)             # the parent's pool is running
+        pid = os.fork()
+        if pid == 0:                                              # the child: exit 0 only if it got through
+            seen = np.zeros(4, int)
+
+            def mark(lo, hi):
+                seen[lo:hi] += 1
+            BT.over_batch(4, mark, work=4)
+            os._exit(0 if seen.tolist() == [1] * 4 else 1)
+        for _ in range(200):                                      # 10 s at most
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("over_batch hung in a forked child")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        BT.set_threads(None)
