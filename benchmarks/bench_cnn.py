@@ -2,7 +2,7 @@
 same run, and where ddp_scratch's time goes.
 
   python benchmarks/bench_cnn.py                 # 1 process, batch 256, 2 threads
-  options: --batch, --threads, --steps, --windows, --no-torch, --plain-side
+  options: --batch, --threads, --steps, --windows, --no-torch, --batch-threads
 
 The step is the one Trainer.train_step makes (zero_grad, loss, backward, finish_grads, AdamW
 step); torch's is nn.Sequential(Conv2d, ReLU, MaxPool2d, ..., Linear) with CrossEntropyLoss and
@@ -34,9 +34,10 @@ def parse():
     ap.add_argument("--max-windows", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--plain-side", action="store_true",
-                    help="also time ddp_scratch's plain path (no batch threads, nn/batch_threads.py) as a third side, "
-                         "same weights: the fast path's own ratio, in the same run")
+    ap.add_argument("--batch-threads", type=int, default=0, metavar="N",
+                    help="also time ddp_scratch with its per-image copies and loops split over N threads "
+                         "(nn/batch_threads.py, off by default) as a third side, same weights: its ratio to "
+                         "the plain ddp_scratch side and to torch, in the same run")
     ap.add_argument("--out", default="cnn_single.json", help="JSON file name under benchmarks/results/")
     return ap.parse_args()
 
@@ -50,7 +51,7 @@ def build_scratch():
 
 
 def scratch_step_fn(model, opt, x, t, scale, batch_threads=None):
-    """One training step; batch_threads=1: on the plain path (the batch never split over threads)."""
+    """One training step; batch_threads=N: with the batch split over N threads (nn/batch_threads.py)."""
     from ddp_scratch.nn import batch_threads as BT
     space = model.space
 
@@ -238,9 +239,9 @@ def main():
         res["check"] = {"first_loss_ddp_scratch": float(l_s), "first_loss_torch": l_t,
                         "rel_diff": abs(l_s - l_t) / abs(l_t)}
         sides.append(("torch", tstep))
-    if a.plain_side:
-        m_plain, o_plain = build_scratch()
-        sides.append(("ddp_scratch_plain", scratch_step_fn(m_plain, o_plain, x, t, 1.0 / a.batch, batch_threads=1)))
+    if a.batch_threads > 1:
+        m_bt, o_bt = build_scratch()
+        sides.append(("ddp_scratch_bt", scratch_step_fn(m_bt, o_bt, x, t, 1.0 / a.batch, batch_threads=a.batch_threads)))
     rounds = interleaved(sides, a.steps, a.windows, a.max_windows, a.warmup)
     flops = model.flops_per_step(a.batch)
     out = {"benchmark": "cnn_single", "model": model.describe() + " float32", "optimizer": f"AdamW lr={LR} wd={WD}",
@@ -254,8 +255,11 @@ def main():
     if "torch" in out["sides"]:
         out["ratio"], out["clean_rounds"] = paired_ratio(rounds, "ddp_scratch", "torch")
         out["target_ratio"] = 0.8
-    if a.plain_side:
-        out["ratio_fast_over_plain"], _ = paired_ratio(rounds, "ddp_scratch", "ddp_scratch_plain")
+    if a.batch_threads > 1:
+        out["batch_threads"] = a.batch_threads
+        out["ratio_batch_threads_over_plain"], _ = paired_ratio(rounds, "ddp_scratch_bt", "ddp_scratch")
+        if "torch" in out["sides"]:
+            out["ratio_batch_threads_over_torch"], _ = paired_ratio(rounds, "ddp_scratch_bt", "torch")
     prof = profile_scratch(model, opt, x, t, 1.0 / a.batch)
     out["profile"], out["breakdown_ms"] = prof, breakdown(prof)
     if not a.no_torch:
@@ -272,9 +276,10 @@ def main():
     if "ratio" in out:
         print(f"  ratio ddp_scratch/torch: {out['ratio']:.2f}x (median over {out['clean_rounds']} clean rounds of "
               f"paired windows; target >= 0.8x)")
-    if "ratio_fast_over_plain" in out:
-        print(f"  ratio ddp_scratch/ddp_scratch_plain (batch split over threads / not): "
-              f"{out['ratio_fast_over_plain']:.2f}x")
+    if "ratio_batch_threads_over_plain" in out:
+        print(f"  ratio ddp_scratch_bt (batch split over {a.batch_threads} threads) / ddp_scratch: "
+              f"{out['ratio_batch_threads_over_plain']:.2f}x" + (f"; ddp_scratch_bt/torch: "
+              f"{out['ratio_batch_threads_over_torch']:.2f}x" if "ratio_batch_threads_over_torch" in out else ""))
     if "ratio" in out:
         c = res["check"]
         print(f"  check: first loss {c['first_loss_ddp_scratch']:.6f} vs {c['first_loss_torch']:.6f}")

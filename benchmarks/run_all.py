@@ -349,10 +349,11 @@ def _cnn_section(cnn):
                  f"{p['steps_per_s']['median']:.1f} | **{r['ratio']:.2f}x** | >= {r['target_ratio']}x | "
                  f"{r['clean_rounds']} | {c.get('first_loss_ddp_scratch', float('nan')):.6f} / "
                  f"{c.get('first_loss_torch', float('nan')):.6f} |")
-    L += ["", "ddp_scratch's GEMMs use the rank's threads through OpenBLAS; im2col (with the padding), the "
-          "convolutions' bias add and max pooling are NumPy copies and elementwise loops split over the batch on the "
-          "same threads (nn/batch_threads.py); col2im and ReLU run on one thread. torch's oneDNN convolutions and its "
-          "pooling use every thread.",
+    L += ["", "Only the GEMMs of ddp_scratch's step use more than one thread (OpenBLAS); im2col, col2im, pooling "
+          "and ReLU are NumPy copies and elementwise operations on one thread (splitting them over the batch on the "
+          "same threads, nn/batch_threads.py, is off by default: bench_cnn.py --batch-threads 2 measures it), while "
+          "torch's oneDNN convolutions and its pooling use every thread: more threads help torch's step more than "
+          "ours.",
           "", "Where ddp_scratch's step goes (median ms per call measured in place; each layer call split into "
           "its GEMMs, timed through a proxy of B.xp.matmul, and the rest), and torch's by operator (torch.profiler, "
           "self CPU time per step):", ""]

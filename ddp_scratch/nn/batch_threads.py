@@ -10,8 +10,16 @@ plain call fn(0, n)'s, bit for bit (tests/nn/test_conv.py compares them).
 
 The plain call is what runs on CuPy (the GPU runs each whole array op in parallel already), with
 one thread, and for small work (under MIN_WORK elements, where the hand-off costs more than it
-saves). Threads: the rank's OMP_NUM_THREADS (the launcher sets it, as it does for BLAS); unset,
-1: a process that did not say how many cores it may use gets no threads of ours.
+saves).
+
+OFF BY DEFAULT (one thread) until it is shown to pay: set_threads(n) turns it on. OpenBLAS's
+workers busy-wait ~0.1 s after every GEMM (a GEMM comes every few ms in a step), so with the
+rank's BLAS threads on its cores our chunk threads share those cores with spinning threads. On a
+loaded 2-core machine LeNet's step at batch 256 was slower split than plain (median 0.67x to
+0.96x over paired windows in four runs, best windows 27.2 vs 31.9 steps/s; in the same runs).
+OPENBLAS_THREAD_TIMEOUT=4 stops the spinning (a worker thread's op right after a GEMM then takes
+as long as after idling, instead of 2x), but whether the split then pays is for a quiet machine to
+tell: bench_cnn.py --batch-threads 2.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -32,15 +40,12 @@ if hasattr(os, "register_at_fork"):
 
 
 def threads():
-    """Threads a batch is split over: set_threads()'s, else OMP_NUM_THREADS, else 1."""
-    if _state["threads"] is None:
-        v = os.environ.get("OMP_NUM_THREADS", "").strip()
-        _state["threads"] = int(v) if v.isdigit() and int(v) >= 1 else 1
-    return _state["threads"]
+    """Threads a batch is split over: set_threads()'s, else 1 (off by default: see above)."""
+    return _state["threads"] or 1
 
 
 def set_threads(n):
-    """Use n threads from now on (1: always the plain call); None: back to OMP_NUM_THREADS.
+    """Use n threads from now on (1: always the plain call); None: back to the default (1).
     Cheap: the pool stays (a benchmark switches between n and 1 every step)."""
     _state["threads"] = None if n is None else max(1, int(n))
 

@@ -6,10 +6,10 @@ Param.acc_matmul / acc_sum0 (the fresh rule), every array a workspace from Layer
 module read from backend.xp at call time. So a training step allocates no array and the layers
 run on CuPy unchanged. Each has the gradcheck hooks (gradcheck_inputs, torch_twin).
 
-On the CPU their copies and elementwise loops (padding, im2col, the bias add, pooling) are split
-over the batch on the rank's threads (nn/batch_threads.py, the one CPU-only fast path: NumPy
-releases the GIL in them); the GEMMs use the same threads through BLAS. With one thread, and on
-CuPy, each runs as one call over the whole batch.
+Their copies and elementwise loops (padding, im2col, the bias add, pooling) go through
+over_batch (nn/batch_threads.py, the one CPU-only fast path: NumPy releases the GIL in them), so
+they can be split over the batch on several threads; off by default, and on CuPy always one call
+over the whole batch.
 
 Channels-last, because im2col turns a convolution into one GEMM whose rows are output pixels
 (N*OH*OW) and whose columns are filters: its result IS the (N, OH, OW, F) output in memory
