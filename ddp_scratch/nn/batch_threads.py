@@ -18,8 +18,10 @@ rank's BLAS threads on its cores our chunk threads share those cores with spinni
 loaded 2-core machine LeNet's step at batch 256 was slower split than plain (median 0.67x to
 0.96x over paired windows in four runs, best windows 27.2 vs 31.9 steps/s; in the same runs).
 OPENBLAS_THREAD_TIMEOUT=4 stops the spinning (a worker thread's op right after a GEMM then takes
-as long as after idling, instead of 2x), but whether the split then pays is for a quiet machine to
-tell: bench_cnn.py --batch-threads 2.
+as long as after idling, instead of 2x), and with it the split step was 1.18x the plain one (median
+of 8 paired windows; best windows 1.09x) on the same loaded machine. Whether that holds, and what
+the timeout costs the GEMMs, is for a quiet machine to tell: bench_cnn.py --batch-threads 2, with
+and without OPENBLAS_THREAD_TIMEOUT=4.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor, wait
