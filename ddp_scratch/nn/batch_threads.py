@@ -15,8 +15,8 @@ saves).
 OFF BY DEFAULT (one thread) until it is shown to pay: set_threads(n) turns it on. OpenBLAS's
 workers busy-wait ~0.1 s after every GEMM (a GEMM comes every few ms in a step), so with the
 rank's BLAS threads on its cores our chunk threads share those cores with spinning threads. On a
-loaded 2-core machine LeNet's step at batch 256 was slower split than plain (median 0.67x to
-0.96x over paired windows in four runs, best windows 27.2 vs 31.9 steps/s; in the same runs).
+loaded 2-core machine LeNet's step at batch 256 was slower split than plain (median 0.55x to
+0.96x over paired windows in five same-run comparisons; best windows 27.2 vs 31.9 steps/s).
 OPENBLAS_THREAD_TIMEOUT=4 stops the spinning (a worker thread's op right after a GEMM then takes
 as long as after idling, instead of 2x), and with it the split step was 1.18x the plain one (median
 of 8 paired windows; best windows 1.09x) on the same loaded machine. Whether that holds, and what
