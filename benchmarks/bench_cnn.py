@@ -2,7 +2,7 @@
 same run, and where ddp_scratch's time goes.
 
   python benchmarks/bench_cnn.py                 # 1 process, batch 256, 2 threads
-  options: --batch, --threads, --steps, --windows, --no-torch
+  options: --batch, --threads, --steps, --windows, --no-torch, --batch-threads
 
 The step is the one Trainer.train_step makes (zero_grad, loss, backward, finish_grads, AdamW
 step); torch's is nn.Sequential(Conv2d, ReLU, MaxPool2d, ..., Linear) with CrossEntropyLoss and
@@ -34,6 +34,10 @@ def parse():
     ap.add_argument("--max-windows", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--batch-threads", type=int, default=0, metavar="N",
+                    help="also time ddp_scratch with its per-image copies and loops split over N threads "
+                         "(nn/batch_threads.py, off by default) as a third side, same weights: its ratio to "
+                         "the plain ddp_scratch side and to torch, in the same run")
     ap.add_argument("--out", default="cnn_single.json", help="JSON file name under benchmarks/results/")
     return ap.parse_args()
 
@@ -46,15 +50,23 @@ def build_scratch():
     return model, Adam(model.space, LR, weight_decay=WD, decoupled=True)
 
 
-def scratch_step_fn(model, opt, x, t, scale):
+def scratch_step_fn(model, opt, x, t, scale, batch_threads=None):
+    """One training step; batch_threads=N: with the batch split over N threads (nn/batch_threads.py)."""
+    from ddp_scratch.nn import batch_threads as BT
     space = model.space
 
     def step():
-        space.zero_grad()
-        loss, _ = model.loss(x, t, scale)
-        model.backward()
-        space.finish_grads()
-        opt.step()
+        if batch_threads is not None:
+            BT.set_threads(batch_threads)
+        try:
+            space.zero_grad()
+            loss, _ = model.loss(x, t, scale)
+            model.backward()
+            space.finish_grads()
+            opt.step()
+        finally:
+            if batch_threads is not None:
+                BT.set_threads(None)
         return loss
     return step
 
@@ -227,6 +239,9 @@ def main():
         res["check"] = {"first_loss_ddp_scratch": float(l_s), "first_loss_torch": l_t,
                         "rel_diff": abs(l_s - l_t) / abs(l_t)}
         sides.append(("torch", tstep))
+    if a.batch_threads > 1:
+        m_bt, o_bt = build_scratch()
+        sides.append(("ddp_scratch_bt", scratch_step_fn(m_bt, o_bt, x, t, 1.0 / a.batch, batch_threads=a.batch_threads)))
     rounds = interleaved(sides, a.steps, a.windows, a.max_windows, a.warmup)
     flops = model.flops_per_step(a.batch)
     out = {"benchmark": "cnn_single", "model": model.describe() + " float32", "optimizer": f"AdamW lr={LR} wd={WD}",
@@ -237,9 +252,14 @@ def main():
         steps = common.summarize(win, a.steps)
         out["sides"][name] = {"steps_per_s": steps, "samples_per_s": steps["median"] * a.batch,
                               "gflops_per_s": steps["median"] * flops / 1e9, "window_s": [w[0] for w in win]}
-    if len(out["sides"]) == 2:
+    if "torch" in out["sides"]:
         out["ratio"], out["clean_rounds"] = paired_ratio(rounds, "ddp_scratch", "torch")
         out["target_ratio"] = 0.8
+    if a.batch_threads > 1:
+        out["batch_threads"] = a.batch_threads
+        out["ratio_batch_threads_over_plain"], _ = paired_ratio(rounds, "ddp_scratch_bt", "ddp_scratch")
+        if "torch" in out["sides"]:
+            out["ratio_batch_threads_over_torch"], _ = paired_ratio(rounds, "ddp_scratch_bt", "torch")
     prof = profile_scratch(model, opt, x, t, 1.0 / a.batch)
     out["profile"], out["breakdown_ms"] = prof, breakdown(prof)
     if not a.no_torch:
@@ -251,11 +271,16 @@ def main():
           f"{a.steps} steps per side")
     for name, s in out["sides"].items():
         r = s["steps_per_s"]
-        print(f"  {name:12s} {r['median']:8.2f} steps/s  {s['samples_per_s']:9.0f} samples/s  "
+        print(f"  {name:17s} {r['median']:8.2f} steps/s  {s['samples_per_s']:9.0f} samples/s  "
               f"{s['gflops_per_s']:6.1f} GFLOP/s  (best {r['best']:.2f}, {r['clean_windows']}/{r['windows']} clean)")
     if "ratio" in out:
         print(f"  ratio ddp_scratch/torch: {out['ratio']:.2f}x (median over {out['clean_rounds']} clean rounds of "
               f"paired windows; target >= 0.8x)")
+    if "ratio_batch_threads_over_plain" in out:
+        print(f"  ratio ddp_scratch_bt (batch split over {a.batch_threads} threads) / ddp_scratch: "
+              f"{out['ratio_batch_threads_over_plain']:.2f}x" + (f"; ddp_scratch_bt/torch: "
+              f"{out['ratio_batch_threads_over_torch']:.2f}x" if "ratio_batch_threads_over_torch" in out else ""))
+    if "ratio" in out:
         c = res["check"]
         print(f"  check: first loss {c['first_loss_ddp_scratch']:.6f} vs {c['first_loss_torch']:.6f}")
     total = sum(p["ms"] for p in prof)

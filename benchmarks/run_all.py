@@ -411,15 +411,17 @@ def _cnn_section(cnn):
          "| batch, threads | ddp_scratch steps/s | torch steps/s | ratio | target | clean rounds | first loss ours / torch |",
          "|---|---|---|---|---|---|---|"]
     for _, r in cnn:
-        (_, o), (_, p) = r["sides"].items()
+        o, p = r["sides"]["ddp_scratch"], r["sides"]["torch"]
         c = r.get("check", {})
         L.append(f"| {r['batch_per_process']}, {r['threads_per_process']} | {o['steps_per_s']['median']:.1f} | "
                  f"{p['steps_per_s']['median']:.1f} | **{r['ratio']:.2f}x** | >= {r['target_ratio']}x | "
                  f"{r['clean_rounds']} | {c.get('first_loss_ddp_scratch', float('nan')):.6f} / "
                  f"{c.get('first_loss_torch', float('nan')):.6f} |")
     L += ["", "Only the GEMMs of ddp_scratch's step use more than one thread (OpenBLAS); im2col, col2im, pooling "
-          "and ReLU are NumPy copies and elementwise operations on one thread, while torch's oneDNN convolutions and "
-          "its pooling use every thread: more threads help torch's step more than ours.",
+          "and ReLU are NumPy copies and elementwise operations on one thread (splitting them over the batch on the "
+          "same threads, nn/batch_threads.py, is off by default: bench_cnn.py --batch-threads 2 measures it), while "
+          "torch's oneDNN convolutions and its pooling use every thread: more threads help torch's step more than "
+          "ours.",
           "", "Where ddp_scratch's step goes (median ms per call measured in place; each layer call split into "
           "its GEMMs, timed through a proxy of B.xp.matmul, and the rest), and torch's by operator (torch.profiler, "
           "self CPU time per step):", ""]

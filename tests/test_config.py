@@ -71,9 +71,11 @@ def test_errors_name_the_file_and_line(tmp_path):
     assert str(e.value) == f"config file {path}, line 5: train.batch_size: expected an integer, got 'lots'"
 
 
-def test_empty_sections_and_files_mean_the_defaults(tmp_path):
+def test_empty_sections_mean_the_defaults_but_an_empty_file_is_refused(tmp_path):
     assert load_config(cfg_file(tmp_path, "model:\ntrain:\n")) == Config()
-    assert load_config(cfg_file(tmp_path, "")) == Config()
+    for text in ("", "# nothing yet\n", "---\n", "~\n"):    # the wrong file, or one not yet saved
+        with pytest.raises(ConfigError, match="is empty"):
+            load_config(cfg_file(tmp_path, text))
 
 
 def test_merge_keys(tmp_path):

@@ -6,10 +6,16 @@ Param.acc_matmul / acc_sum0 (the fresh rule), every array a workspace from Layer
 module read from backend.xp at call time. So a training step allocates no array and the layers
 run on CuPy unchanged. Each has the gradcheck hooks (gradcheck_inputs, torch_twin).
 
+Their copies and elementwise loops (padding, im2col, the bias add, pooling) go through
+over_batch (nn/batch_threads.py, the one CPU-only fast path: NumPy releases the GIL in them), so
+they can be split over the batch on several threads; off by default, and on CuPy always one call
+over the whole batch.
+
 Channels-last, because im2col turns a convolution into one GEMM whose rows are output pixels
 (N*OH*OW) and whose columns are filters: its result IS the (N, OH, OW, F) output in memory
-order, so nothing is transposed after the GEMM. Weights are stored as the GEMM uses them, W (KH*KW*C, F) with rows in (kh, kw, c)
-order; torch's (F, C, KH, KW) weight is W.reshape(KH, KW, C, F).permute(3, 2, 0, 1).
+order, so nothing is transposed after the GEMM. Weights are stored as the GEMM uses them,
+W (KH*KW*C, F) with rows in (kh, kw, c) order; torch's (F, C, KH, KW) weight is
+W.reshape(KH, KW, C, F).permute(3, 2, 0, 1).
 
 Legend: N batch, H W input height/width, C input channels, F filters (output channels),
 KH KW kernel, S stride, P zero padding, Hp = H + 2P, OH = (Hp - KH) // S + 1 (OW likewise),
@@ -18,6 +24,7 @@ K = KH*KW*C (one patch as a row).
 from .. import backend as B
 from ..errors import ConfigError
 from . import ops
+from .batch_threads import over_batch
 from .layers import Layer
 
 
@@ -31,21 +38,25 @@ def _window(start, count, stride):
 
 
 # ----------------------------------------------------------------------------- im2col
-# colsT (KH, KW, C, N, OH, OW) <- xpad (N, Hp, Wp, C):  colsT[a, b, c, n, i, j] = xpad[n, S i + a, S j + b, c]
-# Patch-major ("K-major"): row (a, b, c) of the (K, N*OH*OW) matrix is one kernel tap of one
-# channel over every output pixel, so the copy writes long contiguous runs (OW) whatever C is,
-# and the weight gradient colsT (K, M) @ dy (M, F) reads both operands in memory order. The
-# forward product is colsT^T @ W, a transposed operand BLAS takes as it is. Against the
-# pixel-major layout (N, OH, OW, KH, KW, C), whose copy writes runs of only KW*C values, LeNet's
-# first convolution (C = 1) spends 7x less in im2col and the step ~10 % less (benchmarks/).
+# Two layouts of the (N*OH*OW, K) patch matrix, each chosen where its one strided copy reads and
+# writes the longest contiguous runs:
+#   pixel-major cols (N, OH, OW, KH, KW, C): cols[n, i, j, a, b, c] = xpad[n, S i + a, S j + b, c];
+#     one kernel row of one patch is KW*C contiguous values of xpad (30 for LeNet's second
+#     convolution): 3.4x faster than patch-major there;
+#   patch-major colsT (KH, KW, C, N, OH, OW), the transpose: one kernel tap of one channel over an
+#     output row is OW values, contiguous in xpad when C = 1 at stride 1 (LeNet's first
+#     convolution, whose pixel-major runs would be only KW = 5 long: 7x slower).
+# Either way the layer keeps the patch matrix as an (M, K) array (a transposed view for
+# patch-major), y = cols W and dW = cols^T dy, and BLAS takes a transposed operand as it is.
 
-def im2col(xpad, cols_t, stride):
-    """cols_t <- the KH x KW patches of xpad at `stride`, patch-major, in one copy from a strided
-    view of xpad."""
+def im2col(xpad, cols, stride, pixel_major):
+    """cols <- the KH x KW patches of xpad at `stride` (layout as above), in one copy from a
+    strided view of xpad."""
     sn, sh, sw, sc = xpad.strides
-    patches = B.xp.lib.stride_tricks.as_strided(xpad, cols_t.shape, (sh, sw, sc, sn, sh * stride, sw * stride))
-    B.xp.copyto(cols_t, patches)
-    return cols_t
+    s = stride
+    strides = (sn, sh * s, sw * s, sh, sw, sc) if pixel_major else (sh, sw, sc, sn, sh * s, sw * s)
+    B.xp.copyto(cols, B.xp.lib.stride_tricks.as_strided(xpad, cols.shape, strides))
+    return cols
 
 
 class Conv2d(Layer):
@@ -67,6 +78,7 @@ class Conv2d(Layer):
         self.W = space.param(f"{name}.W", (self.k, c_out), init, fan_in=self.k, fan_out=self.kh * self.kw * c_out)
         self.b = space.param(f"{name}.b", (c_out,), "zeros", fan_in=self.k) if bias else None
         self.name = name
+        self.pixel_major = c_in > 1         # the im2col layout whose copy runs are longer (see im2col)
 
     def out_hw(self, h, w):
         oh = (h + 2 * self.ph - self.kh) // self.stride + 1
@@ -76,49 +88,59 @@ class Conv2d(Layer):
                               f"(padding {self.ph}, {self.pw})")
         return oh, ow
 
-    def _padded(self, x):
-        """x inside its zero border (a workspace), or x itself without padding."""
-        n, h, w, c = x.shape
-        ph, pw = self.ph, self.pw
-        if not (ph or pw):
-            return x
-        xpad = self.buf("xpad", (n, h + 2 * ph, w + 2 * pw, c))       # (N, Hp, Wp, C)
+    def _pad_into(self, x, xpad, lo, hi):
+        """xpad[lo:hi] <- images lo..hi of x inside their zero border."""
+        h, w, ph, pw = x.shape[1], x.shape[2], self.ph, self.pw
+        xb = xpad[lo:hi]
         if ph:
-            xpad[:, :ph].fill(0)
-            xpad[:, ph + h:].fill(0)
+            xb[:, :ph].fill(0)
+            xb[:, ph + h:].fill(0)
         if pw:
-            xpad[:, :, :pw].fill(0)
-            xpad[:, :, pw + w:].fill(0)
-        xpad[:, ph:ph + h, pw:pw + w, :] = x
-        return xpad
+            xb[:, :, :pw].fill(0)
+            xb[:, :, pw + w:].fill(0)
+        xb[:, ph:ph + h, pw:pw + w, :] = x[lo:hi]
 
     def forward(self, x):
         n, h, w, c = x.shape
         if c != self.c:
             raise ValueError(f"{self.name}: expected {self.c} input channels, got input {x.shape}")
         oh, ow = self.out_hw(h, w)
-        cols_t = im2col(self._padded(x), self.buf("cols", (self.kh, self.kw, c, n, oh, ow)), self.stride)
-        self.cols_t = cols_t.reshape(self.k, n * oh * ow)                   # (K, N*OH*OW) kept for dW
+        pm, s, m = self.pixel_major, self.stride, n * oh * ow
+        padded = self.ph or self.pw
+        xpad = self.buf("xpad", (n, h + 2 * self.ph, w + 2 * self.pw, c)) if padded else x   # (N, Hp, Wp, C)
+        cols = self.buf("cols", (n, oh, ow, self.kh, self.kw, c) if pm else (self.kh, self.kw, c, n, oh, ow))
+
+        def patches(lo, hi):
+            if padded:
+                self._pad_into(x, xpad, lo, hi)
+            im2col(xpad[lo:hi], cols[lo:hi] if pm else cols[:, :, :, lo:hi], s, pm)
+        over_batch(n, patches, cols.size)
+        self.cols = cols.reshape(m, self.k) if pm else cols.reshape(self.k, m).T   # (M, K) kept for dW
         self.in_shape = x.shape
-        y = self.buf("y", (n * oh * ow, self.f))                            # (N*OH*OW, F)
-        ops.linear_forward(self.cols_t.T, self.W.data, None, y)
-        if self.b is not None:              # + b over wide rows of y: F values repeated (4x faster for F = 6)
-            v = ops.wide_rows(y)
-            tile = self.buf("b_tile", (v.shape[1] // self.f, self.f))
+        y = self.buf("y", (m, self.f))                                      # (N*OH*OW, F)
+        ops.linear_forward(self.cols, self.W.data, None, y)
+        if self.b is not None:             # + b over wide rows of y: F values repeated (4x faster for F = 6)
+            tile = self.buf("b_tile", (max(1, 1024 // self.f), self.f))   # b repeated, as wide as wide_rows goes
             tile[...] = self.b.data
-            v += tile.reshape(-1)
+
+            def add_bias(lo, hi):
+                v = ops.wide_rows(y[lo * oh * ow:hi * oh * ow])
+                v += tile[:v.shape[1] // self.f].reshape(-1)
+            over_batch(n, add_bias, y.size)
         return y.reshape(n, oh, ow, self.f)
 
     def backward(self, dy):
-        """dW += colsT dy, db += sum dy (a GEMV), and dx: the adjoint of im2col (col2im) of
+        """dW += cols^T dy, db += sum dy (a GEMV), and dx: the adjoint of im2col (col2im) of
         dcols = dy W^T, computed one kernel tap at a time: tap (a, b) is dy (N*OH*OW, F) times its
         (F, C) slice of W^T, added where that tap read the input. The same FLOPs as one GEMM into
-        dcols, but every add then reads a contiguous block: 2.5x faster in NumPy for C = 6."""
+        dcols, but every add then reads a contiguous block: 2.5x faster in NumPy for C = 6. Not
+        split over threads (over_batch) as the copies are: each chunk's tap products would call
+        BLAS from several threads at once, each with the rank's BLAS threads."""
         xp, s = B.xp, self.stride
         n, oh, ow, f = dy.shape
         dy2 = xp.ascontiguousarray(dy).reshape(n * oh * ow, f)             # (N*OH*OW, F); a view when contiguous
         work = None if self.W.fresh else self.buf("dW", self.W.shape)
-        self.W.acc_matmul(self.cols_t, dy2, work)                          # dW (K, F)
+        self.W.acc_matmul(self.cols.T, dy2, work)                          # dW (K, F)
         if self.b is not None:             # db = 1^T dy: a GEMV, 8x faster than a sum over rows of F values
             ones = self.buf("ones", (n * oh * ow,))
             ones.fill(1)
@@ -126,20 +148,20 @@ class Conv2d(Layer):
         if not self.need_dx:
             return None
         _, h, w, c = self.in_shape
-        taps = self.kh * self.kw
+        taps, ph, pw = self.kh * self.kw, self.ph, self.pw
         wt = self.buf("Wt", (taps, f, c))                                   # (KH*KW, F, C): W^T by tap
         wt[...] = self.W.data.reshape(taps, c, f).transpose(0, 2, 1)
         tap = self.buf("tap", (n * oh * ow, c))                             # (N*OH*OW, C)
-        dxpad = self.buf("dxpad", (n, h + 2 * self.ph, w + 2 * self.pw, c))  # (N, Hp, Wp, C)
+        dxpad = self.buf("dxpad", (n, h + 2 * ph, w + 2 * pw, c))           # (N, Hp, Wp, C)
+        dx = self.buf("dx", (n, h, w, c)) if ph or pw else dxpad            # the interior, contiguous
+
         dxpad.fill(0)
         for t in range(taps):
             a, b = divmod(t, self.kw)
             xp.matmul(dy2, wt[t], out=tap)
             dxpad[:, _window(a, oh, s), _window(b, ow, s), :] += tap.reshape(n, oh, ow, c)
-        if not (self.ph or self.pw):
-            return dxpad
-        dx = self.buf("dx", (n, h, w, c))                                   # the interior, contiguous
-        dx[...] = dxpad[:, self.ph:self.ph + h, self.pw:self.pw + w, :]
+        if ph or pw:
+            dx[...] = dxpad[:, ph:ph + h, pw:pw + w, :]
         return dx
 
     # ------------------------------------------------------------------ accounting
@@ -186,7 +208,8 @@ class MaxPool2d(Layer):
     equal to it. Backward writes the taps' gradients window-major too and puts them back into dx
     with one strided copy where the windows tile the input (K = S, H = S*OH, W = S*OW: LeNet's
     pools), else adds them tap by tap into a zeroed dx (overlapping windows, uncovered borders).
-    Against strided views throughout: 2.5x faster backward on LeNet's first pool."""
+    Against strided views throughout: 2.5x faster backward on LeNet's first pool. Both directions
+    work image by image, so over_batch splits them over threads."""
 
     def __init__(self, kernel=2, stride=None, dtype="float32"):
         super().__init__()
@@ -209,19 +232,22 @@ class MaxPool2d(Layer):
         if oh < 1 or ow < 1:
             raise ValueError(f"max pool: a {h}x{w} input is smaller than the {k}x{k} window")
         xw = self.buf("xw", (k, k, n, oh, ow, c))                   # (K, K, N, OH, OW, C) kept for backward
-        xp.copyto(xw, self._windows(x, oh, ow))
-        self.xw, self.in_shape = xw, x.shape                       # the buffer itself: no new view kept
         taps = xw.reshape(k * k, n, oh, ow, c)
         m = self.buf("max", (n, oh, ow, c))                         # (N, OH, OW, C) kept for backward
-        if k == 1:
-            m[...] = taps[0]
-        else:
-            xp.maximum(taps[0], taps[1], out=m)
-        for t in range(2, k * k):
-            xp.maximum(m, taps[t], out=m)
-        self.max = m
         y = self.buf("y", m.shape)                                  # handed on: the next layer may change it
-        y[...] = m
+
+        def pool(lo, hi):
+            xp.copyto(xw[:, :, lo:hi], self._windows(x[lo:hi], oh, ow))
+            t, mb = taps[:, lo:hi], m[lo:hi]
+            if k == 1:
+                mb[...] = t[0]
+            else:
+                xp.maximum(t[0], t[1], out=mb)
+            for i in range(2, k * k):
+                xp.maximum(mb, t[i], out=mb)
+            y[lo:hi] = mb
+        over_batch(n, pool, xw.size)
+        self.xw, self.max, self.in_shape = xw, m, x.shape          # the buffers themselves: no new view kept
         return y
 
     def backward(self, dy):
@@ -231,20 +257,25 @@ class MaxPool2d(Layer):
         first, taken = self.buf("first", dy.shape, bool), self.buf("taken", dy.shape, bool)
         dxw = self.buf("dxw", (k * k, n, oh, ow, c))                # (K*K, N, OH, OW, C)
         taps = self.xw.reshape(k * k, n, oh, ow, c)
-        taken.fill(False)
-        for t in range(k * k):
-            xp.equal(taps[t], self.max, out=first)                   # hits the maximum ...
-            xp.greater(first, taken, out=first)                      # ... and no tap before it did
-            xp.logical_or(taken, first, out=taken)
-            xp.multiply(dy, first, out=dxw[t])
         dx = self.buf("dx", self.in_shape)
-        windows = self._windows(dx, oh, ow)
-        if k == s and h == s * oh and w == s * ow:                  # the windows tile dx: one copy
-            xp.copyto(windows, dxw.reshape(k, k, n, oh, ow, c))
-            return dx
-        dx.fill(0)                                                  # overlaps add; uncovered stay 0
-        for t in range(k * k):
-            windows[divmod(t, k)] += dxw[t]
+        tiled = k == s and h == s * oh and w == s * ow              # the windows tile dx
+
+        def unpool(lo, hi):
+            fb, tb, mb, dyb, dwb = first[lo:hi], taken[lo:hi], self.max[lo:hi], dy[lo:hi], dxw[:, lo:hi]
+            tb.fill(False)
+            for t in range(k * k):
+                xp.equal(taps[t, lo:hi], mb, out=fb)                 # hits the maximum ...
+                xp.greater(fb, tb, out=fb)                           # ... and no tap before it did
+                xp.logical_or(tb, fb, out=tb)
+                xp.multiply(dyb, fb, out=dwb[t])
+            windows = self._windows(dx[lo:hi], oh, ow)
+            if tiled:                                                # one copy
+                xp.copyto(windows, dwb.reshape(k, k, hi - lo, oh, ow, c))
+                return
+            dx[lo:hi].fill(0)                                        # overlaps add; uncovered stay 0
+            for t in range(k * k):
+                windows[divmod(t, k)] += dwb[t]
+        over_batch(n, unpool, dxw.size)
         return dx
 
     def workspace_elements(self, n, h, w, c):

@@ -89,7 +89,7 @@ def _import(where, what):
             raise
         except BaseException as e:             # noqa: B036 - a plug-in may sys.exit() on import
             sys.modules.pop(name, None)
-            raise ConfigError(f"{what}: importing {where} failed: {_where_failed(e)}") from None
+            raise ConfigError(f"{what}: importing {where} failed: {_where_failed(e, {path: where})}") from None
         return module
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
@@ -106,12 +106,18 @@ def _import(where, what):
         raise ConfigError(f"{what}: importing {where} failed: {_where_failed(e)}") from None
 
 
-def _where_failed(e):
-    """'NameError: name 'x' is not defined (layers.py, line 12)': the error and the plug-in's line."""
+def _where_failed(e, given=None):
+    """'NameError: name 'x' is not defined (layers.py, line 12)': the error and the plug-in's line.
+    The file is named as the user gave it (`given`: {absolute path: as given}), any other file by
+    its absolute path: a path relative to the current directory misleads once the run starts
+    elsewhere (../../home/...), and the user may not know where a module of theirs was found."""
+    def name(filename):
+        full = os.path.abspath(filename)
+        return (given or {}).get(full, full)
     if isinstance(e, SyntaxError):
-        return f"SyntaxError: {e.msg} ({os.path.relpath(e.filename) if e.filename else '?'}, line {e.lineno})"
+        return f"SyntaxError: {e.msg} ({name(e.filename) if e.filename else '?'}, line {e.lineno})"
     frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename]
-    at = f" ({os.path.relpath(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
+    at = f" ({name(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}{at}"
 

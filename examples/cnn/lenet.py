@@ -37,6 +37,35 @@ class Options:
     hidden: list[int] = F([120, 84], min=1, help="widths of the fully connected layers")
 
 
+def _fits(h, w, kernel, padding, pool):
+    """Whether an h x w image keeps at least one pixel through conv1 (padded), pool1, conv2, pool2
+    (convolutions at stride 1, pools at stride = window)."""
+    for k, p, s in ((kernel, padding, 1), (pool, 0, pool), (kernel, 0, 1), (pool, 0, pool)):
+        h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if h < 1 or w < 1:
+            return False
+    return True
+
+
+def _check_fit(o):
+    """The kernel and the pool against the image, in one line naming the option to change and the
+    values that would fit (the others kept): the layers' own errors name a layer, not an option.
+    Where either could change, the one set away from its default is named first."""
+    h, w, _ = o.image
+    if _fits(h, w, o.kernel, o.padding, o.pool):
+        return
+    fit = {"kernel": [k for k in range(1, o.kernel) if _fits(h, w, k, o.padding, o.pool)],
+           "pool": [p for p in range(1, o.pool) if _fits(h, w, o.kernel, o.padding, p)]}
+    keys = sorted((key for key in fit if fit[key]), key=lambda key: getattr(o, key) == getattr(Options(), key))
+    if not keys:
+        raise ConfigError(f"model.options: kernel {o.kernel} and pool {o.pool} do not fit {h}x{w} images with padding "
+                          f"{o.padding}, and no smaller kernel or pool alone makes them fit: make both smaller")
+    key, other = keys[0], "pool" if keys[0] == "kernel" else "kernel"
+    also = f" (or model.options.{keys[1]} 1 to {max(fit[keys[1]])})" if len(keys) > 1 else ""
+    raise ConfigError(f"model.options.{key}: {getattr(o, key)} is too large for {h}x{w} images with padding "
+                      f"{o.padding} and {other} {getattr(o, other)}: expected 1 to {max(fit[key])}{also}")
+
+
 class LeNet5(Layer):
     """The trainer's model interface (docs/extending.md). A Layer only for buf() (softmax workspace)."""
     Options = Options
@@ -51,6 +80,7 @@ class LeNet5(Layer):
         if h * w * c != d_in:
             raise ConfigError(f"model.options.image: {h}x{w}x{c} = {h * w * c} values per row, but the data's rows "
                               f"have {d_in} features")
+        _check_fit(o)
         sp = self.space = ParamSpace(dtype)
         (c1, c2), k = o.channels, o.kernel
         self.conv1 = Conv2d(sp, "conv1", c, c1, k, padding=o.padding, need_dx=False)    # its input is data
@@ -61,11 +91,7 @@ class LeNet5(Layer):
         for conv, pool in ((self.conv1, self.pool1), (self.conv2, self.pool2)):
             hh, ww = conv.out_hw(*self.shapes[-1][:2])
             self.shapes.append((hh, ww, conv.f))
-            ph, pw = pool.out_hw(hh, ww)
-            if ph < 1 or pw < 1:
-                raise ConfigError(f"model.options: a {hh}x{ww} map is smaller than the {o.pool}x{o.pool} pool "
-                                  f"(use a smaller kernel or pool, or more padding)")
-            self.shapes.append((ph, pw, conv.f))
+            self.shapes.append((*pool.out_hw(hh, ww), conv.f))              # sizes checked by _check_fit
         flat = self.shapes[-1][0] * self.shapes[-1][1] * self.shapes[-1][2]
         dims = [flat, *o.hidden, n_out]
         self.fcs = [Linear(sp, f"fc{i}", a, b, init="he" if i < len(dims) - 2 else "xavier")

@@ -24,6 +24,17 @@ def _file(tmp, data):
     return p
 
 
+def _plugin(tmp, text, helper=None):
+    """A plug-in file (and a helper it imports), named through a folder and back
+    (sub/../bad_plugin.py): an error names the plug-in as given and the helper by its absolute
+    path, not a path relative to the current directory."""
+    (tmp / "sub").mkdir(exist_ok=True)
+    (tmp / "bad_plugin.py").write_text(text)
+    if helper is not None:
+        (tmp / "bad_helper.py").write_text(helper)
+    return f"model.name={tmp}/sub/../bad_plugin.py:Net"
+
+
 def _gpt_ckpt(tmp):
     """A tiny trained addition GPT (2 steps) to sample from."""
     from conftest import run_launch
@@ -343,14 +354,17 @@ CASES = [
     ("config-bare-name-hint", lambda t, g: ["train", "mlp_digits.yml"], "does not exist; did you mean", 0),
     ("download-not-a-url", lambda t, g: ["download", "mnist", "--to", str(t / "dl"), "--base-url", "nowhere"], "cannot be reached", 0),
     # --- plug-ins (docs/extending.md): the LeNet-5 example and its optimizer, every wrong form
-    ("cnn-kernel-beyond-image", lambda t, g: [*LENET_SYNTH, "--set", "model.options.kernel=29", "--set", "model.options.padding=0"], "conv1: a 28x28 input is smaller than the 29x29 kernel", 2),
-    ("cnn-pool-beyond-map", lambda t, g: [*LENET_SYNTH, "--set", "model.options.pool=29"], "model.options: a 28x28 map is smaller than the 29x29 pool", 0),
+    ("cnn-kernel-beyond-image", lambda t, g: [*LENET_SYNTH, "--set", "model.options.kernel=29", "--set", "model.options.padding=0"], "model.options.kernel: 29 is too large for 28x28 images with padding 0 and pool 2: expected 1 to 9", 2),
+    ("cnn-kernel-beyond-second-map", lambda t, g: [*LENET_SYNTH, "--set", "model.options.kernel=12"], "model.options.kernel: 12 is too large for 28x28 images with padding 2 and pool 2: expected 1 to 10", 0),
+    ("cnn-pool-beyond-map", lambda t, g: [*LENET_SYNTH, "--set", "model.options.pool=29"], "model.options.pool: 29 is too large for 28x28 images with padding 2 and kernel 5: expected 1 to 3", 0),
     ("cnn-image-vs-data", lambda t, g: [*LENET_SYNTH, "--set", "model.options.image=[14,14,1]"], "model.options.image: 14x14x1 = 196 values per row, but the data's rows have 784 features", 0),
     ("cnn-option-type", lambda t, g: [*LENET_SYNTH, "--set", "model.options.kernel=five"], "model.options.kernel: expected an integer, got 'five'", 0),
     ("cnn-option-unknown", lambda t, g: [*LENET_SYNTH, "--set", "model.options.kernels=3"], "unknown config key 'model.options.kernels' (did you mean 'kernel'?)", 2),
     ("cnn-option-list-item", lambda t, g: [*LENET_SYNTH, "--set", "model.options.channels=[6,0]"], "model.options.channels[1]: expected a value >= 1", 0),
     ("cnn-two-channels", lambda t, g: [*LENET_SYNTH, "--set", "model.options.channels=[6]"], "expected image [height, width, channels] and two channels", 0),
     ("plugin-file-missing", lambda t, g: [*LENET_SYNTH, "--set", "model.name=examples/cnn/lenet9.py:LeNet5"], "model.name: examples/cnn/lenet9.py not found", 2),
+    ("plugin-syntax-error", lambda t, g: [*LENET_SYNTH, "--set", _plugin(t, "x = 1\ndef f(:\n")], "failed: SyntaxError: invalid syntax ({tmp}/sub/../bad_plugin.py, line 2)", 0),
+    ("plugin-imports-bad-file", lambda t, g: [*LENET_SYNTH, "--set", _plugin(t, "import bad_helper\n", "def g(:\n")], "SyntaxError: invalid syntax ({tmp}/bad_helper.py, line 1)", 0),
     ("plugin-class-missing", lambda t, g: [*LENET_SYNTH, "--set", "model.name=examples/cnn/lenet.py:LeNet"], "has no attribute 'LeNet' (it defines", 0),
     ("plugin-not-a-model", lambda t, g: [*LENET_SYNTH, "--set", "model.name=examples/cnn/lenet.py:Options"], "is not a model: it lacks loss(x, t, scale)", 0),
     ("plugin-module-missing", lambda t, g: [*LENET_SYNTH, "--set", "model.name=nosuchpkg.models:Net"], "model.name: no module named 'nosuchpkg'", 0),
@@ -394,7 +408,7 @@ def test_bad_input(case, tmp_path, good, launch):
         assert r.returncode == 2, err
         assert "Traceback" not in r.stderr
         assert len(err.splitlines()) == 1, f"expected one line, got: {err!r}"
-        assert err.startswith("error:") and fragment in err
+        assert err.startswith("error:") and fragment.replace("{tmp}", str(tmp_path)) in err
     for f, data in before.items():
         assert (good / f).read_bytes() == data, f"{f} of a good run was changed"
     assert json.loads(before["summary.json"])["status"] == "completed"

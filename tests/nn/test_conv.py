@@ -4,12 +4,14 @@ ties as torch breaks them, FLOPs counted from the GEMMs of a step, a step that a
 array, and a memory estimate that covers the workspaces."""
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from conftest import ROOT, require_torch, step_memory
 from ddp_scratch import backend as B
+from ddp_scratch.nn import batch_threads as BT
 from ddp_scratch.config import load_config
 from ddp_scratch.errors import ConfigError
 from ddp_scratch.nn.conv import Conv2d, Flatten, MaxPool2d
@@ -150,9 +152,12 @@ def test_lenet_flops_are_the_gemms_of_one_step(monkeypatch):
     assert counter.flops == m.flops_per_step(6)
 
 
-def test_lenet_train_step_allocates_no_arrays():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lenet_train_step_allocates_no_arrays(threads):
     """Forward, backward and AdamW on 64 Fashion-sized rows: after warm-up nothing stays and no
-    temporary as large as one feature map (64 x 28 x 28 x 6 float32 = 1.2 MB) appears."""
+    temporary as large as one feature map (64 x 28 x 28 x 6 float32 = 1.2 MB) appears; also with
+    the batch split over 2 threads (nn/batch_threads.py: the chunks write into the same
+    workspaces, and tracemalloc sees every thread's allocations)."""
     m = LeNet5(784, 10, Options(), dtype="float32")
     opt = Adam(m.space, 1e-3, weight_decay=1e-4, decoupled=True)
     rng = np.random.default_rng(0)
@@ -164,9 +169,14 @@ def test_lenet_train_step_allocates_no_arrays():
         m.backward()
         m.space.finish_grads()
         opt.step(1e-3)
-    live, peak = step_memory(step)
-    live20, peak20 = step_memory(step, warmup=0, steps=20)
-    print(f"LeNet step: temporaries peak {peak / 1024:.1f} KiB, live {live} B after 2 steps, {live20} B after 20")
+    BT.set_threads(threads)
+    try:
+        live, peak = step_memory(step)
+        live20, peak20 = step_memory(step, warmup=0, steps=20 if threads == 1 else 8)
+    finally:
+        BT.set_threads(None)
+    print(f"LeNet step on {threads} thread(s): temporaries peak {peak / 1024:.1f} KiB, live {live} B after 2 steps, "
+          f"{live20} B after more")
     assert max(live, live20) < 8192        # array views (~100 B each) replaced per step, none accumulated
     assert max(peak, peak20) < 128 * 1024
 
@@ -194,5 +204,119 @@ def test_lenet_options_that_do_not_fit_the_data_are_one_line():
         build_model(cfg, 784, 10, 0, build=False)
     cfg = load_config(os.path.join(ROOT, "examples", "cnn", "lenet_fashion.yaml"),
                       [f"model.name={LENET}", "model.options.kernel=13", "model.options.padding=0"])
-    with pytest.raises(ConfigError, match="smaller than the"):
+    with pytest.raises(ConfigError, match=r"^model.options.kernel: 13 is too large for 28x28 images with padding 0 "
+                                          r"and pool 2: expected 1 to 9 \(or model.options.pool 1 to 1\)$"):
         build_model(cfg, 784, 10, 0, build=False)
+
+
+# ----------------------------------------------------------------------------- batch threads, layouts
+
+def _run_layers(layers, space, x, threads):
+    """Forward and backward through `layers` with the batch split over `threads` threads: every
+    output, every input gradient and the flat gradient, as copies."""
+    BT.set_threads(threads)
+    try:
+        space.zero_grad()
+        outs, h = [], x
+        for layer in layers:
+            h = layer.forward(h)
+            outs.append(h.copy())
+        d = np.random.default_rng(11).standard_normal(h.shape).astype(h.dtype)
+        for layer in reversed(layers):
+            d = layer.backward(d)
+            if d is not None:
+                outs.append(d.copy())
+        return outs + [space.grads.copy()]
+    finally:
+        BT.set_threads(None)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_threads_give_the_plain_result_bit_for_bit(monkeypatch, dtype):
+    """The CPU fast path (nn/batch_threads.py: im2col, padding, bias, pooling split over the
+    batch) against the plain call it replaces, on every layout and border case: 2 threads, and 3
+    for chunks of unequal size (7 images)."""
+    monkeypatch.setattr(BT, "MIN_WORK", 0)              # split even these small batches
+    space = ParamSpace(dtype)
+    layers = [Conv2d(space, "c1", 1, 3, 5, padding=2), MaxPool2d(2, dtype=dtype),          # patch-major, tiled pool
+              Conv2d(space, "c2", 3, 4, 3, stride=2, padding=1), MaxPool2d(3, 1, dtype),   # pixel-major, overlaps
+              Conv2d(space, "c3", 4, 2, 1, bias=False)]
+    space.build(0)
+    assert [layers[0].pixel_major, layers[2].pixel_major] == [False, True]
+    x = np.random.default_rng(10).standard_normal((7, 12, 13, 1)).astype(dtype)
+    plain = _run_layers(layers, space, x, 1)
+    for threads in (2, 3):
+        split = _run_layers(layers, space, x, threads)
+        for a, b in zip(plain, split):
+            np.testing.assert_array_equal(a, b)
+    print(f"{dtype}: {len(plain)} arrays equal with 1, 2 and 3 threads")
+
+
+def test_over_batch_covers_the_batch_once_and_raises_a_chunks_error(monkeypatch):
+    monkeypatch.setattr(BT, "MIN_WORK", 0)
+    BT.set_threads(3)
+    try:
+        for n in (1, 2, 3, 10):
+            seen = np.zeros(n, int)
+
+            def mark(lo, hi):
+                seen[lo:hi] += 1
+            BT.over_batch(n, mark, work=n)
+            assert seen.tolist() == [1] * n
+
+        def fail(lo, hi):
+            if lo > 0:
+                raise ValueError("chunk")
+        with pytest.raises(ValueError, match="chunk"):
+            BT.over_batch(9, fail, work=9)
+    finally:
+        BT.set_threads(None)
+
+
+def test_conv_layouts_agree():
+    """Pixel-major and patch-major im2col (chosen by the channel count) compute the same layer."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 9, 8, 3))
+    results = []
+    for pixel_major in (True, False):
+        space = ParamSpace("float64")
+        layer = Conv2d(space, "c", 3, 4, (3, 2), stride=2, padding=(1, 0))
+        space.build(0)
+        layer.pixel_major = pixel_major
+        space.zero_grad()
+        y = layer.forward(x).copy()
+        dx = layer.backward(np.ones_like(y)).copy()
+        results.append((y, dx, space.grads.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_over_batch_in_a_forked_child_starts_its_own_pool(monkeypatch):
+    """A child forked after the pool started has no pool threads: over_batch there must not wait
+    on the parent's (it would hang)."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    monkeypatch.setattr(BT, "MIN_WORK", 0)
+    BT.set_threads(2)
+    try:
+        BT.over_batch(4, lambda lo, hi: None, work=4)             # the parent's pool is running
+        pid = os.fork()
+        if pid == 0:                                              # the child: exit 0 only if it got through
+            seen = np.zeros(4, int)
+
+            def mark(lo, hi):
+                seen[lo:hi] += 1
+            BT.over_batch(4, mark, work=4)
+            os._exit(0 if seen.tolist() == [1] * 4 else 1)
+        for _ in range(200):                                      # 10 s at most
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("over_batch hung in a forked child")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        BT.set_threads(None)

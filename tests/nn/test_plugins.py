@@ -75,7 +75,7 @@ def plugin_dir(tmp_path, monkeypatch):
     before = set(sys.modules)
     yield tmp_path
     for name in set(sys.modules) - before:
-        if name.startswith("ddp_plugin_") or name in ("tiny", "broken", "pkg", "pkg.models"):
+        if name.startswith("ddp_plugin_") or name in ("tiny", "broken", "helper", "pkg", "pkg.models"):
             del sys.modules[name]
 
 
@@ -140,7 +140,11 @@ def test_options_given_to_a_set_are_named_by_it(plugin_dir):
      "model.name: importing broken.py failed: NameError: name 'undefined_name' is not defined (broken.py, line 2)"),
     ({"pkg/models.py": "import not_installed_dependency\n"}, "pkg.models:M",
      "model.name: importing pkg.models failed: ModuleNotFoundError: No module named 'not_installed_dependency' "
-     "(pkg/models.py, line 1)"),
+     "({plugin_dir}/pkg/models.py, line 1)"),                  # a module's file: by its absolute path
+    ({"sub/broken.py": "def f(:\n"}, "sub/../sub/broken.py:M",    # the file named: as it was given
+     "model.name: importing sub/../sub/broken.py failed: SyntaxError: invalid syntax (sub/../sub/broken.py, line 1)"),
+    ({"broken.py": "import helper\n", "helper.py": "def g(:\n"}, "broken.py:M",   # a file it imports: absolute
+     "model.name: importing broken.py failed: SyntaxError: invalid syntax ({plugin_dir}/helper.py, line 1)"),
     ({"broken.py": "M = 3\n"}, "broken.py:M", "model.name: broken.py:M is an int, expected a class (the model)"),
     ({"broken.py": "class M:\n    def loss(self, x, t, s): pass\n"}, "broken.py:M",
      "model.name: broken.py:M is not a model: it lacks backward(), predict(x), flops_per_step(n), "
@@ -163,6 +167,7 @@ def test_a_plugin_that_cannot_be_used_is_one_line_naming_what_is_missing(plugin_
     with pytest.raises(ConfigError) as e:
         build_model(cfg, 64, 10, 0)
     print(e.value)
+    message = message.replace("{plugin_dir}", str(plugin_dir))
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
