@@ -73,8 +73,29 @@ def startup_text(tr):
         f"  batch: {t.batch_size} global = {per} per rank; {_plural(tr.total_steps, 'step')} = "
         + _plural(epochs, "epoch") + f" of {_plural(tr.spe, 'step')}; {ev}",
     ]
+    lines.append(f"  comm:  {comm_text(cfg.comm, comm.size)}")
     lines.append(f"  out:   {tr.opts.out}" + (f" (resuming from step {tr.resumed_from:,})" if tr.resumed_from else ""))
     return "\n".join(lines)
+
+
+def comm_text(c, size):
+    """How the gradients are summed, in words (start-up text)."""
+    if c.backend == "nccl":
+        how = "NCCL all-reduce on the GPUs"
+    elif c.algorithm == "ring":
+        how = "ring all-reduce (hand-written)" + (
+            f", {c.compress} on the wire" + (" with error feedback" if c.error_feedback else "")
+            if c.compress != "none" else "")
+    else:
+        how = "MPI_Allreduce"
+    if c.overlap:
+        how += f", overlapped with backward in {c.bucket_mb:g} MiB buckets"
+    if c.accumulate > 1:
+        how += f", every {c.accumulate} micro-batches"
+    if size == 1:
+        return "none (1 rank: no gradient is exchanged" + (", so the comm settings have no effect)"
+                                                            if c.algorithm != "mpi" or c.overlap else ")")
+    return how
 
 
 def final_line(s, out):
@@ -90,6 +111,8 @@ def final_line(s, out):
         parts.append(f"{name} {value:.4g}" + (over if name == "train_loss" else ""))
     if rate:
         parts.append(f"{_si(rate)} {unit}/s")
+    if s.get("skipped_steps"):      # train.nonfinite: skip: a run that skipped most steps must not look healthy
+        parts.append(f"{_plural(s['skipped_steps'], 'step')} SKIPPED (non-finite)")
     return ", ".join(parts) + f" -> {out}/summary.json"
 
 

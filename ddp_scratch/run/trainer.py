@@ -311,8 +311,10 @@ class Trainer:
                             f"(train.max_skips={t.max_skips})")
         layer = next((p.name for p in self.space.plist if not bool(B.xp.isfinite(p.grad).all())), None)
         where = f"; first non-finite gradient in {layer}" if layer else ""
+        fp16 = self.comm.size > 1 and self.cfg.comm.compress == "fp16"
         raise NonFinite(f"non-finite {what} at step {self.step}{where} (train.nonfinite=abort; "
-                        "try a lower optim.lr or train.nonfinite=skip)")
+                        + ("gradients sent as fp16 overflow beyond +-65504: try comm.compress=bf16, " if fp16 else "")
+                        + "try a lower optim.lr or train.nonfinite=skip)")
 
     def run(self):
         """Train to total_steps (or a stop); returns the summary, or None when a resumed run was

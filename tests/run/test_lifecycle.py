@@ -253,3 +253,25 @@ def test_oversubscribing_the_cores_is_warned_once(tmp_path):
     r = run_launch("local", "-n", str(os.cpu_count() + 1), *ARGS, "--set", "train.max_steps=2", "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("warning: local:") == 1 and "they share cores" in r.stderr
+
+
+def test_the_final_line_says_when_steps_were_skipped():
+    from ddp_scratch.run.progress import final_line
+    s = {"status": "completed", "steps": 5, "total_steps": 5, "train_loss": 3.1, "skipped_steps": 4}
+    assert "4 steps SKIPPED (non-finite)" in final_line(s, "out")
+    assert "SKIPPED" not in final_line(dict(s, skipped_steps=0), "out")
+
+
+@pytest.mark.parametrize("sets, size, said", [
+    ({}, 2, "MPI_Allreduce"),
+    ({"algorithm": "ring"}, 3, "ring all-reduce (hand-written)"),
+    ({"algorithm": "ring", "compress": "bf16", "error_feedback": True}, 2,
+     "ring all-reduce (hand-written), bf16 on the wire with error feedback"),
+    ({"overlap": True}, 2, "MPI_Allreduce, overlapped with backward in 25 MiB buckets"),
+    ({"algorithm": "ring", "compress": "fp16"}, 1, "so the comm settings have no effect"),
+    ({}, 1, "none (1 rank: no gradient is exchanged)"),
+])
+def test_the_start_up_text_says_how_gradients_are_summed(sets, size, said):
+    from ddp_scratch.config import CommConfig
+    from ddp_scratch.run.progress import comm_text
+    assert comm_text(CommConfig(**sets), size).startswith(said)
