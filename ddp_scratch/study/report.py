@@ -15,6 +15,12 @@ The step splits into compute, comm, wait and other = step - compute - comm - wai
 clipped at 0: medians over ranks do not add exactly), each as mean (`compute_s`) and std
 (`compute_s_std`) over repeats.
 
+A series is the points of one (mode, config, setting): a sweep with --compare gives one series per
+compared setting, each with its own baseline. Run files that record communication (comm settings,
+bytes on the wire per step, optimizer state per rank) add those columns to the CSV, to the series
+tables where measured, and a "Communication" section comparing the settings; older files make the
+report they always made.
+
 Every run file is checked field by field (study/runfile.py) before anything is computed, so a
 wrong file is one ValueError naming the file and the field, never a traceback; so are two files
 for one point and points of one series that compare different models, batches or dtypes.
@@ -34,7 +40,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text
-from .runfile import ENERGY_LABELS, clean, load_runs, validate_run
+from .runfile import ENERGY_LABELS, clean, comm_label, load_runs, series_key, validate_run
 from .where import environment_lines, envs, hardware_line, oversubscription, threads_of
 
 __all__ = ["load_runs", "validate_run", "aggregate", "write_csv", "make_plots", "write_report",
@@ -43,7 +49,12 @@ __all__ = ["load_runs", "validate_run", "aggregate", "write_csv", "make_plots", 
 NOISE_REL = 1e-9      # a std (or an 'other' time) below this fraction of the mean (step) is rounding noise
 SUPERLINEAR = 1.05    # efficiency above this is remarked on under the table
 ALT = {"throughput": "throughput", "efficiency": "parallel efficiency",
-       "time_breakdown": "time per step by phase", "flops": "achieved FLOP/s", "energy": "measured energy"}
+       "time_breakdown": "time per step by phase", "flops": "achieved FLOP/s", "energy": "measured energy",
+       "comm_vs_bytes": "communication time against bytes on the wire"}
+BYTES_FROM = {"counted": "counted: what the hand-written ring sent",
+              "model": "model: 2(N−1)/N × the gradient buffer, what a bandwidth-optimal all-reduce sends "
+                       "(MPI_Allreduce's own algorithm is not visible to the run)",
+              "none": "none: one rank sends nothing"}
 OTHER_CONTAINS = ("the optimizer update, the gradient norm (and clipping), copying the loss and "
                   "accuracy to the host, and the device synchronisation that ends the step "
                   "(host syncs); gathering the batch is counted in compute")
@@ -70,20 +81,20 @@ def aggregate(runs: list[dict]) -> list[dict]:
     """One row per (mode, config, world_size), sorted; see module docstring."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
-        groups[(r["mode"], r["config"], r["world_size"])].append(r)
+        groups[(*series_key(r), r["world_size"])].append(r)
     series: dict[tuple, list[int]] = defaultdict(list)
-    for mode, config, n in groups:
-        series[(mode, config)].append(n)
+    for mode, config, setting, n in groups:
+        series[(mode, config, setting)].append(n)
     rows = []
-    for (mode, config), worlds in sorted(series.items()):
+    for (mode, config, setting), worlds in sorted(series.items()):
         b = 1 if 1 in worlds else min(worlds)
-        base = groups[(mode, config, b)]
+        base = groups[(mode, config, setting, b)]
         t_b = len(base) / sum(1.0 / r["step_time_s"]["median"] for r in base)
         for n in sorted(worlds):
-            rs = sorted(groups[(mode, config, n)], key=lambda r: r["repeat"])
+            rs = sorted(groups[(mode, config, setting, n)], key=lambda r: r["repeat"])
             ts = [r["step_time_s"]["median"] for r in rs]
             speedups = [t_b / t if mode == "strong" else n * t_b / (b * t) for t in ts]
-            row = {"mode": mode, "config": config, "model": rs[0]["model"],
+            row = {"mode": mode, "config": config, **({"setting": setting} if setting else {}), "model": rs[0]["model"],
                    "world_size": n, "baseline_world": b, "repeats": len(rs),
                    "global_batch": rs[0]["global_batch"],
                    "per_rank_batch": rs[0]["per_rank_batch"], "dtype": rs[0].get("dtype"),
@@ -114,8 +125,29 @@ def aggregate(runs: list[dict]) -> list[dict]:
             row["oversubscribed"] = ("yes" if any(o[3] for o in over) else "maybe") if over else None
             row["oversubscription"] = (f"{over[0][0]} ranks x {over[0][1]} thread(s) = {over[0][0] * over[0][1]} "
                                        f"on {over[0][2]} cores") if over else None
+            _comm_columns(row, rs)
             rows.append(row)
     return rows
+
+
+COMM_FIELDS = ("comm", "comm_bytes_per_step", "optim_state_bytes_per_rank")
+
+
+def _comm_columns(row, rs):
+    """The communication settings, bytes on the wire per step (per rank) and optimizer state per
+    rank of one row, where its run files record them (older ones do not: no columns)."""
+    if not any(k in r for r in rs for k in COMM_FIELDS):
+        return
+    comm = next((r["comm"] for r in rs if r.get("comm")), None) or {}
+    row["comm_algorithm"], row["comm_compress"] = comm.get("algorithm"), comm.get("compress")
+    row["comm_error_feedback"] = comm.get("error_feedback")
+    if "zero" in comm:
+        row["optim_zero"] = comm["zero"]
+    row["comm_bytes_per_step_mean"], row["comm_bytes_per_step_std"] = _mean_std(r.get("comm_bytes_per_step")
+                                                                               for r in rs)
+    row["comm_bytes_per_step_source"] = "|".join(sorted({r["comm_bytes_per_step_source"] for r in rs
+                                                         if r.get("comm_bytes_per_step_source")})) or None
+    row["optim_state_bytes_per_rank_mean"] = _mean_std(r.get("optim_state_bytes_per_rank") for r in rs)[0]
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -194,7 +226,7 @@ def _energy_section(runs, rows, plotted) -> list[str]:
         labels, left_out = series_labels(rows), defaultdict(list)
         for r in rows:
             if not r["energy_measured"]:
-                left_out[labels[(r["mode"], r["config"])]].append(str(r["world_size"]))
+                left_out[labels[series_key(r)]].append(str(r["world_size"]))
         lines.append("`plots/energy.png` shows measured energy only." + (
             " Left out, because their energy is not measured: "
             + "; ".join(f"{_md(k)} at N = {', '.join(v)}" for k, v in left_out.items()) + "." if left_out else ""))
@@ -213,8 +245,10 @@ COLUMNS = (  # (header, key of the mean, scale); the std is under _std_key(key)
     ("step ms", "step_time_s_mean", 1e3), ("speedup", "speedup_mean", 1.0),
     ("efficiency %", "efficiency_mean", 100.0), ("compute ms", "compute_s", 1e3),
     ("comm ms", "comm_s", 1e3), ("wait ms", "wait_s", 1e3), ("other ms", "other_s", 1e3),
+    ("sent MB/step", "comm_bytes_per_step_mean", 1e-6), ("optim. state MB/rank", "optim_state_bytes_per_rank_mean", 1e-6),
     ("GFLOP/s", "flops_per_s_mean", 1e-9), ("MFU %", "mfu_mean", 100.0),
     ("GFLOP/J", "ops_per_joule_mean", 1e-9), ("J/step", "joules_per_step_mean", 1.0))
+OPTIONAL = ("tokens/s", "sent MB/step", "optim. state MB/rank")     # shown where some row has a value
 
 
 def _std_key(key):
@@ -223,7 +257,7 @@ def _std_key(key):
 
 def _series_table(rs) -> list[str]:
     """One series: N, baseline, repeats, both batches, threads, then every measured column."""
-    cols = [c for c in COLUMNS if c[0] != "tokens/s" or any(r["tokens_per_s_mean"] is not None for r in rs)]
+    cols = [c for c in COLUMNS if c[0] not in OPTIONAL or any(r.get(c[1]) is not None for r in rs)]
     threads = any(r["threads_per_rank"] for r in rs)
     head = ["N", "base", "reps", "global batch", "per-rank batch"] + ["threads/rank"] * threads
     head += [c[0] for c in cols] + ["energy source"]
@@ -279,8 +313,47 @@ def _series_section(label, key, rs, runs) -> list[str]:
     model += f", {_md(r0['dtype'])}" if r0["dtype"] else ""
     batch = (f"per-rank batch {_count(r0['per_rank_batch'])} at every N (the global batch grows with N)"
              if key[0] == "weak" else f"global batch {_count(r0['global_batch'])} at every N (split over the ranks)")
-    return ([f"### {_md(label)}", "", f"Config `{_md(key[1])}`, {key[0]} scaling: {model}; {batch}.", ""]
+    setting = f", setting `{_md(key[2])}`" if key[2] else ""
+    return ([f"### {_md(label)}", "", f"Config `{_md(key[1])}`, {key[0]} scaling{setting}: {model}; {batch}.", ""]
             + _series_table(rs) + _series_notes(rs, runs) + [""])
+
+
+def _bytes(v) -> str:
+    if v is None:
+        return "—"
+    for f, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(v) >= f:
+            return f"{fmt(v / f)} {unit}"
+    return f"{v:,.0f} B"
+
+
+def _comm_section(rows, labels, plotted) -> list[str]:
+    """Per setting and world size: what was communicated, how much, how long, and the optimizer
+    state per rank. Nothing for run files that predate the communication record."""
+    if not any("comm_algorithm" in r for r in rows):
+        return []
+    zero = any("optim_zero" in r for r in rows)
+    head = ["series", "N", "algorithm", "compression", "error feedback"] + ["ZeRO"] * zero
+    head += ["sent per rank and step", "bytes from", "comm ms/step", "optimizer state per rank"]
+    lines = ["## Communication", "",
+             "What each setting sends and what it costs: bytes one rank sent per training step (the gradient "
+             "all-reduce), the communication time per step (as the fastest rank saw it, without waiting for "
+             "slower ranks; mean ± std over repeats) and the optimizer state one rank holds. "
+             + ("Where the bytes come from: " + "; ".join(BYTES_FROM.values()) + ". ")
+             + "The optimizer state is shown where the runs measured it (— : not recorded by this version).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ef = r.get("comm_error_feedback")
+        cells = [_md(labels[series_key(r)]), str(r["world_size"]), _md(r.get("comm_algorithm") or "—"),
+                 _md(r.get("comm_compress") or "—"), "—" if ef is None else ("yes" if ef else "no")]
+        cells += [_md("—" if r.get("optim_zero") is None else r["optim_zero"])] * zero
+        cells += [_bytes(r.get("comm_bytes_per_step_mean")), _md(r.get("comm_bytes_per_step_source") or "—"),
+                  fmt(r["comm_s"], r.get("comm_s_std"), 1e3), _bytes(r.get("optim_state_bytes_per_rank_mean"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "`plots/comm_vs_bytes.png` plots the communication time per step against the bytes sent, one "
+              "line per setting through its rank counts." if plotted else
+              "No plot of communication time against bytes: no point sent any (one rank, or not recorded).", ""]
+    return lines
 
 
 def _markdown(runs, rows, plot_names, csv_name) -> str:
@@ -289,7 +362,8 @@ def _markdown(runs, rows, plot_names, csv_name) -> str:
     env = environment_lines(runs)
     lines = ["# Scaling report", "",
              f"{len(runs)} runs from `runs/`; series: "
-             + "; ".join(f"{_md(v)} (`{_md(k[0] + ':' + k[1])}`)" for k, v in labels.items()) + "."]
+             + "; ".join(f"{_md(v)} (`{_md(k[0] + ':' + k[1] + (' ' + k[2] if k[2] else ''))}`)"
+                         for k, v in labels.items()) + "."]
     over = sorted({r["world_size"] for r in rows if r["oversubscribed"]})
     if over:
         lines += ["", f"**Oversubscribed points (N = {', '.join(map(str, over))}): more ranks x threads than "
@@ -324,9 +398,10 @@ def _markdown(runs, rows, plot_names, csv_name) -> str:
     lines += ["", "## Results", ""]
     series = defaultdict(list)
     for r in rows:
-        series[(r["mode"], r["config"])].append(r)
+        series[series_key(r)].append(r)
     for k, label in labels.items():
-        lines += _series_section(label, k, series[k], [r for r in runs if (r["mode"], r["config"]) == k])
+        lines += _series_section(label, k, series[k], [r for r in runs if series_key(r) == k])
+    lines += _comm_section(rows, labels, "comm_vs_bytes.png" in plot_names)
     lines += ["## Plots", "",
               "Each plot is a 300 dpi PNG with a vector PDF copy of the same name next to it "
               "(for posters and LaTeX).", ""]
