@@ -128,6 +128,12 @@ class _Plotter:
         for r in rows:
             self.series[series_key(r)].append(r)
         self.labels = series_labels(rows)
+        bases = {k[:2] for k in self.series}
+        if len(bases) == 1 and all(k[2] for k in self.series):
+            # settings compared in one sweep: the legends name the setting alone, the subtitle the rest
+            k0 = next(iter(self.series))
+            self.subtitle = _tx(self.labels[k0][:-len(", " + clean(k0[2], 80))], 60) + " · " + self.subtitle
+            self.labels = {k: clean(k[2], 80) for k in self.series}
         self.repeats = max(r["repeats"] for r in rows) >= 2
         self.over_handle = None
         self.style = {k: (COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)])
@@ -221,7 +227,9 @@ class _Plotter:
     def rate_plot(self, name, title, what, groups, words=False):
         """One panel per (key, unit, series) group, each with its own scale, plus ideal scaling."""
         width = 6.4 if len(groups) == 1 else 11.0
-        fig, sub, axes = self.figure(title, ncols=len(groups), width=width)
+        entries = 2 * len(self.series) if len(self.worlds) > 1 else len(self.series)     # each with its ideal
+        fig, sub, axes = self.figure(title, ncols=len(groups), width=width,
+                                     height=4.4 + 0.25 * max(0, entries - 4))     # the axes keep their height
         handles = []
         for ax, (key, unit, keys) in zip(axes, groups):
             f, p = _prefix([r[key + "_mean"] for k in keys for r in self.series[k]])
@@ -346,8 +354,7 @@ class _Plotter:
             y = [r["comm_s"] / fy for r in rs]
             e = [_nan(r.get("comm_s_std")) / fy for r in rs]
             src = {s for r in rs for s in (r.get("comm_bytes_per_step_source") or "").split("|") if s}
-            how = ("counted" if src == {"counted"} else "modelled: 2(N−1)/N × gradient" if src == {"model"}
-                   else "/".join(sorted(src)))
+            how = "counted" if src == {"counted"} else "modelled" if src == {"model"} else "/".join(sorted(src))
             label = self.labels[k] + (f" (bytes {how})" if how else "")
             handles.append(ax.errorbar(x, y, yerr=e if self.repeats else None, color=color, marker=marker, ms=7,
                                        lw=1.5, capsize=3, mfc=color if how == "counted" else "white",
@@ -362,6 +369,9 @@ class _Plotter:
         ax.set_xlabel(f"bytes one rank sends per step ({px}B)")
         ax.set_ylabel(f"communication time per step ({unit})")
         ax.grid(True, alpha=0.3)
+        if any(h.get_label().endswith("(bytes modelled)") for h in handles):
+            handles.append(self.Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3", ms=7,
+                                       label="bytes modelled: 2(N−1)/N × gradient (MPI's own algorithm is hidden)"))
         if any(r["world_size"] == 1 for r in self.rows):
             ax.text(0.01, 0.99, "1 rank sends nothing: not shown", transform=ax.transAxes, ha="left", va="top",
                     fontsize=9, color="0.35")
