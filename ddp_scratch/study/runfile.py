@@ -352,7 +352,7 @@ def check_together(named) -> None:
                     f"{other} and {name} are not one series ({r['mode']} scaling of "
                     f"{clean(r['config'], 60)}{setting}): {'; '.join(_differences(other_run, r))}; a sweep with "
                     "another model, batch, dtype or communication needs its own output folder (scaling --out "
-                    "NEW_FOLDER, or scaling --compare to measure settings side by side), "
+                    "NEW_FOLDER) or to be one of the settings of scaling --compare, "
                     "or move the older run files out of runs/")
             if value is not None:
                 first.setdefault(what, (name, value, r))
