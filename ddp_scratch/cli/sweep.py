@@ -268,11 +268,19 @@ def _check_same_sweep(out, ident, overwrite, resume=False):
         raise UserError(f"scaling --out {out} already holds {len(done)} run file(s) of this sweep; --resume "
                         "continues it (runs only the points not measured yet), --overwrite measures every "
                         "point afresh, or use a new --out")
-    what = ", ".join(f"{k} {old.get(k)!r} before, {v!r} now" for k, v in ident.items()
-                     if isinstance(old, dict) and old.get(k) != v) if old else "runs of an unrecorded sweep"
+    what = ", ".join(f"{k} {_shown(k, old.get(k))} before, {_shown(k, ident.get(k))} now"
+                     for k in [*ident, *(k for k in old if k not in ident)]
+                     if old.get(k) != ident.get(k)) if isinstance(old, dict) and old else "runs of an unrecorded sweep"
     raise UserError(f"scaling --out {out} holds another sweep ({what}); "
                     + ("--resume continues only the same sweep; " if resume else "")
                     + "use a new --out, or --overwrite to replace its runs")
+
+
+def _shown(key, value):
+    """A sweep identity's value as the message says it (--compare as it was typed)."""
+    if key == "compare":
+        return " ".join(f"{k}={','.join(map(str, v))}" for k, v in value) if value else "none"
+    return repr(value)
 
 
 def _finished(path, mode, name, n, r, gb, steps, threads, setting=()):
