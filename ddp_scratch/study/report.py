@@ -19,7 +19,7 @@ A series is the points of one (mode, config, setting): a sweep with --compare gi
 compared setting, each with its own baseline. Run files that record communication (comm settings,
 bytes on the wire per step, optimizer state per rank) add those columns to the CSV, to the series
 tables where measured, and a "Communication" section comparing the settings; older files make the
-report they always made.
+report they always made (study/commreport.py; the number formats are study/cells.py).
 
 Every run file is checked field by field (study/runfile.py) before anything is computed, so a
 wrong file is one ValueError naming the file and the field, never a traceback; so are two files
@@ -34,40 +34,26 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections import defaultdict
 from pathlib import Path
 
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text
-from .runfile import ENERGY_LABELS, clean, comm_label, load_runs, series_key, validate_run
+from .cells import NOISE_REL, count as _count, fmt, md as _md, mean_std as _mean_std
+from .commreport import comm_columns as _comm_columns, comm_section as _comm_section
+from .runfile import ENERGY_LABELS, clean, load_runs, series_key, validate_run
 from .where import environment_lines, envs, hardware_line, oversubscription, threads_of
 
 __all__ = ["load_runs", "validate_run", "aggregate", "write_csv", "make_plots", "write_report",
            "environment_lines", "hardware_line", "fmt"]
 
-NOISE_REL = 1e-9      # a std (or an 'other' time) below this fraction of the mean (step) is rounding noise
 SUPERLINEAR = 1.05    # efficiency above this is remarked on under the table
 ALT = {"throughput": "throughput", "efficiency": "parallel efficiency",
        "time_breakdown": "time per step by phase", "flops": "achieved FLOP/s", "energy": "measured energy",
        "comm_vs_bytes": "communication time against bytes on the wire"}
-BYTES_FROM = {"counted": "counted: what the hand-written ring sent",
-              "model": "model: 2(N−1)/N × the gradient buffer, what a bandwidth-optimal all-reduce sends "
-                       "(MPI_Allreduce's own algorithm is not visible to the run)",
-              "none": "none: one rank sends nothing"}
 OTHER_CONTAINS = ("the optimizer update, the gradient norm (and clipping), copying the loss and "
                   "accuracy to the host, and the device synchronisation that ends the step "
                   "(host syncs); gathering the batch is counted in compute")
-
-
-def _mean_std(values):
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return None, None
-    m = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) * (v - m) for v in vals) / (len(vals) - 1))
 
 
 def _other(r) -> float:
@@ -130,26 +116,6 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return rows
 
 
-COMM_FIELDS = ("comm", "comm_bytes_per_step", "optim_state_bytes_per_rank")
-
-
-def _comm_columns(row, rs):
-    """The communication settings, bytes on the wire per step (per rank) and optimizer state per
-    rank of one row, where its run files record them (older ones do not: no columns)."""
-    if not any(k in r for r in rs for k in COMM_FIELDS):
-        return
-    comm = next((r["comm"] for r in rs if r.get("comm")), None) or {}
-    row["comm_algorithm"], row["comm_compress"] = comm.get("algorithm"), comm.get("compress")
-    row["comm_error_feedback"] = comm.get("error_feedback")
-    if "zero" in comm:
-        row["optim_zero"] = comm["zero"]
-    row["comm_bytes_per_step_mean"], row["comm_bytes_per_step_std"] = _mean_std(r.get("comm_bytes_per_step")
-                                                                               for r in rs)
-    row["comm_bytes_per_step_source"] = "|".join(sorted({r["comm_bytes_per_step_source"] for r in rs
-                                                         if r.get("comm_bytes_per_step_source")})) or None
-    row["optim_state_bytes_per_rank_mean"] = _mean_std(r.get("optim_state_bytes_per_rank") for r in rs)[0]
-
-
 def _csv_text(rows: list[dict]) -> str:
     fields: list[str] = []
     for r in rows:
@@ -175,42 +141,6 @@ def make_plots(rows: list[dict], outdir, subtitle: str = "") -> list[str]:
 
 
 # ------------------------------------------------------------------ report.md
-
-def _plain(x, decimals) -> str:
-    return f"{round(x, decimals):,.{max(0, decimals)}f}"
-
-
-def fmt(mean, std=None, scale=1.0, sig=4) -> str:
-    """`mean ± std` of one table cell: `sig` significant figures in plain notation with thousands
-    separators (17,590 ± 720; 7.286 ± 0.302), the std to the mean's last digit but at least two
-    significant figures of its own, and left out where it is 0 or rounding noise (below NOISE_REL
-    of the mean). Scientific notation only outside 1e-6..1e15, where no real column lands."""
-    if mean is None or not math.isfinite(mean * scale):
-        return "—"
-    m = mean * scale
-    sd = abs(std * scale) if std is not None and math.isfinite(std * scale) else 0.0
-    show = sd > NOISE_REL * abs(m) and sd > 0
-    if m != 0 and not 1e-6 <= abs(m) < 1e15:
-        return f"{m:.{sig - 1}e}" + (f" ± {sd:.1e}" if show else "")
-    dec = sig - 1 - math.floor(math.log10(abs(m))) if m else 0
-    if m and abs(round(m, dec)) >= 10 ** (sig - dec):      # 0.99995 rounds up to 1.000, not 1.0000
-        dec -= 1
-    text = _plain(m, dec)
-    if not show:
-        return text
-    if not 1e-6 <= sd < 1e15:
-        return f"{text} ± {sd:.1e}"
-    return f"{text} ± {_plain(sd, max(dec, 1 - math.floor(math.log10(sd))))}"
-
-
-def _count(v) -> str:
-    """A batch or a parameter count: 128, 0.5, 1,234,567."""
-    return f"{v:,.0f}" if float(v).is_integer() else fmt(v)
-
-
-def _md(s) -> str:
-    return clean(s, 200).replace("|", "\\|")
-
 
 def _energy_section(runs, rows, plotted) -> list[str]:
     sources = sorted({r["energy"]["source"] for r in runs})
@@ -316,44 +246,6 @@ def _series_section(label, key, rs, runs) -> list[str]:
     setting = f", setting `{_md(key[2])}`" if key[2] else ""
     return ([f"### {_md(label)}", "", f"Config `{_md(key[1])}`, {key[0]} scaling{setting}: {model}; {batch}.", ""]
             + _series_table(rs) + _series_notes(rs, runs) + [""])
-
-
-def _bytes(v) -> str:
-    if v is None:
-        return "—"
-    for f, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if abs(v) >= f:
-            return f"{fmt(v / f)} {unit}"
-    return f"{v:,.0f} B"
-
-
-def _comm_section(rows, labels, plotted) -> list[str]:
-    """Per setting and world size: what was communicated, how much, how long, and the optimizer
-    state per rank. Nothing for run files that predate the communication record."""
-    if not any("comm_algorithm" in r for r in rows):
-        return []
-    zero = any("optim_zero" in r for r in rows)
-    head = ["series", "N", "algorithm", "compression", "error feedback"] + ["ZeRO"] * zero
-    head += ["sent per rank and step", "bytes from", "comm ms/step", "optimizer state per rank"]
-    lines = ["## Communication", "",
-             "What each setting sends and what it costs: bytes one rank sent per training step (the gradient "
-             "all-reduce), the communication time per step (as the fastest rank saw it, without waiting for "
-             "slower ranks; mean ± std over repeats) and the optimizer state one rank holds. "
-             + ("Where the bytes come from: " + "; ".join(BYTES_FROM.values()) + ". ")
-             + "The optimizer state is shown where the runs measured it (— : not recorded by this version).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        ef = r.get("comm_error_feedback")
-        cells = [_md(labels[series_key(r)]), str(r["world_size"]), _md(r.get("comm_algorithm") or "—"),
-                 _md(r.get("comm_compress") or "—"), "—" if ef is None else ("yes" if ef else "no")]
-        cells += [_md("—" if r.get("optim_zero") is None else r["optim_zero"])] * zero
-        cells += [_bytes(r.get("comm_bytes_per_step_mean")), _md(r.get("comm_bytes_per_step_source") or "—"),
-                  fmt(r["comm_s"], r.get("comm_s_std"), 1e3), _bytes(r.get("optim_state_bytes_per_rank_mean"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "`plots/comm_vs_bytes.png` plots the communication time per step against the bytes sent, one "
-              "line per setting through its rank counts." if plotted else
-              "No plot of communication time against bytes: no point sent any (one rank, or not recorded).", ""]
-    return lines
 
 
 def _markdown(runs, rows, plot_names, csv_name) -> str:
