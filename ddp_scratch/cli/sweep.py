@@ -110,8 +110,9 @@ def _comm_settings(summary):
     cfg = summary.get("config") if isinstance(summary.get("config"), dict) else {}
     comm, optim = cfg.get("comm") or {}, cfg.get("optim") or {}
     out = {k: comm[k] for k in ("algorithm", "compress", "error_feedback") if k in comm}
-    if "zero" in optim:
-        out["zero"] = optim["zero"]
+    zero = optim.get("zero", summary.get("optim_zero"))
+    if zero is not None:
+        out["zero"] = zero
     return out or None
 
 
