@@ -127,7 +127,7 @@ def _optim_state_bytes(summary):
     return None
 
 
-def run_json(summary, mode, config, n, repeat, gb, setting=()):
+def run_json(summary, mode, config, n, repeat, gb, setting=(), order=None):
     """One run of the sweep in the schema study/report.py reads."""
     t = summary.get("timing") or {}
     if not t:
@@ -149,7 +149,7 @@ def run_json(summary, mode, config, n, repeat, gb, setting=()):
                    "mean_watts": e.get("mean_watts")},
         "device": summary.get("device"), "backend": summary.get("backend"), "dtype": summary.get("dtype"),
         "environment": summary.get("environment"),
-        "setting": setting_label(setting) or None, "comm": _comm_settings(summary),
+        "setting": setting_label(setting) or None, "setting_order": order, "comm": _comm_settings(summary),
         "comm_bytes_per_step": summary.get("comm_bytes_per_step"),
         "comm_bytes_per_step_source": summary.get("comm_bytes_per_step_source"),
         "optim_state_bytes_per_rank": _optim_state_bytes(summary),
@@ -358,7 +358,7 @@ def sweep(config, mode, ranks, out, repeats=1, steps=20, warmup=5, batch=None, o
         done_s.append(time.time() - ts)
         with open(os.path.join(pdir, "summary.json")) as f:
             s = json.load(f)
-        rj = run_json(s, mode, name, n, r, gb, setting)
+        rj = run_json(s, mode, name, n, r, gb, setting, settings.index(setting) if setting else None)
         atomic_write_text(os.path.join(out, "runs", pname + ".json"), json.dumps(rj, indent=1))
     from ..study.report import write_report
     path = write_report(out)

@@ -69,10 +69,15 @@ def aggregate(runs: list[dict]) -> list[dict]:
     for r in runs:
         groups[(*series_key(r), r["world_size"])].append(r)
     series: dict[tuple, list[int]] = defaultdict(list)
+    order = {}
     for mode, config, setting, n in groups:
         series[(mode, config, setting)].append(n)
+        order[(mode, config, setting)] = min([order.get((mode, config, setting), 1 << 30)]
+                                             + [r.get("setting_order") or 0 for r in groups[(mode, config, setting, n)]])
     rows = []
-    for (mode, config, setting), worlds in sorted(series.items()):
+    # the settings of a sweep in the order its --compare gave them (none first, then bf16)
+    for (mode, config, setting), worlds in sorted(series.items(),
+                                                  key=lambda kv: (*kv[0][:2], order[kv[0]], kv[0][2])):
         b = 1 if 1 in worlds else min(worlds)
         base = groups[(mode, config, setting, b)]
         t_b = len(base) / sum(1.0 / r["step_time_s"]["median"] for r in base)

@@ -10,7 +10,8 @@ Schema (written by cli/sweep.py run_json; "stat" = {"min", "median", "max"}):
   ops_per_joule, mean_watts (each >= 0 or null)}; optional device/backend/dtype (string or null),
   n_params (integer >= 1 or null) and environment (null or the object of study/environment.py).
   Optional, written since the sweep records communication (older files lack them: unknown):
-  setting (the --compare values of the point, "comm.algorithm=ring, ..." or null), comm (null or
+  setting (the --compare values of the point, "comm.algorithm=ring, ..." or null) and setting_order
+  (its place in the command's order: the report lists settings so; integer >= 0 or null), comm (null or
   {algorithm, compress: strings; error_feedback: bool; zero: integer where the config has
   optim.zero}), comm_bytes_per_step (bytes one rank sent per step, >= 0 or null) with
   comm_bytes_per_step_source ("counted", "model", "none" or null) and optim_state_bytes_per_rank
@@ -162,12 +163,14 @@ def validate_run(run, name: str) -> dict:
     if run.get("n_params") is not None:
         integer(run, "n_params", "n_params", 1, 10**15)
     _validate_environment(run.get("environment"), bad)
-    _validate_comm(run, bad, text, number)
+    _validate_comm(run, bad, text, number, integer)
     return run
 
 
-def _validate_comm(run, bad, text, number):
+def _validate_comm(run, bad, text, number, integer):
     text(run, "setting", "setting", null=True)
+    if run.get("setting_order") is not None:
+        integer(run, "setting_order", "setting_order", 0, 10**6)
     text(run, "comm_bytes_per_step_source", "comm_bytes_per_step_source", null=True)
     number(run, "comm_bytes_per_step", "comm_bytes_per_step", null=True)
     number(run, "optim_state_bytes_per_rank", "optim_state_bytes_per_rank", null=True)

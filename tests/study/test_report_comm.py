@@ -77,6 +77,7 @@ def test_parse_compare_keeps_list_values_whole_and_slugs_are_file_names():
     ("comm_bytes_per_step", -1, "comm_bytes_per_step must be a number"),
     ("optim_state_bytes_per_rank", "big", "optim_state_bytes_per_rank must be a number"),
     ("setting", "", "setting must be a one-line string"),
+    ("setting_order", -1, "setting_order must be an integer from 0"),
 ])
 def test_a_wrong_communication_field_is_one_error_naming_it(field, value, says):
     r = run("weak", 2, 0, 0.1)
@@ -116,6 +117,15 @@ def test_report_compares_settings_with_a_communication_table_and_plot(tmp_path):
         ("comm.algorithm=mpi", "1", "0", "0.0"), ("comm.algorithm=mpi", "2", "0", "2500000.0"),
         ("comm.algorithm=ring", "1", "0", "0.0"), ("comm.algorithm=ring", "2", "0", "2500000.0")]
     assert (tmp_path / "plots" / "comm_vs_bytes.png").is_file() and (tmp_path / "plots" / "comm_vs_bytes.pdf").is_file()
+
+
+def test_settings_are_listed_in_the_order_of_the_command():
+    from ddp_scratch.study.report import aggregate
+    rs = compared()
+    assert [r["setting"] for r in aggregate(rs)][::2] == ["comm.algorithm=mpi", "comm.algorithm=ring"]
+    for r in rs:
+        r["setting_order"] = 0 if r["comm"]["algorithm"] == "ring" else 1     # --compare comm.algorithm=ring,mpi
+    assert [r["setting"] for r in aggregate(rs)][::2] == ["comm.algorithm=ring", "comm.algorithm=mpi"]
 
 
 def test_without_optimizer_state_its_column_is_left_out_and_the_table_says_so(tmp_path):
