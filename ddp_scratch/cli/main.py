@@ -30,7 +30,10 @@ EXAMPLES = {
       python launch.py local -n 2 experiments/mlp_digits.yaml --out runs/digits2""",
     "scaling": """
       python launch.py scaling experiments/mlp_digits.yaml --mode weak --ranks 1,2 --out runs/weak
-      python launch.py scaling experiments/scaling_mlp_strong.yaml --mode strong --ranks 1,2,4 --repeats 3 --out runs/strong""",
+      python launch.py scaling experiments/scaling_mlp_strong.yaml --mode strong --ranks 1,2,4 --repeats 3 --out runs/strong
+      python launch.py scaling experiments/mlp_digits.yaml --mode weak --ranks 1,2 --compare comm.algorithm=mpi,ring --out runs/algo
+      python launch.py scaling experiments/mlp_digits.yaml --mode weak --ranks 1,2 --set comm.algorithm=ring \\
+          --compare comm.compress=none,bf16 --out runs/bf16""",
     "report": """
       python launch.py report runs/weak""",
     "bench-comm": """
@@ -94,6 +97,9 @@ def build_parser():
                    help="strong: global batch; weak: per-rank batch (default train.batch_size)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value for every point (repeatable)")
+    p.add_argument("--compare", action="append", default=[], metavar="KEY=V1,V2",
+                   help="measure every point once per value, each value a series of its own in the report, e.g. "
+                        "--compare comm.algorithm=mpi,ring (repeatable: every combination the config accepts)")
     p.add_argument("--out", type=path("an output folder"), required=True,
                    help="folder of the sweep: points/, runs/*.json, scaling.csv, plots/, report.md")
     p.add_argument("--resume", action="store_true",
@@ -164,7 +170,7 @@ def cmd_scaling(a):
         from .submit import slurm_launcher
         launcher = slurm_launcher(a)
     sweep(a.config, a.mode, parse_ranks(a.ranks), a.out, a.repeats, a.steps, a.warmup, a.batch, a.overrides,
-          launcher=launcher, overwrite=a.overwrite, resume=a.resume)
+          launcher=launcher, overwrite=a.overwrite, resume=a.resume, compare=a.compare)
     return 0
 
 

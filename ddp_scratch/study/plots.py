@@ -24,12 +24,12 @@ import math
 import warnings
 from collections import defaultdict
 
-from .runfile import clean
+from .runfile import clean, series_key
 
 __all__ = ["render_plots", "series_labels", "KNOWN_PLOTS", "DPI"]
 
 DPI = 300
-NAMES = ("throughput", "efficiency", "time_breakdown", "flops", "energy")
+NAMES = ("throughput", "efficiency", "time_breakdown", "flops", "energy", "comm_vs_bytes")
 KNOWN_PLOTS = tuple(f"{n}.{ext}" for n in (*NAMES, "flops_energy") for ext in ("png", "pdf"))
 COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000")  # Okabe-Ito
 MARKERS = "osD^v<>"
@@ -53,16 +53,19 @@ def _tx(s, limit=120) -> str:
 
 
 def series_labels(rows) -> dict:
-    """{(mode, config): "MLP, weak scaling"}; the config is added where two series would read alike."""
+    """{(mode, config, setting): "MLP, weak scaling"}, the compared setting after it where there is
+    one ("MLP, weak scaling, comm.algorithm=ring"); the config is added where two series would read
+    alike."""
     base = {}
     for r in rows:
         model = clean(r["model"], 40)
-        base.setdefault((r["mode"], r["config"]), f"{MODEL_NAMES.get(model.lower(), model)}, "
-                                                  f"{r['mode']} scaling")
+        k = series_key(r)
+        base.setdefault(k, f"{MODEL_NAMES.get(model.lower(), model)}, {r['mode']} scaling")
     count = defaultdict(int)
-    for v in base.values():
-        count[v] += 1
-    return {k: v if count[v] == 1 else f"{v} ({clean(k[1], 40)})" for k, v in base.items()}
+    for k, v in base.items():
+        count[(v, k[2])] += 1
+    return {k: (v if count[(v, k[2])] == 1 else f"{v} ({clean(k[1], 40)})") + (f", {clean(k[2], 80)}" if k[2] else "")
+            for k, v in base.items()}
 
 
 def _finite(values):
@@ -123,8 +126,14 @@ class _Plotter:
         self.worlds = sorted({r["world_size"] for r in rows})
         self.series = defaultdict(list)
         for r in rows:
-            self.series[(r["mode"], r["config"])].append(r)
+            self.series[series_key(r)].append(r)
         self.labels = series_labels(rows)
+        bases = {k[:2] for k in self.series}
+        if len(bases) == 1 and all(k[2] for k in self.series):
+            # settings compared in one sweep: the legends name the setting alone, the subtitle the rest
+            k0 = next(iter(self.series))
+            self.subtitle = _tx(self.labels[k0][:-len(", " + clean(k0[2], 80))], 60) + " · " + self.subtitle
+            self.labels = {k: clean(k[2], 80) for k in self.series}
         self.repeats = max(r["repeats"] for r in rows) >= 2
         self.over_handle = None
         self.style = {k: (COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)])
@@ -218,7 +227,9 @@ class _Plotter:
     def rate_plot(self, name, title, what, groups, words=False):
         """One panel per (key, unit, series) group, each with its own scale, plus ideal scaling."""
         width = 6.4 if len(groups) == 1 else 11.0
-        fig, sub, axes = self.figure(title, ncols=len(groups), width=width)
+        entries = 2 * len(self.series) if len(self.worlds) > 1 else len(self.series)     # each with its ideal
+        fig, sub, axes = self.figure(title, ncols=len(groups), width=width,
+                                     height=4.4 + 0.25 * max(0, entries - 4))     # the axes keep their height
         handles = []
         for ax, (key, unit, keys) in zip(axes, groups):
             f, p = _prefix([r[key + "_mean"] for k in keys for r in self.series[k]])
@@ -265,6 +276,7 @@ class _Plotter:
         f = f if unit != "s" else 1.0
         n = len(self.series)
         fig, sub, axes = self.figure("Time per training step", ncols=n, width=max(6.4, 4.2 * n), height=4.6)
+        all_tops = []
         for ax, (k, rs) in zip(axes, self.series.items()):
             pos = list(range(len(rs)))
             bottom = [0.0] * len(rs)
@@ -282,6 +294,7 @@ class _Plotter:
             for x, s, t in zip(pos, step, tops):
                 ax.annotate(f"{s:.3g}", (x, t), xytext=(0, 3), textcoords="offset points",
                             ha="center", va="bottom", fontsize=9)
+            all_tops.append(tops)
             _y_from_zero(ax, tops, 1.18)
             ax.set_xticks(pos)
             ax.set_xticklabels([f"{r['world_size']}" + ("\noversub-\nscribed" if r.get("oversubscribed") else "")
@@ -291,6 +304,9 @@ class _Plotter:
             ax.set_ylabel(f"time per step ({unit})")
             ax.set_title(_tx(self.labels[k], 60))
             ax.grid(True, axis="y", alpha=0.3)
+        if n > 1 and len({k[:2] for k in self.series}) == 1:     # settings of one sweep: one scale to compare
+            for ax in axes:
+                _y_from_zero(ax, [t for tops in all_tops for t in tops], 1.18)
         handles, labels = axes[0].get_legend_handles_labels()
         sub.legend(handles, labels, loc="outside lower center", ncols=2 if n == 1 else 3, frameon=False)
         self.save(fig, "time_breakdown")
@@ -316,6 +332,53 @@ class _Plotter:
         self.save(fig, "energy")
 
 
+    def comm_vs_bytes(self):
+        """Communication time per step against the bytes a rank sent per step: one line per
+        series (setting) through its rank counts, each point named by its N. One rank sends
+        nothing and is left out; no figure where no point sent anything."""
+        pts = {k: [r for r in rs if (r.get("comm_bytes_per_step_mean") or 0) > 0 and r["comm_s"] is not None]
+               for k, rs in self.series.items()}
+        pts = {k: rs for k, rs in pts.items() if rs}
+        if not pts:
+            return
+        rows = [r for rs in pts.values() for r in rs]
+        fx, px = _prefix([r["comm_bytes_per_step_mean"] for r in rows])
+        fy, py = _prefix([r["comm_s"] + (r.get("comm_s_std") or 0) for r in rows])
+        unit = {"": "s", "m": "ms", "µ": "µs", "n": "ns"}.get(py, "s")
+        fy = fy if unit != "s" else 1.0
+        fig, sub, (ax,) = self.figure("Communication time vs bytes on the wire" + self.over_repeats(), height=4.8)
+        handles, xs, ys = [], [], []
+        for k, rs in pts.items():
+            color, marker = self.style[k]
+            x = [r["comm_bytes_per_step_mean"] / fx for r in rs]
+            y = [r["comm_s"] / fy for r in rs]
+            e = [_nan(r.get("comm_s_std")) / fy for r in rs]
+            src = {s for r in rs for s in (r.get("comm_bytes_per_step_source") or "").split("|") if s}
+            how = "counted" if src == {"counted"} else "modelled" if src == {"model"} else "/".join(sorted(src))
+            label = self.labels[k] + (f" (bytes {how})" if how else "")
+            handles.append(ax.errorbar(x, y, yerr=e if self.repeats else None, color=color, marker=marker, ms=7,
+                                       lw=1.5, capsize=3, mfc=color if how == "counted" else "white",
+                                       label=_tx(label, 90)))
+            for r, a, b in zip(rs, x, y):
+                ax.annotate(f"N = {r['world_size']}", (a, b), xytext=(6, 4), textcoords="offset points",
+                            fontsize=9, color=color)
+            xs += x
+            ys += [a + (b if math.isfinite(b) else 0.0) for a, b in zip(y, e)]
+        ax.set_xlim(0, max(xs) * 1.25)
+        _y_from_zero(ax, ys, 1.25)
+        ax.set_xlabel(f"bytes one rank sends per step ({px}B)")
+        ax.set_ylabel(f"communication time per step ({unit})")
+        ax.grid(True, alpha=0.3)
+        if any(h.get_label().endswith("(bytes modelled)") for h in handles):
+            handles.append(self.Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3", ms=7,
+                                       label="bytes modelled: 2(N−1)/N × gradient (MPI's own algorithm is hidden)"))
+        if any(r["world_size"] == 1 for r in self.rows):
+            ax.text(0.01, 0.99, "1 rank sends nothing: not shown", transform=ax.transAxes, ha="left", va="top",
+                    fontsize=9, color="0.35")
+        self.legend(sub, handles)
+        self.save(fig, "comm_vs_bytes")
+
+
 def render_plots(rows: list[dict], subtitle: str = "") -> dict[str, bytes]:
     """{file name: bytes} of every plot (PNG and PDF) for the aggregated rows."""
     if not rows:
@@ -332,4 +395,5 @@ def render_plots(rows: list[dict], subtitle: str = "") -> dict[str, bytes]:
         p.rate_plot("flops", "Achieved FLOP/s (model FLOPs ÷ measured time)", "FLOP/s",
                     [("flops_per_s", "FLOP/s", list(p.series))])
         p.energy()
+        p.comm_vs_bytes()
     return p.out

@@ -15,6 +15,12 @@ The step splits into compute, comm, wait and other = step - compute - comm - wai
 clipped at 0: medians over ranks do not add exactly), each as mean (`compute_s`) and std
 (`compute_s_std`) over repeats.
 
+A series is the points of one (mode, config, setting): a sweep with --compare gives one series per
+compared setting, each with its own baseline. Run files that record communication (comm settings,
+bytes on the wire per step, optimizer state per rank) add those columns to the CSV, to the series
+tables where measured, and a "Communication" section comparing the settings; older files make the
+report they always made (study/commreport.py; the number formats are study/cells.py).
+
 Every run file is checked field by field (study/runfile.py) before anything is computed, so a
 wrong file is one ValueError naming the file and the field, never a traceback; so are two files
 for one point and points of one series that compare different models, batches or dtypes.
@@ -28,35 +34,26 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections import defaultdict
 from pathlib import Path
 
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text
-from .runfile import ENERGY_LABELS, clean, load_runs, validate_run
+from .cells import NOISE_REL, count as _count, fmt, md as _md, mean_std as _mean_std
+from .commreport import comm_columns as _comm_columns, comm_section as _comm_section
+from .runfile import ENERGY_LABELS, clean, load_runs, series_key, validate_run
 from .where import environment_lines, envs, hardware_line, oversubscription, threads_of
 
 __all__ = ["load_runs", "validate_run", "aggregate", "write_csv", "make_plots", "write_report",
            "environment_lines", "hardware_line", "fmt"]
 
-NOISE_REL = 1e-9      # a std (or an 'other' time) below this fraction of the mean (step) is rounding noise
 SUPERLINEAR = 1.05    # efficiency above this is remarked on under the table
 ALT = {"throughput": "throughput", "efficiency": "parallel efficiency",
-       "time_breakdown": "time per step by phase", "flops": "achieved FLOP/s", "energy": "measured energy"}
+       "time_breakdown": "time per step by phase", "flops": "achieved FLOP/s", "energy": "measured energy",
+       "comm_vs_bytes": "communication time against bytes on the wire"}
 OTHER_CONTAINS = ("the optimizer update, the gradient norm (and clipping), copying the loss and "
                   "accuracy to the host, and the device synchronisation that ends the step "
                   "(host syncs); gathering the batch is counted in compute")
-
-
-def _mean_std(values):
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return None, None
-    m = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) * (v - m) for v in vals) / (len(vals) - 1))
 
 
 def _other(r) -> float:
@@ -70,20 +67,25 @@ def aggregate(runs: list[dict]) -> list[dict]:
     """One row per (mode, config, world_size), sorted; see module docstring."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
-        groups[(r["mode"], r["config"], r["world_size"])].append(r)
+        groups[(*series_key(r), r["world_size"])].append(r)
     series: dict[tuple, list[int]] = defaultdict(list)
-    for mode, config, n in groups:
-        series[(mode, config)].append(n)
+    order = {}
+    for mode, config, setting, n in groups:
+        series[(mode, config, setting)].append(n)
+        order[(mode, config, setting)] = min([order.get((mode, config, setting), 1 << 30)]
+                                             + [r.get("setting_order") or 0 for r in groups[(mode, config, setting, n)]])
     rows = []
-    for (mode, config), worlds in sorted(series.items()):
+    # the settings of a sweep in the order its --compare gave them (none first, then bf16)
+    for (mode, config, setting), worlds in sorted(series.items(),
+                                                  key=lambda kv: (*kv[0][:2], order[kv[0]], kv[0][2])):
         b = 1 if 1 in worlds else min(worlds)
-        base = groups[(mode, config, b)]
+        base = groups[(mode, config, setting, b)]
         t_b = len(base) / sum(1.0 / r["step_time_s"]["median"] for r in base)
         for n in sorted(worlds):
-            rs = sorted(groups[(mode, config, n)], key=lambda r: r["repeat"])
+            rs = sorted(groups[(mode, config, setting, n)], key=lambda r: r["repeat"])
             ts = [r["step_time_s"]["median"] for r in rs]
             speedups = [t_b / t if mode == "strong" else n * t_b / (b * t) for t in ts]
-            row = {"mode": mode, "config": config, "model": rs[0]["model"],
+            row = {"mode": mode, "config": config, **({"setting": setting} if setting else {}), "model": rs[0]["model"],
                    "world_size": n, "baseline_world": b, "repeats": len(rs),
                    "global_batch": rs[0]["global_batch"],
                    "per_rank_batch": rs[0]["per_rank_batch"], "dtype": rs[0].get("dtype"),
@@ -114,6 +116,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
             row["oversubscribed"] = ("yes" if any(o[3] for o in over) else "maybe") if over else None
             row["oversubscription"] = (f"{over[0][0]} ranks x {over[0][1]} thread(s) = {over[0][0] * over[0][1]} "
                                        f"on {over[0][2]} cores") if over else None
+            _comm_columns(row, rs)
             rows.append(row)
     return rows
 
@@ -144,42 +147,6 @@ def make_plots(rows: list[dict], outdir, subtitle: str = "") -> list[str]:
 
 # ------------------------------------------------------------------ report.md
 
-def _plain(x, decimals) -> str:
-    return f"{round(x, decimals):,.{max(0, decimals)}f}"
-
-
-def fmt(mean, std=None, scale=1.0, sig=4) -> str:
-    """`mean ± std` of one table cell: `sig` significant figures in plain notation with thousands
-    separators (17,590 ± 720; 7.286 ± 0.302), the std to the mean's last digit but at least two
-    significant figures of its own, and left out where it is 0 or rounding noise (below NOISE_REL
-    of the mean). Scientific notation only outside 1e-6..1e15, where no real column lands."""
-    if mean is None or not math.isfinite(mean * scale):
-        return "—"
-    m = mean * scale
-    sd = abs(std * scale) if std is not None and math.isfinite(std * scale) else 0.0
-    show = sd > NOISE_REL * abs(m) and sd > 0
-    if m != 0 and not 1e-6 <= abs(m) < 1e15:
-        return f"{m:.{sig - 1}e}" + (f" ± {sd:.1e}" if show else "")
-    dec = sig - 1 - math.floor(math.log10(abs(m))) if m else 0
-    if m and abs(round(m, dec)) >= 10 ** (sig - dec):      # 0.99995 rounds up to 1.000, not 1.0000
-        dec -= 1
-    text = _plain(m, dec)
-    if not show:
-        return text
-    if not 1e-6 <= sd < 1e15:
-        return f"{text} ± {sd:.1e}"
-    return f"{text} ± {_plain(sd, max(dec, 1 - math.floor(math.log10(sd))))}"
-
-
-def _count(v) -> str:
-    """A batch or a parameter count: 128, 0.5, 1,234,567."""
-    return f"{v:,.0f}" if float(v).is_integer() else fmt(v)
-
-
-def _md(s) -> str:
-    return clean(s, 200).replace("|", "\\|")
-
-
 def _energy_section(runs, rows, plotted) -> list[str]:
     sources = sorted({r["energy"]["source"] for r in runs})
     lines = ["## Energy", ""]
@@ -194,7 +161,7 @@ def _energy_section(runs, rows, plotted) -> list[str]:
         labels, left_out = series_labels(rows), defaultdict(list)
         for r in rows:
             if not r["energy_measured"]:
-                left_out[labels[(r["mode"], r["config"])]].append(str(r["world_size"]))
+                left_out[labels[series_key(r)]].append(str(r["world_size"]))
         lines.append("`plots/energy.png` shows measured energy only." + (
             " Left out, because their energy is not measured: "
             + "; ".join(f"{_md(k)} at N = {', '.join(v)}" for k, v in left_out.items()) + "." if left_out else ""))
@@ -213,8 +180,10 @@ COLUMNS = (  # (header, key of the mean, scale); the std is under _std_key(key)
     ("step ms", "step_time_s_mean", 1e3), ("speedup", "speedup_mean", 1.0),
     ("efficiency %", "efficiency_mean", 100.0), ("compute ms", "compute_s", 1e3),
     ("comm ms", "comm_s", 1e3), ("wait ms", "wait_s", 1e3), ("other ms", "other_s", 1e3),
+    ("sent MB/step", "comm_bytes_per_step_mean", 1e-6), ("optim. state MB/rank", "optim_state_bytes_per_rank_mean", 1e-6),
     ("GFLOP/s", "flops_per_s_mean", 1e-9), ("MFU %", "mfu_mean", 100.0),
     ("GFLOP/J", "ops_per_joule_mean", 1e-9), ("J/step", "joules_per_step_mean", 1.0))
+OPTIONAL = ("tokens/s", "sent MB/step", "optim. state MB/rank")     # shown where some row has a value
 
 
 def _std_key(key):
@@ -223,7 +192,7 @@ def _std_key(key):
 
 def _series_table(rs) -> list[str]:
     """One series: N, baseline, repeats, both batches, threads, then every measured column."""
-    cols = [c for c in COLUMNS if c[0] != "tokens/s" or any(r["tokens_per_s_mean"] is not None for r in rs)]
+    cols = [c for c in COLUMNS if c[0] not in OPTIONAL or any(r.get(c[1]) is not None for r in rs)]
     threads = any(r["threads_per_rank"] for r in rs)
     head = ["N", "base", "reps", "global batch", "per-rank batch"] + ["threads/rank"] * threads
     head += [c[0] for c in cols] + ["energy source"]
@@ -279,7 +248,8 @@ def _series_section(label, key, rs, runs) -> list[str]:
     model += f", {_md(r0['dtype'])}" if r0["dtype"] else ""
     batch = (f"per-rank batch {_count(r0['per_rank_batch'])} at every N (the global batch grows with N)"
              if key[0] == "weak" else f"global batch {_count(r0['global_batch'])} at every N (split over the ranks)")
-    return ([f"### {_md(label)}", "", f"Config `{_md(key[1])}`, {key[0]} scaling: {model}; {batch}.", ""]
+    setting = f", setting `{_md(key[2])}`" if key[2] else ""
+    return ([f"### {_md(label)}", "", f"Config `{_md(key[1])}`, {key[0]} scaling{setting}: {model}; {batch}.", ""]
             + _series_table(rs) + _series_notes(rs, runs) + [""])
 
 
@@ -289,7 +259,8 @@ def _markdown(runs, rows, plot_names, csv_name) -> str:
     env = environment_lines(runs)
     lines = ["# Scaling report", "",
              f"{len(runs)} runs from `runs/`; series: "
-             + "; ".join(f"{_md(v)} (`{_md(k[0] + ':' + k[1])}`)" for k, v in labels.items()) + "."]
+             + "; ".join(f"{_md(v)} (`{_md(k[0] + ':' + k[1] + (' ' + k[2] if k[2] else ''))}`)"
+                         for k, v in labels.items()) + "."]
     over = sorted({r["world_size"] for r in rows if r["oversubscribed"]})
     if over:
         lines += ["", f"**Oversubscribed points (N = {', '.join(map(str, over))}): more ranks x threads than "
@@ -324,9 +295,10 @@ def _markdown(runs, rows, plot_names, csv_name) -> str:
     lines += ["", "## Results", ""]
     series = defaultdict(list)
     for r in rows:
-        series[(r["mode"], r["config"])].append(r)
+        series[series_key(r)].append(r)
     for k, label in labels.items():
-        lines += _series_section(label, k, series[k], [r for r in runs if (r["mode"], r["config"]) == k])
+        lines += _series_section(label, k, series[k], [r for r in runs if series_key(r) == k])
+    lines += _comm_section(rows, labels, "comm_vs_bytes.png" in plot_names)
     lines += ["## Plots", "",
               "Each plot is a 300 dpi PNG with a vector PDF copy of the same name next to it "
               "(for posters and LaTeX).", ""]

@@ -9,11 +9,19 @@ Schema (written by cli/sweep.py run_json; "stat" = {"min", "median", "max"}):
   (median step > 0); peak_mem_bytes: stat; energy: {source, joules_per_step, joules_per_epoch,
   ops_per_joule, mean_watts (each >= 0 or null)}; optional device/backend/dtype (string or null),
   n_params (integer >= 1 or null) and environment (null or the object of study/environment.py).
+  Optional, written since the sweep records communication (older files lack them: unknown):
+  setting (the --compare values of the point, "comm.algorithm=ring, ..." or null) and setting_order
+  (its place in the command's order: the report lists settings so; integer >= 0 or null), comm (null or
+  {algorithm, compress: strings; error_feedback: bool; zero: integer where the config has
+  optim.zero}), comm_bytes_per_step (bytes one rank sent per step, >= 0 or null) with
+  comm_bytes_per_step_source ("counted", "model", "none" or null) and optim_state_bytes_per_rank
+  (>= 0 or null).
 
-Files that do not belong in one report are refused as well (check_together): two files for one
-point (mode, config, world_size, repeat), or points of one series (mode, config) that differ in
-what the series compares: the model (its name, n_params, its FLOPs per sample), the batch that
-the mode holds fixed (per_rank_batch for weak, global_batch for strong) or the dtype.
+A series is the points of one (mode, config, setting). Files that do not belong in one report are
+refused as well (check_together): two files for one point (a series' world_size and repeat), or
+points of one series that differ in what the series compares: the model (its name, n_params, its
+FLOPs per sample), the batch that the mode holds fixed (per_rank_batch for weak, global_batch for
+strong), the dtype or the communication settings.
 """
 from __future__ import annotations
 
@@ -23,7 +31,8 @@ import os
 import stat as st
 from pathlib import Path
 
-__all__ = ["load_runs", "validate_run", "check_together", "clean", "ENERGY_LABELS", "REQUIRED"]
+__all__ = ["load_runs", "validate_run", "check_together", "clean", "series_key", "comm_label", "ENERGY_LABELS",
+           "REQUIRED"]
 
 STAT_KEYS = ("step_time_s", "compute_s", "comm_s", "wait_s", "peak_mem_bytes")
 ENERGY_KEYS = ("source", "joules_per_step", "joules_per_epoch", "ops_per_joule", "mean_watts")
@@ -154,7 +163,47 @@ def validate_run(run, name: str) -> dict:
     if run.get("n_params") is not None:
         integer(run, "n_params", "n_params", 1, 10**15)
     _validate_environment(run.get("environment"), bad)
+    _validate_comm(run, bad, text, number, integer)
     return run
+
+
+def _validate_comm(run, bad, text, number, integer):
+    text(run, "setting", "setting", null=True)
+    if run.get("setting_order") is not None:
+        integer(run, "setting_order", "setting_order", 0, 10**6)
+    text(run, "comm_bytes_per_step_source", "comm_bytes_per_step_source", null=True)
+    number(run, "comm_bytes_per_step", "comm_bytes_per_step", null=True)
+    number(run, "optim_state_bytes_per_rank", "optim_state_bytes_per_rank", null=True)
+    c = run.get("comm")
+    if c is None:
+        return
+    if not isinstance(c, dict):
+        bad("comm", "an object {algorithm, compress, error_feedback, zero} or null", c)
+    for k in ("algorithm", "compress"):
+        if c.get(k) is not None:
+            text(c, k, f"comm.{k}")
+    if c.get("error_feedback") is not None and not isinstance(c["error_feedback"], bool):
+        bad("comm.error_feedback", "true, false or null", c["error_feedback"])
+    z = c.get("zero")
+    if z is not None and (isinstance(z, bool) or not isinstance(z, int) or not 0 <= z <= 3):
+        bad("comm.zero", "an integer from 0 to 3 or null", z)
+
+
+def series_key(r) -> tuple:
+    """(mode, config, setting) of a run or an aggregated row; setting '' where none was compared."""
+    return r["mode"], r["config"], r.get("setting") or ""
+
+
+def comm_label(comm) -> str | None:
+    """{'algorithm': 'ring', 'compress': 'bf16', ...} -> 'ring, bf16, error feedback, ZeRO-1' (None: unknown)."""
+    if not comm:
+        return None
+    parts = [clean(comm.get("algorithm") or "?", 40), clean(comm.get("compress") or "none", 40)]
+    if comm.get("error_feedback"):
+        parts.append("error feedback")
+    if comm.get("zero") is not None:
+        parts.append(f"ZeRO-{comm['zero']}")
+    return ", ".join(parts)
 
 
 def _validate_environment(env, bad):
@@ -266,7 +315,7 @@ def _identity(r) -> dict:
     """{what: value} of what a series holds fixed, as far as this run file knows it (None: unknown)."""
     batch = ("per-rank batch", r["per_rank_batch"]) if r["mode"] == "weak" else ("global batch", r["global_batch"])
     return {"model": r["model"], "parameters": r.get("n_params"), batch[0]: batch[1], "dtype": r.get("dtype"),
-            "model FLOPs per sample": _flops_per_sample(r)}
+            "model FLOPs per sample": _flops_per_sample(r), "communication": comm_label(r.get("comm"))}
 
 
 def _same(what, x, y) -> bool:
@@ -290,21 +339,23 @@ def check_together(named) -> None:
     runs are already validated."""
     point, known = {}, {}
     for name, r in named:
-        key = (r["mode"], r["config"], r["world_size"], r["repeat"])
+        key = (*series_key(r), r["world_size"], r["repeat"])
+        setting = f", {clean(key[2], 100)}" if key[2] else ""
         if key in point:
             raise ValueError(
-                f"two run files for one point ({r['mode']} scaling of {clean(r['config'], 60)}, "
+                f"two run files for one point ({r['mode']} scaling of {clean(r['config'], 60)}{setting}, "
                 f"N = {r['world_size']}, repeat {r['repeat']}): {point[key]} and {name}; every file in runs/ "
                 "counts as a run, so a copied or renamed file counts twice: keep one of them")
         point[key] = name
-        first = known.setdefault((r["mode"], r["config"]), {})     # what -> (file, its value, its run)
+        first = known.setdefault(series_key(r), {})     # what -> (file, its value, its run)
         for what, value in _identity(r).items():
             if what in first and not _same(what, first[what][1], value):
                 other, _, other_run = first[what]
                 raise ValueError(
                     f"{other} and {name} are not one series ({r['mode']} scaling of "
-                    f"{clean(r['config'], 60)}): {'; '.join(_differences(other_run, r))}; a sweep with "
-                    "another model, batch or dtype needs its own output folder (scaling --out NEW_FOLDER), "
+                    f"{clean(r['config'], 60)}{setting}): {'; '.join(_differences(other_run, r))}; a sweep with "
+                    "another model, batch, dtype or communication needs its own output folder (scaling --out "
+                    "NEW_FOLDER) or to be one of the settings of scaling --compare, "
                     "or move the older run files out of runs/")
             if value is not None:
                 first.setdefault(what, (name, value, r))

@@ -130,3 +130,42 @@ def test_the_same_sweep_again_is_refused_unless_resume_or_overwrite(tmp_path, la
     assert r.returncode == 2 and "holds another sweep (steps 3 before, 4 now); --resume continues only" in r.stderr
     r = launch(*args, "--overwrite", timeout=300)
     assert r.returncode == 0 and "[2/2]" in r.stdout, r.stderr
+
+
+def test_compared_settings_are_series_with_bytes_on_the_wire_and_their_plot(tmp_path, launch):
+    """--compare comm.compress=none,bf16 on the ring, 1 and 2 ranks: four points, each run file
+    records its setting, communication and bytes (counted by the ring: bf16 sends half); the CSV
+    has the columns, report.md the Communication table, plots/ the time-against-bytes figure.
+    A resumed sweep keeps its points (another --compare into the folder: test_bad_input)."""
+    out = tmp_path / "cmp"
+    args = ["scaling", "experiments/mlp_digits.yaml", "--mode", "weak", "--ranks", "1,2", "--steps", "3",
+            "--warmup", "1", "--set", "comm.algorithm=ring", "--compare", "comm.compress=none,bf16", "--out", out]
+    r = launch(*args, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "comparing 2 settings at every point: comm.compress=none; comm.compress=bf16" in r.stdout
+    runs = {(j["setting"], j["world_size"]): j for j in (json.loads(p.read_text()) for p in (out / "runs").glob("*.json"))}
+    assert sorted(runs) == [(f"comm.compress={c}", n) for c in ("bf16", "none") for n in (1, 2)]
+    for (setting, n), j in runs.items():
+        assert j["comm"] == {"algorithm": "ring", "compress": setting.split("=")[1], "error_feedback": False}
+        assert j["comm_bytes_per_step_source"] == ("counted" if n == 2 else "none")
+        assert "optim_state_bytes_per_rank" in j
+    full = runs[("comm.compress=none", 2)]["comm_bytes_per_step"]
+    # half the bytes, give or take the few values the ring keeps in float32 (its statistics slots)
+    assert full > 0 and full / 2 <= runs[("comm.compress=bf16", 2)]["comm_bytes_per_step"] < 0.51 * full
+    assert runs[("comm.compress=none", 1)]["comm_bytes_per_step"] == 0
+    rows = list(csv.DictReader(open(out / "scaling.csv")))
+    assert [(r["setting"], r["world_size"]) for r in rows] == [   # in the order of --compare
+        (f"comm.compress={c}", n) for c in ("none", "bf16") for n in ("1", "2")]
+    for col in ("comm_algorithm", "comm_compress", "comm_error_feedback", "comm_bytes_per_step_mean",
+                "comm_bytes_per_step_source", "comm_s", "optim_state_bytes_per_rank_mean"):
+        assert col in rows[0], col
+    assert {float(r["efficiency_mean"]) for r in rows if r["world_size"] == "1"} == {1.0}   # each its own baseline
+    plots = {p.name for p in (out / "plots").glob("*.png")}
+    assert {"throughput.png", "comm_vs_bytes.png", "time_breakdown.png"} <= plots
+    assert all((out / "plots" / p).read_bytes().startswith(PNG) for p in plots)
+    md = (out / "report.md").read_text()
+    assert "### MLP, weak scaling, comm.compress=bf16" in md and "## Communication" in md
+    assert "| MLP, weak scaling, comm.compress=bf16 | 2 | ring | bf16 | no |" in md and "counted" in md
+    assert "plots/comm_vs_bytes.png" in md
+    r = launch(*args, "--resume", timeout=300)
+    assert r.returncode == 0 and "resume: 4 point(s) already measured, 0 to run" in r.stdout, r.stderr

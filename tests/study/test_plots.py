@@ -83,9 +83,13 @@ def test_layout_nothing_clipped_or_covered(case, monkeypatch):
 
 def test_series_labels_are_words():
     rows = aggregate(all_runs() + [run("weak", 2, 0, 0.5, config="other-weak")])
-    assert plots.series_labels(rows) == {("strong", "strong-mlp"): "MLP, strong scaling",
-                                         ("weak", "other-weak"): "MLP, weak scaling (other-weak)",
-                                         ("weak", "weak-mlp"): "MLP, weak scaling (weak-mlp)"}
+    assert plots.series_labels(rows) == {("strong", "strong-mlp", ""): "MLP, strong scaling",
+                                         ("weak", "other-weak", ""): "MLP, weak scaling (other-weak)",
+                                         ("weak", "weak-mlp", ""): "MLP, weak scaling (weak-mlp)"}
+    compared = [dict(run("weak", 2, 0, 0.5), setting=f"comm.algorithm={a}") for a in ("mpi", "ring")]
+    assert plots.series_labels(aggregate(compared)) == {
+        ("weak", "weak-mlp", "comm.algorithm=mpi"): "MLP, weak scaling, comm.algorithm=mpi",
+        ("weak", "weak-mlp", "comm.algorithm=ring"): "MLP, weak scaling, comm.algorithm=ring"}
 
 
 def test_time_breakdown_stacks_the_four_phases_to_the_step(monkeypatch):

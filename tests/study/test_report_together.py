@@ -60,6 +60,17 @@ def test_points_of_one_series_that_compare_different_things_are_refused(tmp_path
     assert "own output folder (scaling --out NEW_FOLDER)" in msg
 
 
+def test_points_of_one_series_with_other_communication_are_refused(tmp_path):
+    """Run files of one series (no --compare setting tells them apart) that communicated otherwise."""
+    rs = mixed("weak", "comm", {"algorithm": "ring", "compress": "bf16", "error_feedback": True})
+    rs[0]["comm"] = {"algorithm": "mpi", "compress": "none", "error_feedback": False}
+    msg = refusal(tmp_path, rs)
+    assert "communication mpi, none vs ring, bf16, error feedback;" in msg and "scaling --compare" in msg
+    rs[1]["setting"] = "comm.algorithm=ring, comm.compress=bf16, comm.error_feedback=true"   # a setting of its own
+    write_runs(tmp_path / "compared", rs)
+    assert len(aggregate(load_runs(tmp_path / "compared"))) == 2
+
+
 def test_the_users_case_a_different_model_at_another_batch_is_refused(tmp_path):
     """[512,512] at per-rank batch 8 next to [128,64] at 64 (same config name, no n_params): the
     batch and the model's FLOPs per sample both differ."""
