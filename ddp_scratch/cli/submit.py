@@ -25,6 +25,7 @@ one step after an array sweep's point; the parts share the job object, its signa
 import argparse
 import json
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -526,8 +527,14 @@ def slurm_launcher(a):
                                 tasks_per_node=per_node, cpus_per_task=a.cpus_per_task, time=a.time,
                                 signal_delay=60, srun_arg=a.srun_arg, account=a.account, job_name="ddp-sweep",
                                 gpus_per_node=a.gpus_per_node, partition=a.partition, mem=None)
-        job = make_executor(ns).submit(TrainTask(argv[argv.index("train") + 1], out, sets,
-                                                 overwrite="--overwrite" in argv, quiet="--quiet" in argv))
+        try:
+            job = make_executor(ns).submit(TrainTask(argv[argv.index("train") + 1], out, sets,
+                                                     overwrite="--overwrite" in argv, quiet="--quiet" in argv))
+        except Exception as e:   # sbatch rejected it (no controller, a bad partition, ...): one line
+            msg = str(e).strip().splitlines()
+            shutil.rmtree(os.path.join(out, "submitit"), ignore_errors=True)     # the pickles of a job never queued
+            raise UserError(f"scaling --slurm: the job of the {n}-rank point was not accepted: "
+                            f"{msg[-1] if msg else type(e).__name__}") from None
         print(f"  SLURM job {job.job_id} ({nodes} node(s) x {per_node} task(s)), logs {job.paths.stderr}", flush=True)
         try:
             job.results()

@@ -2,6 +2,7 @@
 rebuild, the communication micro-benchmark with its alpha-beta fit and projection."""
 import csv
 import json
+import os
 
 import pytest
 
@@ -169,3 +170,26 @@ def test_compared_settings_are_series_with_bytes_on_the_wire_and_their_plot(tmp_
     assert "plots/comm_vs_bytes.png" in md
     r = launch(*args, "--resume", timeout=300)
     assert r.returncode == 0 and "resume: 4 point(s) already measured, 0 to run" in r.stdout, r.stderr
+
+
+def test_a_slurm_sweep_whose_job_sbatch_refuses_is_one_line(tmp_path):
+    """scaling --slurm where sbatch says no (no controller, here a stand-in sbatch on PATH that
+    answers as one does): one line naming the point and sbatch's reason, exit 2, and no pickles of
+    a job that was never queued."""
+    import stat
+    from conftest import ROOT, run_launch
+    pytest.importorskip("submitit")
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Unable to contact slurm controller "
+                    "(connect failure)' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    env = dict(os.environ, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "sw"
+    r = run_launch("scaling", os.path.join(ROOT, "experiments", "mlp_digits.yaml"), "--mode", "weak", "--ranks", "1,2",
+                   "--steps", "3", "--out", out, "--slurm", env=env, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == ("error: scaling --slurm: the job of the 1-rank point was not accepted: sbatch: error: Batch job "
+                    "submission failed: Unable to contact slurm controller (connect failure)"), last
+    assert not list(out.rglob("*.pkl"))
