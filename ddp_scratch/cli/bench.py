@@ -29,6 +29,9 @@ def _check_args(a):
         check_data(load_config(path))
     if os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UserError(f"bench-comm --out: {a.out} is a file, expected a folder (new or existing)")
+    if os.path.exists(os.path.join(a.out, "bench_comm.json")) and not a.overwrite:   # as train and scaling do
+        raise UserError(f"bench-comm --out: {a.out} already holds a measurement (bench_comm.json); "
+                        "choose another --out, or --overwrite to replace it")
     try:
         os.makedirs(a.out, exist_ok=True)
     except OSError as e:

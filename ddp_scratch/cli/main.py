@@ -116,6 +116,7 @@ def build_parser():
                    help="ranks that all-reduce (default 2)")
     p.add_argument("--out", type=path("an output folder"), required=True,
                    help="folder for bench_comm.json and its plot")
+    p.add_argument("--overwrite", action="store_true", help="replace a measurement already in --out")
     p.add_argument("--alpha-us", type=float, default=None,
                    help="interconnect latency for the projection, in microseconds (with --bandwidth-gbps)")
     p.add_argument("--bandwidth-gbps", type=float, default=None,

@@ -360,6 +360,7 @@ CASES = [
     ("bench-comm-bad-data", lambda t, g: ["bench-comm", "--out", str(t / "b"), "--configs", _cfg(t, "data:\n  name: mnist\n  path: /nonexistent\n")], "/nonexistent does not exist", 0),
     # --- absurd local worlds: one cap for every command that starts ranks here, and their memory
     ("local-too-many-ranks", lambda t, g: ["local", "-n", "400", DIGITS], "400 ranks on the", 0),
+    ("bench-comm-measured-out", lambda t, g: ["bench-comm", "--out", _measured(t)], "holds a measurement (bench_comm.json); choose another --out, or --overwrite to replace it", 0),
     ("bench-comm-too-many-ranks", lambda t, g: ["bench-comm", "-n", "500", "--out", str(t / "b")], "500 ranks on the", 0),
     ("submit-local-too-many-ranks", lambda t, g: ["submit", DIGITS, "--local", "--tasks-per-node", "900", "--out", str(t / "j")], "900 ranks on the", 0),
     ("local-memory", lambda t, g: ["local", "-n", "2", DIGITS, "--set", "model.hidden=[400000,400000]"], "local -n 2: the run needs about", 0),
@@ -395,6 +396,14 @@ CASES = [
     ("zero-plugin-not-elementwise", lambda t, g: ["train", DIGITS, "--set", "optim.momentum=0", "--set", "optim.nesterov=false", "--set", "optim.zero=1", "--set", _plain_optimizer(t)], "does not declare elementwise = True", 2),
     ("trace-not-a-bool", lambda t, g: ["train", DIGITS, "--set", "logging.trace=maybe"], "logging.trace: expected true or false, got 'maybe'", 0),
 ]
+
+
+def _measured(tmp):
+    """A bench-comm --out folder that already holds a measurement."""
+    d = tmp / "measured"
+    d.mkdir(exist_ok=True)
+    (d / "bench_comm.json").write_text("{}")
+    return str(d)
 
 
 def _plain_optimizer(tmp):
