@@ -120,11 +120,32 @@ def restore(tr):
     from .summary import RunState
     tr.state = RunState.from_meta(meta.get("run"), f"checkpoint {path}")
     _check_length(tr, meta, step)
+    _note_comm_change(tr, meta)
     tr.space.params[...] = B.xp.asarray(arrays["params"])
     if getattr(tr, "zero", None) is not None:     # ZeRO-1: this rank's slice of the whole state
         state = {k: v[tr.zero.lo:tr.zero.hi] for k, v in state.items()}
     tr.opt.load_state_dict(state | {"t": field(meta, path, "opt_t", int)})
     tr.step = step
+
+
+# How gradients travel may change on resume (another world, another interconnect), so these
+# keys are not in the fingerprint; but a change is said, or a resumed compressed run would read as
+# an uncompressed one in its summary without a word.
+COMM_KEYS = (("comm", "algorithm"), ("comm", "compress"), ("comm", "error_feedback"), ("optim", "zero"))
+
+
+def _note_comm_change(tr, meta):
+    saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    was, now = [], []
+    for sec, key in COMM_KEYS:
+        old = saved.get(sec, {}).get(key) if isinstance(saved.get(sec), dict) else None
+        new = getattr(getattr(tr.cfg, sec), key)
+        if old is not None and old != new:
+            was.append(f"{sec}.{key}={str(old).lower() if isinstance(old, bool) else old}")
+            now.append(f"{sec}.{key}={str(new).lower() if isinstance(new, bool) else new}")
+    if was:
+        tr.notes.append(f"note: the checkpoint was made with {', '.join(was)}; this run goes on with "
+                        f"{', '.join(now)} (to keep them, resume with {' '.join('--set ' + w for w in was)})")
 
 
 def _check_length(tr, meta, step):

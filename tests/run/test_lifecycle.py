@@ -276,3 +276,16 @@ def test_the_start_up_text_says_how_gradients_are_summed(sets, size, said):
     from ddp_scratch.config import CommConfig
     from ddp_scratch.run.progress import comm_text
     assert said in comm_text(CommConfig(**sets), size)
+
+
+def test_a_resume_that_changes_how_gradients_travel_says_so(tmp_path):
+    """comm.* and optim.zero are not in the checkpoint's identity (a resume may move to another
+    world), but leaving them out on resume is said, with the --set that keeps them."""
+    out = tmp_path / "c"
+    r = run_launch("train", *ARGS, "--out", out, "--stop-at-step", 3, "--quiet", "--set", "comm.algorithm=ring",
+                   "--set", "comm.compress=bf16")
+    assert r.returncode == 0, r.stderr
+    r = run_launch("train", *ARGS, "--out", out, "--resume", "--quiet", "--set", "comm.algorithm=ring")
+    assert r.returncode == 0, r.stderr
+    assert ("note: the checkpoint was made with comm.compress=bf16; this run goes on with comm.compress=none "
+            "(to keep them, resume with --set comm.compress=bf16)") in r.stdout, r.stdout
