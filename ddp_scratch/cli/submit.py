@@ -470,9 +470,31 @@ def add_sweep_point_parser(cmd):
     p.add_argument("--mode", choices=["strong", "weak"], required=True)
     p.add_argument("--name", required=True, help="the series: the config's file name without .yaml")
     p.add_argument("--repeat", type=integer(0, "a repeat number"), default=0, help="repeat number of this point (default 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a point of another run already filed under the same name")
     p.epilog = ("examples:\n  python launch.py sweep-point runs/weak/points/n2 --into runs/weak --mode weak "
                 "--name mlp_digits\n  python launch.py report runs/weak")
     return p
+
+
+# What makes two filings the same point of one sweep (a re-run of it may replace it; another
+# sweep's point may not, or a report would mix two experiments under one name)
+POINT_IDENTITY = ("model", "n_params", "global_batch", "steps", "dtype", "backend", "comm")
+
+
+def _refuse_another_runs_point(dst, rj):
+    try:
+        with open(dst) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return                     # nothing filed there (or nothing readable to keep)
+    if not isinstance(old, dict):
+        return
+    diff = [f"{k} {old.get(k)!r} there, {rj.get(k)!r} here" for k in POINT_IDENTITY if old.get(k) != rj.get(k)]
+    if diff:
+        raise UserError(f"sweep-point: {dst} already holds this point of another run ({'; '.join(diff[:3])}): "
+                        "file it --into another sweep folder, give another --name or --repeat, or --overwrite to "
+                        "replace it")
 
 
 def sweep_point(a, log=print):
@@ -503,6 +525,8 @@ def sweep_point(a, log=print):
     except (KeyError, TypeError, ValueError, UserError) as e:
         raise UserError(f"sweep-point: {path} lacks what a scaling point needs ({type(e).__name__}: {e})") from None
     dst = os.path.join(a.into, "runs", f"{a.name}-{a.mode}-n{n}-r{a.repeat}.json")
+    if not getattr(a, "overwrite", False):
+        _refuse_another_runs_point(dst, rj)
     try:
         os.makedirs(os.path.dirname(dst), exist_ok=True)
     except OSError as e:

@@ -193,3 +193,30 @@ def test_a_slurm_sweep_whose_job_sbatch_refuses_is_one_line(tmp_path):
     assert last == ("error: scaling --slurm: the job of the 1-rank point was not accepted: sbatch: error: Batch job "
                     "submission failed: Unable to contact slurm controller (connect failure)"), last
     assert not list(out.rglob("*.pkl"))
+
+
+def test_sweep_point_keeps_another_runs_point_unless_told(tmp_path):
+    """sweep-point files a finished run as NAME-MODE-nN-rR.json: filing the same run again replaces
+    it, a different run (here other steps and the ring) under the same name is refused in one line
+    with nothing changed, and --overwrite replaces it."""
+    from conftest import run_launch
+    runs = {}
+    for name, sets in (("a", ["train.max_steps=12"]), ("b", ["train.max_steps=16", "comm.algorithm=ring"])):
+        runs[name] = tmp_path / name
+        r = run_launch("train", "experiments/mlp_digits.yaml", "--out", runs[name], "--quiet",
+                       *[x for s in sets for x in ("--set", s)], "--set", "train.timing_skip=2")
+        assert r.returncode == 0, r.stderr
+    into = tmp_path / "sweep"
+    filed = into / "runs" / "mlp_digits-weak-n1-r0.json"
+
+    def file(run, *extra):
+        return run_launch("sweep-point", run, "--into", into, "--mode", "weak", "--name", "mlp_digits", *extra)
+    assert file(runs["a"]).returncode == 0 and file(runs["a"]).returncode == 0      # a re-filing replaces
+    before = filed.read_bytes()
+    r = file(runs["b"])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "already holds this point of another run (steps 10 there, 14 here" \
+        in lines[0] and lines[0].endswith("or --overwrite to replace it"), r.stderr
+    assert filed.read_bytes() == before
+    assert file(runs["b"], "--overwrite").returncode == 0
+    assert json.loads(filed.read_text())["steps"] == 14
