@@ -246,6 +246,33 @@ def _compose(text, source):
     return None if node is None else _tree(node, source)
 
 
+def describe_keys(section=None):
+    """Every key as lines `section.key  type  default  allowed  what it does` (`launch.py keys`)."""
+    import typing
+    rows, top = [], Config()
+    for f in fields(Config):
+        sub = getattr(top, f.name)
+        owner, items = (sub, fields(sub)) if is_dataclass(sub) else (top, [f])
+        if section not in (None, f.name):
+            continue
+        for k in items:
+            tp = typing.get_type_hints(type(owner))[k.name]
+            m = k.metadata
+            allowed = ", ".join(map(str, m["choices"])) if m.get("choices") else ""
+            allowed += " or a plug-in module:Class / file.py:Class" if m.get("plugin") else ""
+            bounds = [f"{op} {m[key]:g}" for key, op in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<"))
+                      if m.get(key) is not None]
+            allowed = allowed or ", ".join(bounds)
+            default = getattr(owner, k.name)
+            shown = str(default).lower() if isinstance(default, bool) else (default if default != "" else '""')
+            name = k.name if owner is top else f"{f.name}.{k.name}"
+            kind = getattr(tp, "__name__", str(tp)).replace("typing.", "")
+            rows.append((name, kind, str(shown), allowed, m.get("help", "")))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return [(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}" + (f"  ({r[4]})" if r[4] else "")).rstrip()
+            for r in rows]
+
+
 def _typename(tp):
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 

@@ -243,3 +243,19 @@ def test_a_value_given_to_a_section_says_how_to_set_one_key(section):
     with pytest.raises(ConfigError) as e:
         load_config(None, [f"{section}=x"])
     assert f"--set '{section}=x': {section}: expected a mapping of keys (one key at a time: --set {section}." in str(e.value)
+
+
+def test_launch_py_keys_lists_every_key_with_its_default():
+    """`launch.py keys`: one line per key the config accepts, in YAML's spelling, and nothing else."""
+    from dataclasses import asdict
+    from ddp_scratch.config import describe_keys
+    lines = describe_keys()
+    listed = [ln.split()[0] for ln in lines]
+    flat = []
+    for k, v in asdict(Config()).items():
+        flat += [f"{k}.{kk}" for kk in v] if isinstance(v, dict) else [k]
+    assert listed == flat
+    row = next(ln for ln in lines if ln.startswith("comm.compress "))
+    assert row.split()[1:3] == ["str", "none"] and "none, fp16, bf16" in row
+    assert next(ln for ln in lines if ln.startswith("optim.lr ")).split()[1:4] == ["float", "0.1", ">"]
+    assert [ln.split() for ln in describe_keys("comm")] == [ln.split() for ln in lines if ln.startswith("comm.")]

@@ -109,6 +109,9 @@ def build_parser():
     p.add_argument("--slurm", action="store_true",
                    help="run each point as a SLURM job through submitit (one task per rank)")
     add_slurm_resource_args(p, tasks_per_node=0, time=30)
+    p = cmd("keys", "list every config key: its type, default, allowed values and what it does")
+    p.add_argument("section", nargs="?", choices=["backend", "model", "data", "train", "optim", "comm", "logging"],
+                   help="only this section's keys")
     p = cmd("report", "rebuild a scaling report (CSV, plots, report.md) from DIR/runs/*.json")
     p.add_argument("dir", type=path("a sweep folder"), help="the --out folder of a scaling sweep")
     p = cmd("bench-comm", "all-reduce micro-benchmark, alpha-beta fit and projection to large worlds")
@@ -194,6 +197,15 @@ def cmd_sample(a):
     return run_sample(a)
 
 
+def cmd_keys(a):
+    from ..config import describe_keys
+    try:
+        print("\n".join(describe_keys(a.section)), flush=True)
+    except BrokenPipeError:          # `launch.py keys | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def cmd_gradcheck(a):
     set_threads(1)                      # small arrays: more threads only add overhead
     from .. import backend
@@ -206,7 +218,8 @@ def cmd_gradcheck(a):
 
 HANDLERS = {"train": cmd_train, "local": cmd_local, "submit": submit, "download": cmd_download,
             "scaling": cmd_scaling, "report": cmd_report, "bench-comm": cmd_bench_comm, "sample": cmd_sample,
-            "sweep-point": sweep_point, "gradcheck": cmd_gradcheck}
+            "sweep-point": sweep_point, "gradcheck": cmd_gradcheck,
+            "keys": cmd_keys}
 
 
 def main(argv=None):
