@@ -30,7 +30,11 @@ def parse_ranks(text):
         raise UserError(f"--ranks: expected a comma-separated list of integers like 1,2,4, got {text!r}") from None
     if not ranks or min(ranks) < 1:
         raise UserError(f"--ranks: expected positive integers, got {text!r}")
-    return sorted(set(ranks))
+    twice = sorted({r for r in ranks if ranks.count(r) > 1})
+    if twice:        # a point twice is what --repeats is for; said, not silently dropped
+        raise UserError(f"--ranks: {', '.join(map(str, twice))} given twice in {text!r}: expected distinct world "
+                        "sizes (use --repeats N to measure a point N times)")
+    return sorted(ranks)
 
 
 # keys every point sets itself (point_overrides, the pinned thread count): not comparable settings

@@ -306,6 +306,7 @@ CASES = [
     ("local-data-missing", lambda t, g: ["local", "-n", "2", MNIST, "--set", f"data.path={t / 'gone'}"], "gone does not exist", 0),
     # --- scaling: every point checked before the first runs
     ("scaling-ranks-text", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1,x", "--out", str(t / "s")], "--ranks: expected a comma-separated list", 0),
+    ("scaling-ranks-twice", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1,2,1", "--out", str(t / "s")], "--ranks: 1 given twice in '1,2,1': expected distinct world sizes (use --repeats N", 0),
     ("scaling-ranks-zero", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "0,2", "--out", str(t / "s")], "--ranks: expected positive integers", 0),
     ("scaling-steps-zero", lambda t, g: ["scaling", DIGITS, "--mode", "weak", "--ranks", "1", "--steps", "0", "--out", str(t / "s")], "argument --steps: expected a number of steps (an integer >= 1), got '0'", 0),
     ("scaling-batch-zero", lambda t, g: ["scaling", DIGITS, "--mode", "strong", "--ranks", "1", "--batch", "0", "--out", str(t / "s")], "argument --batch: expected a batch size (an integer >= 1), got '0'", 0),
