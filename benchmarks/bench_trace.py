@@ -16,6 +16,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (results/ and the machine's description)
 
 from ddp_scratch.config import load_config  # noqa: E402
 from ddp_scratch.parallel.world import Comm  # noqa: E402
@@ -23,7 +25,7 @@ from ddp_scratch.run.trainer import Options, Trainer  # noqa: E402
 
 
 def trainer(a, trace):
-    cfg = load_config("experiments/mlp_digits.yaml", [
+    cfg = load_config(os.path.join(common.ROOT, "experiments", "mlp_digits.yaml"), [
         f"model.hidden=[{a.hidden}]", f"train.batch_size={a.batch}", "logging.progress=false",
         f"logging.trace={'true' if trace else 'false'}"])
     return Trainer(cfg, Options(out=tempfile.mkdtemp(prefix="bench_trace"), quiet=True, signals=False),
@@ -68,6 +70,10 @@ def main():
     mark_us = (time.perf_counter() - t0) / n * 1e6
     print(f"  one event: {mark_us:.2f} us, so {(per_step + 1) * mark_us:.1f} us per step of {per_step + 1:.0f} "
           f"events ({(per_step + 1) * mark_us / m_off:.1%} of this step)")
+    common.write_json("trace.json", {
+        "env": common.environment(), "model": f"MLP {a.hidden}", "batch": a.batch, "windows": a.windows,
+        "steps_per_window": a.steps, "off_us_per_step": m_off, "on_us_per_step": m_on,
+        "events_per_step": per_step + 1, "one_event_us": mark_us})
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (results/ and the machine's description)
 
 from ddp_scratch.config import load_config  # noqa: E402
 from ddp_scratch.parallel.world import Comm  # noqa: E402
@@ -58,6 +60,12 @@ def main():
         for z, name in ((0, "zero 0 (all-reduce)"), (1, "zero 1 (reduce-scatter, all-gather)")):
             print(f"  {name:38s} optimizer state {max(held[z]):>12,} B per rank (largest)   "
                   f"step {statistics.median(times[z]):7.2f} ms, of it communication {statistics.median(comm_s[z]):6.2f} ms")
+        common.write_json("zero.json", {
+            "env": common.environment(), "model": f"MLP {a.hidden}", "n_params": n, "world_size": comm.size,
+            "global_batch": a.batch, "windows": a.windows, "steps_per_window": a.steps,
+            "sides": {str(z): {"optim_state_bytes_per_rank": max(held[z]), "optim_state_bytes_by_rank": held[z],
+                               "step_ms": statistics.median(times[z]), "comm_ms": statistics.median(comm_s[z])}
+                      for z in (0, 1)}})
 
 
 if __name__ == "__main__":

@@ -97,6 +97,9 @@ def plan(a):
                         "--out", "cnn_single.json"], {}),
         ("cnn_single_b256", [py, "bench_cnn.py", "--batch", "256", "--threads", "2", *q,
                              "--out", "cnn_single_b256.json"], {}),
+        # ZeRO-1 against the all-reduce (state per rank, step and communication time), the trace's cost
+        ("zero", [*mpi, py, "bench_zero.py", *(["--steps", "3", "--windows", "1"] if a.quick else [])], {}),
+        ("trace", [py, "bench_trace.py", *(["--steps", "20", "--windows", "2"] if a.quick else [])], {}),
         # what users run: launch.py train against a plain PyTorch script, whole commands
         ("e2e", [py, "bench_e2e.py", "--ranks", "1", str(a.ranks),
                  *(["--rounds", "1", "--set", "train.max_steps=20"] if a.quick else [])], {}),
@@ -151,14 +154,15 @@ def collect(label):
     for fn in sorted(os.listdir(common.RESULTS)) if os.path.isdir(common.RESULTS) else []:
         # this script's outputs only (results/ is shared with other benchmarks, e.g. bench_gpt.py)
         if fn.endswith(".json") and (fn.startswith(("mlp_", "cnn_")) or fn in ("allreduce.json", "memory.json",
-                                                                                 "e2e.json", "compress.json")):
+                                                                                 "e2e.json", "compress.json", "zero.json",
+                                                                                 "trace.json")):
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)
         elif fn in ("gpt_throughput.json", "gpt_ddp.json"):     # bench_gpt.py's: {"args", "result"}
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)["result"]
     order = ["e2e", "mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "gpt_throughput",
-             "gpt_ddp", "cnn_single", "cnn_single_b256", "allreduce", "compress", "memory"]
+             "gpt_ddp", "cnn_single", "cnn_single_b256", "allreduce", "compress", "zero", "trace", "memory"]
     runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     env = next((r["env"] for k, r in runs.items() if k == "mlp_single"), None) or \
         next((r["env"] for r in runs.values()), {})
@@ -363,6 +367,25 @@ def report(res):
         L += [f"| {r['task']} | {r['variant']} | {r['metric']} {r['value']:.4f} | {r['train_loss']:.5f} | "
               f"{r['val_loss']:.5f} | {r['comm_bytes_per_step']:,.0f} |" for r in rows]
         L.append("")
+    if "zero" in runs:
+        r, z = runs["zero"], runs["zero"]["sides"]
+        L += [f"## ZeRO-1 (`optim.zero: 1`), {r['world_size']} ranks", "",
+              f"{r['model']} ({r['n_params']:,} float32 parameters), AdamW, global batch {r['global_batch']}, "
+              f"`Trainer.train_step` in {r['windows']} alternating windows of {r['steps_per_window']} steps "
+              "(benchmarks/bench_zero.py).", "",
+              "| | optimizer state per rank (largest) | step ms (median) | of it communication ms |", "|---|---|---|---|"]
+        for k, name in (("0", "zero 0: all-reduce"), ("1", "zero 1: reduce-scatter, update a slice, all-gather")):
+            L.append(f"| {name} | {z[k]['optim_state_bytes_per_rank']:,} B | {z[k]['step_ms']:.2f} | {z[k]['comm_ms']:.2f} |")
+        L += ["", f"State per rank: **{z['1']['optim_state_bytes_per_rank'] / z['0']['optim_state_bytes_per_rank']:.3f}** "
+              f"of the unsharded (1/N = {1 / r['world_size']:.3f}).", ""]
+    if "trace" in runs:
+        r = runs["trace"]
+        L += ["## What `logging.trace: true` costs", "",
+              f"{r['model']}, batch {r['batch']}, one process, {r['windows']} alternating windows of "
+              f"{r['steps_per_window']} steps (benchmarks/bench_trace.py): {r['off_us_per_step']:.1f} us/step off, "
+              f"{r['on_us_per_step']:.1f} us/step on ({r['on_us_per_step'] / r['off_us_per_step'] - 1:+.1%}); "
+              f"{r['events_per_step']:.0f} events per step at {r['one_event_us']:.2f} us each measured alone "
+              f"({r['events_per_step'] * r['one_event_us']:.1f} us per step). Off, a phase costs one `is None` test.", ""]
     if "memory" in runs:
         r = runs["memory"]
         L += [f"## Memory over {r['steps']} train steps (1 process, batch {r['batch']}, after "
