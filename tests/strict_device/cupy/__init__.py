@@ -262,6 +262,8 @@ def _from_host(a):
 
 def _binary(name):
     f = getattr(_op, name + "_" if name in ("and", "or") else name)
+    fi = getattr(_op, "i" + name, None)     # iand, ior exist without the underscore; looked up once (a
+    # name made per call would sit in the type cache: live bytes a tracemalloc step test counts)
 
     def method(self, other):
         if isinstance(other, _np.ndarray):
@@ -280,7 +282,7 @@ def _binary(name):
     def inplace(self, other):
         if isinstance(other, _np.ndarray):
             _refuse_numpy(other, "as an operand")
-        getattr(_op, "i" + name)(self._a, _un(other))   # iand, ior exist without the underscore
+        fi(self._a, _un(other))
         return self
     return method, reflected, inplace
 
