@@ -61,7 +61,8 @@ def torch_gpt_loss(torch, P, idx, targets, n_layer, n_head, scale=1.0, head=None
 
 def torch_params(torch, model):
     """ddp_scratch parameters as float64 leaf tensors, by name."""
-    return {p.name: torch.tensor(np.asarray(p.data, dtype=np.float64), requires_grad=True)
+    from ddp_scratch import backend as B     # the parameters may live on a device: a host copy
+    return {p.name: torch.tensor(np.asarray(B.to_numpy(p.data), dtype=np.float64), requires_grad=True)
             for p in model.space.plist}
 
 

@@ -65,6 +65,12 @@ def host(a):
     return np.array(B.to_numpy(a), dtype=np.float64)
 
 
+def shape_of(a):
+    """The shape of a host or device array, or of a nested list (numpy.shape would hand a device
+    array to NumPy)."""
+    return tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
+
+
 def rel_err(got, want):
     """max |got - want| / max |want| (0 when both are 0)."""
     got, want = host(got), host(want)
@@ -263,7 +269,7 @@ def check_model(model, x, t, *, seed=0, entries=ENTRIES, noise=0.1, use_torch=Tr
     torch, note = _torch() if use_torch else (None, "torch not asked for")
     if torch is not None:
         note = _compare_model(torch, model, x, t, scale, loss0, g0, rows)
-    return Report(title or f"gradcheck {type(model).__name__}: batch {tuple(np.shape(x))}", rows, fresh, note)
+    return Report(title or f"gradcheck {type(model).__name__}: batch {shape_of(x)}", rows, fresh, note)
 
 
 def _describe(a):

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import UserError
 from .flat import ParamSpace
-from .gradcheck import ENTRIES, check_layer, check_model
+from .gradcheck import ENTRIES, check_layer, check_model, shape_of
 
 DOC = "see docs/extending.md"
 
@@ -106,12 +106,12 @@ def check_target(name, *, seed=0, entries=ENTRIES, use_torch=True):
             if twin is not None:
                 layer.torch_twin = _Twin(layer, twin)
             return check_layer(layer, space, x, seed=seed, entries=entries, use_torch=use_torch,
-                               title=f"gradcheck {name} ({what}): input {tuple(np.shape(x))}")
+                               title=f"gradcheck {name} ({what}): input {shape_of(x)}")
         model, x, t = make(rng)
         if twin is not None:
             model.torch_twin = _Twin(model, twin)
         return check_model(model, x, t, seed=seed, entries=entries, use_torch=use_torch,
-                           title=f"gradcheck {name} ({what}): batch {tuple(np.shape(x))}")
+                           title=f"gradcheck {name} ({what}): batch {shape_of(x)}")
     if ":" not in name and name.endswith(".py"):
         raise UserError(f"gradcheck: {name} names a file but not the class in it: expected {name}:ClassName")
     if ":" not in name:
@@ -152,14 +152,14 @@ def _check_class(cls, name, what, rng, seed, entries, use_torch):
             raise UserError(f"gradcheck: {name}.gradcheck_inputs(rng) must build the model in float64 "
                             f"(dtype='float64'), got {model.space.dtype}")
         return check_model(model, x, t, seed=seed, entries=entries, use_torch=use_torch,
-                           title=f"gradcheck {name}: batch {tuple(np.shape(x))}")
+                           title=f"gradcheck {name}: batch {shape_of(x)}")
     space = ParamSpace("float64")
     made = hook(space, rng)
     if not (isinstance(made, tuple) and len(made) == 2):
         raise UserError(f"gradcheck: {name}.gradcheck_inputs(space, rng) must return (layer, x), got {_kind(made)}")
     layer, x = made
     return check_layer(layer, space, x, seed=seed, entries=entries, use_torch=use_torch,
-                       title=f"gradcheck {name}: input {tuple(np.shape(x))}")
+                       title=f"gradcheck {name}: input {shape_of(x)}")
 
 
 def _kind(v):

@@ -1,7 +1,8 @@
 """The image layers (nn/conv.py) and the LeNet-5 plug-in (examples/cnn/lenet.py): hand-written
 backward against float64 finite differences and torch autograd (max errors printed), max-pool
 ties as torch breaks them, FLOPs counted from the GEMMs of a step, a step that allocates no
-array, and a memory estimate that covers the workspaces."""
+array, and a memory estimate that covers the workspaces. On the active array module
+(tests/nn/devices.py)."""
 import os
 import sys
 import time
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, require_torch, step_memory
+from devices import dev, host
 from ddp_scratch import backend as B
 from ddp_scratch.nn import batch_threads as BT
 from ddp_scratch.config import load_config
@@ -70,8 +72,8 @@ def test_maxpool_ties_go_to_the_first_maximum_as_in_torch():
     dy = np.random.default_rng(5).standard_normal((2, 3, 3, 3))
     for k, s in ((2, 2), (3, 2)):
         pool = MaxPool2d(k, s, "float64")
-        y = pool.forward(x.copy()).copy()
-        dx = pool.backward(dy[:, :y.shape[1], :y.shape[2]].copy())
+        y = host(pool.forward(dev(x).copy())).copy()
+        dx = host(pool.backward(dev(dy[:, :y.shape[1], :y.shape[2]]).copy()))
         xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
         yt = torch.nn.functional.max_pool2d(xt, k, s)
         yt.backward(torch.tensor(dy[:, :y.shape[1], :y.shape[2]].transpose(0, 3, 1, 2)))
@@ -82,14 +84,14 @@ def test_maxpool_ties_go_to_the_first_maximum_as_in_torch():
 
 
 def test_maxpool_backward_survives_an_in_place_relu_on_its_output():
-    x = np.random.default_rng(6).standard_normal((2, 6, 6, 2))
-    dy = np.random.default_rng(7).standard_normal((2, 3, 3, 2))
+    x = dev(np.random.default_rng(6).standard_normal((2, 6, 6, 2)))
+    dy = dev(np.random.default_rng(7).standard_normal((2, 3, 3, 2)))
     pool = MaxPool2d(2, 2, "float64")
     pool.forward(x)
-    want = pool.backward(dy.copy()).copy()
+    want = host(pool.backward(dy.copy())).copy()
     relu = Activation("relu", "float64")
     relu.forward(pool.forward(x))            # changes the pooled output in place
-    np.testing.assert_array_equal(pool.backward(dy.copy()), want)
+    np.testing.assert_array_equal(host(pool.backward(dy.copy())), want)
 
 
 def test_flatten():
@@ -110,14 +112,15 @@ def test_lenet_full_size_against_torch():
     rng = np.random.default_rng(8)
     x, t = rng.standard_normal((5, 784)), rng.integers(0, 10, 5)
     m.space.zero_grad()
-    loss, _ = m.loss(x, t, 1 / 5)
+    loss, _ = m.loss(*dev(x, t), 1 / 5)
+    loss = float(loss)
     m.backward()
     m.space.finish_grads()
-    params = {p.name: torch.tensor(p.data.copy(), requires_grad=True) for p in m.space.plist}
+    params = {p.name: torch.tensor(host(p.data).copy(), requires_grad=True) for p in m.space.plist}
     lt = m.torch_twin(torch, params)(torch.tensor(x), torch.tensor(t), 1 / 5)
     lt.backward()
     theirs = np.concatenate([params[p.name].grad.numpy().ravel() for p in m.space.plist])
-    err = np.abs(m.space.grads - theirs).max() / np.abs(theirs).max()
+    err = np.abs(host(m.space.grads) - theirs).max() / np.abs(theirs).max()
     print(f"LeNet-5 28x28 ({m.space.n_params:,} parameters): loss {loss:.6f} vs torch {lt.item():.6f}, "
           f"gradient max rel err {err:.1e}")
     assert m.space.n_params == 61706
@@ -125,24 +128,24 @@ def test_lenet_full_size_against_torch():
 
 
 class CountingXP:
-    """NumPy with matmul counted: 2 * (output elements) * (inner dimension)."""
+    """The active array module with matmul counted: 2 * (output elements) * (inner dimension)."""
 
     def __init__(self):
-        self.flops = 0
+        self.flops, self.xp = 0, B.xp
 
     def __getattr__(self, name):
-        return getattr(np, name)
+        return getattr(self.xp, name)
 
     def matmul(self, a, b, out=None):
         self.flops += 2 * int(np.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))) * \
             (a.shape[-2] if a.ndim > 1 else 1) * a.shape[-1] * (b.shape[-1] if b.ndim > 1 else 1)
-        return np.matmul(a, b, out=out)
+        return self.xp.matmul(a, b, out=out)
 
 
 def test_lenet_flops_are_the_gemms_of_one_step(monkeypatch):
     m = LeNet5(784, 10, Options(), dtype="float32")
     rng = np.random.default_rng(0)
-    x, t = rng.standard_normal((6, 784)).astype(np.float32), rng.integers(0, 10, 6)
+    x, t = dev(rng.standard_normal((6, 784)).astype(np.float32), rng.integers(0, 10, 6))
     counter = CountingXP()
     monkeypatch.setattr(B, "xp", counter)
     m.space.zero_grad()
@@ -161,7 +164,7 @@ def test_lenet_train_step_allocates_no_arrays(threads):
     m = LeNet5(784, 10, Options(), dtype="float32")
     opt = Adam(m.space, 1e-3, weight_decay=1e-4, decoupled=True)
     rng = np.random.default_rng(0)
-    x, t = rng.standard_normal((64, 784)).astype(np.float32), rng.integers(0, 10, 64)
+    x, t = dev(rng.standard_normal((64, 784)).astype(np.float32), rng.integers(0, 10, 64))
 
     def step():
         m.space.zero_grad()
@@ -185,7 +188,7 @@ def test_lenet_memory_estimate_covers_its_workspaces_and_declares_nothing():
     cfg = load_config(os.path.join(ROOT, "examples", "cnn", "lenet_fashion.yaml"), [f"model.name={LENET}"])
     est = memory_estimate(cfg, 784, 10, rows=32, eval_rows=50)
     m = build_model(cfg, 784, 10, 0)
-    x, t = np.zeros((32, 784), np.float32), np.zeros(32, np.int64)
+    x, t = dev(np.zeros((32, 784), np.float32), np.zeros(32, np.int64))
     m.space.zero_grad()
     m.loss(x, t, 1 / 32)
     m.backward()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_launch
+from devices import dev, host
 from ddp_scratch.cli.main import main
 from ddp_scratch.nn.gradcheck import numgrad, rel_err
 from ddp_scratch.nn.gradcheck_targets import BUILTINS, check_target
@@ -19,11 +20,13 @@ def at_root(monkeypatch):
 
 
 def test_numgrad_of_a_known_function_all_or_some_entries():
-    x = np.linspace(-1, 1, 7)
+    xh = np.linspace(-1, 1, 7)
+    x = dev(xh)                              # numgrad perturbs the array f reads, host or device
     f = lambda: float((x ** 3).sum())        # noqa: E731
-    assert rel_err(numgrad(f, x), 3 * x ** 2) < 1e-9
+    assert rel_err(numgrad(f, x), 3 * xh ** 2) < 1e-9
     part = numgrad(f, x, entries=[1, 4])
-    assert part[0] == 0 and abs(part[1] - 3 * x[1] ** 2) < 1e-9 and abs(part[4] - 3 * x[4] ** 2) < 1e-9
+    assert part[0] == 0 and abs(part[1] - 3 * xh[1] ** 2) < 1e-9 and abs(part[4] - 3 * xh[4] ** 2) < 1e-9
+    assert np.array_equal(host(x), xh)       # restored
 
 
 @pytest.mark.parametrize("name", list(BUILTINS))

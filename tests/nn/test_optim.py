@@ -1,11 +1,12 @@
 """Every optimizer, step by step, against torch.optim on identical gradients (float64), and the
-learning-rate schedules."""
+learning-rate schedules. On the active array module (tests/nn/devices.py)."""
 import os
 
 import numpy as np
 import pytest
 
 from conftest import FIXTURES, require_torch
+from devices import dev, host
 from ddp_scratch.config import OptimConfig
 from ddp_scratch.nn.flat import ParamSpace
 from ddp_scratch.nn.optim import build_optimizer, lr_at
@@ -17,13 +18,13 @@ def ours(cfg):
     space = ParamSpace("float64")
     space.param("p", (len(p0),), "zeros")
     space.build(0)
-    space.params[:] = p0
+    space.params[:] = dev(p0)
     opt = build_optimizer(OptimConfig(**cfg), space)
     traj = []
     for g in grads:
-        space.grads[:] = g
+        space.grads[:] = dev(g)
         opt.step()
-        traj.append(space.params.copy())
+        traj.append(host(space.params).copy())
     return np.array(traj)
 
 
@@ -53,7 +54,7 @@ def test_weight_decay_ranges_skip_excluded_params():
     opt = build_optimizer(OptimConfig(name="adamw", lr=0.1, weight_decay=0.5), space)
     space.grads[:] = 0
     opt.step()
-    np.testing.assert_allclose(space.params, [0.95, 0.95, 0.95, 1.0, 1.0])
+    np.testing.assert_allclose(host(space.params), [0.95, 0.95, 0.95, 1.0, 1.0])
 
 
 def test_optimizer_state_round_trip():
@@ -63,18 +64,18 @@ def test_optimizer_state_round_trip():
     space.param("p", (40,), "zeros")
     space.build(0)
     p0, grads = optim_grads()
-    space.params[:] = p0
+    space.params[:] = dev(p0)
     opt = build_optimizer(cfg, space)
     for g in grads[:3]:
-        space.grads[:] = g
+        space.grads[:] = dev(g)
         opt.step()
-    state = {k: np.array(v) if not isinstance(v, int) else v for k, v in opt.state_dict().items()}
+    state = {k: np.array(host(v)) if not isinstance(v, int) else v for k, v in opt.state_dict().items()}
     opt2 = build_optimizer(cfg, space)
     opt2.load_state_dict(state)
     for g in grads[3:]:
-        space.grads[:] = g
+        space.grads[:] = dev(g)
         opt2.step()
-    np.testing.assert_array_equal(space.params, a[-1])
+    np.testing.assert_array_equal(host(space.params), a[-1])
 
 
 def test_schedules():

@@ -3,11 +3,13 @@ path/file.py:Class, their keys under optim.options): RAdam step by step against 
 Lion against its update written out in NumPy here (torch has none), both in float64 over enough
 steps to cross RAdam's switch from its SGD phase to the rectified one, with a learning rate that
 changes per step (a schedule), weight decay on some parameters only, and maximize. Both leave
-nothing allocated behind a step, and resume from their state_dict exactly."""
+nothing allocated behind a step, and resume from their state_dict exactly. On the active array
+module (tests/nn/devices.py)."""
 import numpy as np
 import pytest
 
 from conftest import ROOT, require_torch, step_memory
+from devices import dev, host
 from ddp_scratch.config import load_config
 from ddp_scratch.nn.flat import ParamSpace
 from ddp_scratch.nn.optim import build_optimizer
@@ -31,13 +33,13 @@ def ours(overrides, p0, grads, lrs):
     space.param("w", (N_DECAY,), "zeros")
     space.param("b", (N_FREE,), "zeros", decay=False)
     space.build(0)
-    space.params[:] = p0
+    space.params[:] = dev(p0)
     opt = build_optimizer(cfg.optim, space)
     traj = []
     for g, lr in zip(grads, lrs):
-        space.grads[:] = g
+        space.grads[:] = dev(g)
         opt.step(lr)
-        traj.append(space.params.copy())
+        traj.append(host(space.params).copy())
     return np.array(traj), opt, space
 
 
@@ -124,9 +126,9 @@ def test_plugin_optimizers_resume_exactly_and_allocate_nothing(ref, options):
     opt2 = build_optimizer(cfg.optim, space)
     opt2.load_state_dict(state)
     for g, lr in zip(grads[half:], lrs[half:]):
-        space.grads[:] = g
+        space.grads[:] = dev(g)
         opt2.step(lr)
-    np.testing.assert_array_equal(space.params, full[-1])
+    np.testing.assert_array_equal(host(space.params), full[-1])
 
     big = ParamSpace("float32")
     big.param("w", (1 << 18,), "normal:1")

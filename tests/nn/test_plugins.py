@@ -1,6 +1,7 @@
 """A user's model or optimizer named in the config (`module:Class` or `file.py:Class`): it is
 found, checked against the interface, given its typed options, and every way it can be wrong is
-one line naming what is missing (and the file and line of a bad option)."""
+one line naming what is missing (and the file and line of a bad option). Arrays on the active
+array module (tests/nn/devices.py)."""
 import os
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_launch
+from devices import dev, host
 from ddp_scratch.config import load_config
 from ddp_scratch.errors import ConfigError
 from ddp_scratch.nn import plugins
@@ -226,6 +228,7 @@ def test_a_plugin_without_options_takes_none(plugin_dir):
 
 OPT = '''
 from dataclasses import dataclass
+from ddp_scratch import backend as B
 from ddp_scratch.config import F
 from ddp_scratch.nn.optim import Optimizer
 
@@ -244,8 +247,7 @@ class SignSGD(Optimizer):
     def step(self, lr=None):
         self._prep_grad(l2=True)
         self.t += 1
-        import numpy as np
-        np.sign(self.g, out=self.tmp)
+        B.xp.sign(self.g, out=self.tmp)
         self.tmp *= (self.lr if lr is None else lr) * self.mult
         self.p -= self.tmp
 '''
@@ -257,10 +259,10 @@ def test_an_optimizer_plugin_steps_the_flat_buffers(plugin_dir):
     m = build_model(cfg, 4, 3, 0)
     opt = build_optimizer(cfg.optim, m.space)
     assert optimizer_arrays(cfg.optim) == 0 and opt.mult == 2.0
-    before = m.space.params.copy()
-    m.space.grads[:] = np.linspace(-1, 1, m.space.grads.size)
+    before = host(m.space.params).copy()
+    m.space.grads[:] = dev(np.linspace(-1, 1, m.space.grads.size))
     opt.step()
-    np.testing.assert_allclose(m.space.params - before, -1.0 * np.sign(np.linspace(-1, 1, m.space.grads.size)))
+    np.testing.assert_allclose(host(m.space.params) - before, -1.0 * np.sign(np.linspace(-1, 1, m.space.grads.size)))
 
 
 @pytest.mark.parametrize("text, message", [

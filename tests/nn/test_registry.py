@@ -1,10 +1,12 @@
-"""Models by name, and the memory a model will need, known before anything is allocated."""
+"""Models by name, and the memory a model will need, known before anything is allocated (arrays on
+the active array module: tests/nn/devices.py)."""
 import tracemalloc
 
 import numpy as np
 import pytest
 
 from conftest import ROOT
+from devices import dev
 from ddp_scratch.config import load_config
 from ddp_scratch.nn.registry import build_model, memory_estimate
 
@@ -38,7 +40,7 @@ def test_the_estimate_covers_what_a_training_step_allocates():
     cfg = load_config(f"{ROOT}/experiments/gpt_addition.yaml", ["model.dropout=0.1"])
     model = build_model(cfg, 13, 13, 0)
     opt = build_optimizer(cfg.optim, model.space)
-    x = np.random.default_rng(0).integers(0, 13, (8, 32))
+    x = dev(np.random.default_rng(0).integers(0, 13, (8, 32)))
     model.space.zero_grad()
     model.loss(x, x, 1.0 / x.size)
     model.backward()

@@ -55,6 +55,10 @@ def _refuse_numpy(x, what):
                     "(CuPy refuses host arrays; copy it with cupy.asarray first)")
 
 
+# Tuples here are made from lists, not generators: tuple(generator) over-allocates and shrinks
+# with a realloc, so every call left one more tuple in CPython's free list, and a tracemalloc step
+# test (conftest.step_memory) saw the stand-in's own bytes grow step after step.
+
 def _un(x, what="as an operand"):
     """The NumPy array behind a device array; host arrays refused; containers walked."""
     if type(x) is ndarray:
@@ -62,7 +66,7 @@ def _un(x, what="as an operand"):
     if isinstance(x, _np.ndarray):
         _refuse_numpy(x, what)
     if isinstance(x, (list, tuple)) and any(isinstance(v, (ndarray, _np.ndarray)) for v in x):
-        return type(x)(_un(v, what) for v in x)
+        return type(x)([_un(v, what) for v in x])
     return x
 
 
@@ -73,7 +77,7 @@ def _wrap(r):
     if isinstance(r, _np.generic):
         return ndarray(_np.asarray(r))
     if isinstance(r, tuple):
-        return tuple(_wrap(v) for v in r)
+        return tuple([_wrap(v) for v in r])
     if isinstance(r, list):
         return [_wrap(v) for v in r]
     return r
@@ -83,7 +87,7 @@ def _call(fn, args, kwargs):
     out = kwargs.get("out")
     if out is not None:
         if isinstance(out, tuple):
-            kwargs["out"] = tuple(_un(o, "as out=") for o in out)
+            kwargs["out"] = tuple([_un(o, "as out=") for o in out])
         elif type(out) is not ndarray:
             raise TypeError(f"out= must be a device array (cupy.ndarray), got {type(out)}")
         else:
@@ -102,7 +106,7 @@ def _is_mask(key):
 def _index(key):
     """Index keys: device arrays unwrapped; host index arrays allowed (CuPy copies them over)."""
     if isinstance(key, tuple):
-        return tuple(_index(k) for k in key)
+        return tuple([_index(k) for k in key])
     if type(key) is ndarray:
         return key._a
     return key
@@ -262,6 +266,8 @@ def _from_host(a):
 
 def _binary(name):
     f = getattr(_op, name + "_" if name in ("and", "or") else name)
+    fi = getattr(_op, "i" + name, None)     # iand, ior exist without the underscore; looked up once (a
+    # name made per call would sit in the type cache: live bytes a tracemalloc step test counts)
 
     def method(self, other):
         if isinstance(other, _np.ndarray):
@@ -280,7 +286,7 @@ def _binary(name):
     def inplace(self, other):
         if isinstance(other, _np.ndarray):
             _refuse_numpy(other, "as an operand")
-        getattr(_op, "i" + name)(self._a, _un(other))   # iand, ior exist without the underscore
+        fi(self._a, _un(other))
         return self
     return method, reflected, inplace
 
