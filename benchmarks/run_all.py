@@ -95,7 +95,7 @@ def plan(a):
         # LeNet-5 (examples/cnn): the per-rank shape of lenet_fashion.yaml, and the MLP benchmark's shape
         ("cnn_single", [py, "bench_cnn.py", "--batch", "64", "--threads", "1", "--steps", "20", *q,
                         "--out", "cnn_single.json"], {}),
-        ("cnn_single_b256", [py, "bench_cnn.py", "--batch", "256", "--threads", "2", *q,
+        ("cnn_single_b256", [py, "bench_cnn.py", "--batch", "256", "--threads", "2", "--batch-threads", "2", *q,
                              "--out", "cnn_single_b256.json"], {}),
         # ZeRO-1 against the all-reduce (state per rank, step and communication time), the trace's cost
         ("zero", [*mpi, py, "bench_zero.py", *(["--steps", "3", "--windows", "1"] if a.quick else [])], {}),
