@@ -196,8 +196,8 @@ def summary(res):
             tgt = ">=0.8x" if key == "gpt_throughput" else ""
             out.append(f"{'gpt ' + what + ' (tokens/s)':34s} {o:14.0f} {p:14.0f} {r['ratio']:6.2f}x {tgt:>7s}")
         elif key.startswith("cnn_"):
-            o, p = (v["steps_per_s"]["median"] for v in r["sides"].values()) if len(r["sides"]) == 2 else \
-                (list(r["sides"].values())[0]["steps_per_s"]["median"], float("nan"))
+            o, p = (r["sides"][k]["steps_per_s"]["median"] if k in r["sides"] else float("nan")
+                    for k in ("ddp_scratch", "torch"))
             what = f"lenet b{r['batch_per_process']} {r['threads_per_process']}t (steps/s)"
             out.append(f"{what:34s} {o:14.1f} {p:14.1f} {r.get('ratio', float('nan')):6.2f}x {'>=0.8x':>7s}")
         elif key == "allreduce":
