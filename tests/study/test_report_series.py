@@ -121,8 +121,9 @@ def test_gpus_none_is_said_as_none_and_unknown_as_not_recorded(tmp_path, backend
 
 
 def test_the_committed_cpu_reports_are_built_by_this_code(tmp_path):
-    """benchmarks/results/scaling-cpu-mlp-*: report.md regenerated from its run files is the same."""
-    for name in ("scaling-cpu-mlp-strong", "scaling-cpu-mlp-weak"):
+    """benchmarks/results/scaling-cpu-*: report.md regenerated from its run files is the same (the
+    comm sweep compares ring, bf16 and ZeRO-1 with MPI_Allreduce)."""
+    for name in ("scaling-cpu-mlp-strong", "scaling-cpu-mlp-weak", "scaling-cpu-comm-weak"):
         src = REPO / "benchmarks" / "results" / name
         shutil.copytree(src / "runs", tmp_path / name / "runs")
         assert Path(write_report(tmp_path / name)).read_text() == (src / "report.md").read_text(), name
