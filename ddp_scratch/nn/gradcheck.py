@@ -212,6 +212,8 @@ def check_layer(layer, space, x, *, seed=0, entries=ENTRIES, noise=0.1, use_torc
     if not floating:
         rows.append(Row("input", tuple(x.shape), note=f"not checked: {x.dtype} input has no gradient"))
         dx = None
+    elif dx is None and getattr(layer, "need_dx", True) is False:    # a first layer: no input gradient wanted
+        rows.append(Row("input", tuple(x.shape), note="not computed: the layer was built with need_dx=False"))
     elif dx is None:
         rows.append(Row("input", tuple(x.shape), problem="backward returned None; expected the input's gradient, "
                         f"shape {tuple(x.shape)} (return dx)"))

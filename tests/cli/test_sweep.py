@@ -147,7 +147,7 @@ def test_compared_settings_are_series_with_bytes_on_the_wire_and_their_plot(tmp_
     runs = {(j["setting"], j["world_size"]): j for j in (json.loads(p.read_text()) for p in (out / "runs").glob("*.json"))}
     assert sorted(runs) == [(f"comm.compress={c}", n) for c in ("bf16", "none") for n in (1, 2)]
     for (setting, n), j in runs.items():
-        assert j["comm"] == {"algorithm": "ring", "compress": setting.split("=")[1], "error_feedback": False}
+        assert j["comm"] == {"algorithm": "ring", "compress": setting.split("=")[1], "error_feedback": False, "zero": 0}
         assert j["comm_bytes_per_step_source"] == ("counted" if n == 2 else "none")
         assert "optim_state_bytes_per_rank" in j
     full = runs[("comm.compress=none", 2)]["comm_bytes_per_step"]
