@@ -236,6 +236,7 @@ def _run_layers(layers, space, x, threads):
         BT.set_threads(None)
 
 
+@pytest.mark.host_arrays("the batch split is the CPU-only path (nn/batch_threads.py): on a device every layer takes the plain path")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_batch_threads_give_the_plain_result_bit_for_bit(monkeypatch, dtype):
     """The CPU fast path (nn/batch_threads.py: im2col, padding, bias, pooling split over the
@@ -257,6 +258,7 @@ def test_batch_threads_give_the_plain_result_bit_for_bit(monkeypatch, dtype):
     print(f"{dtype}: {len(plain)} arrays equal with 1, 2 and 3 threads")
 
 
+@pytest.mark.host_arrays("the batch split is the CPU-only path (nn/batch_threads.py): on a device every layer takes the plain path")
 def test_over_batch_covers_the_batch_once_and_raises_a_chunks_error(monkeypatch):
     monkeypatch.setattr(BT, "MIN_WORK", 0)
     BT.set_threads(3)
@@ -289,9 +291,9 @@ def test_conv_layouts_agree():
         space.build(0)
         layer.pixel_major = pixel_major
         space.zero_grad()
-        y = layer.forward(x).copy()
-        dx = layer.backward(np.ones_like(y)).copy()
-        results.append((y, dx, space.grads.copy()))
+        y = host(layer.forward(dev(x))).copy()
+        dx = host(layer.backward(dev(np.ones_like(y)))).copy()
+        results.append((y, dx, host(space.grads).copy()))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
