@@ -254,8 +254,7 @@ def submit(a, log=print):
             # it runs in a session of its own, out of the terminal's reach)
             job = ex.submit(task) if a.local else sig.deferred(ex.submit, task)
         except Exception as e:   # sbatch rejected it: say why in one line
-            msg = str(e).strip().splitlines()
-            raise UserError(f"submit: the job was not accepted: {msg[-1] if msg else type(e).__name__}") from None
+            raise UserError(f"submit: the job was not accepted: {_rejection(e)}") from None
         t0 = time.time()
         what = "local job" if a.local else "job"
         shape = (f"{a.nodes * a.tasks_per_node} rank(s) under mpiexec" if a.local else
@@ -399,6 +398,12 @@ def _why(text, logf):
     except OSError:
         pass
     return _reason(text)
+
+
+def _rejection(e):
+    """Why sbatch (through submitit) refused a job: the last line it printed."""
+    msg = str(e).strip().splitlines()
+    return msg[-1] if msg else type(e).__name__
 
 
 def _reason(text):
@@ -555,10 +560,8 @@ def slurm_launcher(a):
             job = make_executor(ns).submit(TrainTask(argv[argv.index("train") + 1], out, sets,
                                                      overwrite="--overwrite" in argv, quiet="--quiet" in argv))
         except Exception as e:   # sbatch rejected it (no controller, a bad partition, ...): one line
-            msg = str(e).strip().splitlines()
             shutil.rmtree(os.path.join(out, "submitit"), ignore_errors=True)     # the pickles of a job never queued
-            raise UserError(f"scaling --slurm: the job of the {n}-rank point was not accepted: "
-                            f"{msg[-1] if msg else type(e).__name__}") from None
+            raise UserError(f"scaling --slurm: the job of the {n}-rank point was not accepted: {_rejection(e)}") from None
         print(f"  SLURM job {job.job_id} ({nodes} node(s) x {per_node} task(s)), logs {job.paths.stderr}", flush=True)
         try:
             job.results()
