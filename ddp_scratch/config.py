@@ -130,6 +130,8 @@ class LoggingConfig:
 @dataclass
 class Config:
     backend: str = F("numpy", choices=["numpy", "cupy"])
+    kernels: str = F("auto", choices=["auto", "numba", "numpy"],
+                     help="CPU elementwise work: auto = numba where installed for large arrays (nn/jit.py)")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -33,7 +33,7 @@ def set_threads(requested=0):
     """BLAS/OpenMP threads per rank: threads x ranks on a node <= cores. Must run before numpy loads."""
     cores = cores_here()
     n = requested or int(os.environ.get("DDP_THREADS", 0)) or max(1, cores // local_ranks())
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(n)
     return n
 

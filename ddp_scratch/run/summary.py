@@ -5,6 +5,7 @@ import os
 import sys
 
 from .. import backend as B
+from ..nn import jit
 from ..study.metrics import peak_rss_bytes, scaling_metrics
 
 
@@ -65,6 +66,7 @@ def build_summary(tr, times, status, energy=None):
     seg_s = float(rows[:, 2].sum()) if steps_run else 0.0
     s = {
         "status": status, "world_size": comm.size, "backend": B.name, "device": B.device_name(),
+        "kernels": jit.describe(),
         "dtype": cfg.train.dtype, "model": cfg.model.name, "data": cfg.data.name,
         "n_params": tr.space.n_params, "steps": tr.step, "total_steps": tr.total_steps,
         "steps_this_run": steps_run, "resumed_from_step": tr.resumed_from, "epochs": tr.step / tr.spe,

@@ -24,6 +24,7 @@ from .. import backend as B
 from ..data.tasks import build_task, data_bytes
 from ..errors import ConfigError, UserError
 from ..fsutil import atomic_write_text
+from ..nn import jit
 from ..nn.flat import EXTRA_CORRECT, EXTRA_GNORM2, EXTRA_ITEMS, EXTRA_LOSS, EXTRA_STOP, N_EXTRAS
 from ..nn.optim import build_optimizer, lr_at
 from ..nn.registry import build_model, memory_estimate
@@ -123,6 +124,7 @@ class Trainer:
     def _setup(self):
         cfg, comm, opts, t = self.cfg, self.comm, self.opts, self.cfg.train
         B.use(cfg.backend, device=comm.local_rank)
+        jit.use(cfg.kernels)
         if cfg.train.batch_size < comm.size:
             raise ConfigError(f"train.batch_size: the global batch ({cfg.train.batch_size}) must be at least "
                               f"the number of ranks ({comm.size})")

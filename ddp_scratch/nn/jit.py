@@ -1,0 +1,128 @@
+"""Compiled CPU kernels (numba), each next to the NumPy code it replaces.
+
+A NumPy expression such as `p -= lr * (mu * v + g)` walks its arrays once per operator, on one
+core, through temporaries; a fused loop walks them once, on the rank's threads. Where that pays
+(an optimizer over a flat buffer of millions of parameters, LayerNorm, GELU, a softmax), the layer
+or optimizer asks `active(n)` and calls a kernel, else it runs its NumPy code, which stays the
+reference: tests compare the two (tests/nn/test_jit.py).
+
+`kernels:` in the config chooses (`use()`):
+  auto   numba where it is installed, on the CPU, for arrays of at least MIN_ELEMENTS (a call
+         costs ~1-2 us more than NumPy's, and a small array fits in cache either way)
+  numba  every size; refused where numba cannot be imported (the tests use it on small models)
+  numpy  never: the plain NumPy path (and no numba import at all)
+On CuPy nothing here runs: the GPU's own kernels do the work.
+
+A kernel is a plain Python function under `@kernel`; it is compiled on its first call with
+`numba.njit(parallel=True, cache=True, fastmath=False)` (cache: the machine code is kept in
+__pycache__ next to this package, or NUMBA_CACHE_DIR, so only the first run on a machine pays
+the compile; fastmath off: the same IEEE operations in the same order as the NumPy path, no
+reassociation or fused multiply-add). Threads: NUMBA_NUM_THREADS, which cli/local.set_threads
+sets with OMP_NUM_THREADS (the rank's BLAS threads).
+
+Never call a parallel kernel from a thread of nn/batch_threads.py's pool: numba's default
+(workqueue) threading layer aborts on concurrent launches.
+"""
+import os
+
+from .. import backend as B
+from ..errors import UserError
+
+SETTINGS = ("auto", "numba", "numpy")
+MIN_ELEMENTS = 1 << 15
+_state = {"setting": "auto", "numba": None}    # numba: None = not tried yet, False = missing
+
+
+def _numba():
+    if _state["numba"] is None:
+        try:
+            import numba
+            _state["numba"] = numba
+        except Exception:        # not installed, or broken against this NumPy
+            _state["numba"] = False
+    return _state["numba"]
+
+
+def use(setting):
+    """Choose the kernels from now on (the config's `kernels:`)."""
+    if setting not in SETTINGS:
+        raise UserError(f"kernels: expected one of {', '.join(SETTINGS)}, got {setting!r}")
+    if setting == "numba" and not _numba():
+        raise UserError("kernels: 'numba' needs the numba package (pip install numba), which does not import "
+                        "here; use kernels: auto or numpy")
+    _state["setting"] = setting
+
+
+def setting():
+    return _state["setting"]
+
+
+def active(n_elements=None):
+    """Whether a caller about to touch `n_elements` elements should call its kernel."""
+    s = _state["setting"]
+    if s == "numpy" or B.name != "numpy":
+        return False
+    if s == "auto" and n_elements is not None and n_elements < MIN_ELEMENTS:
+        return False
+    return bool(_numba())
+
+
+def describe():
+    """What runs the fused work, for the summary: 'numba 0.68.1, 2 thread(s)', or 'numpy'. Does
+    not import numba where no kernel ran (a small model never pays its ~0.3 s import)."""
+    if _state["setting"] == "numpy" or B.name != "numpy" or _state["numba"] is False:
+        return "numpy"
+    nb = _state["numba"]
+    if nb is None:
+        import importlib.util
+        from importlib import metadata
+        if importlib.util.find_spec("numba") is None:
+            return "numpy"
+        version, threads = metadata.version("numba"), os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count()
+    else:
+        version, threads = nb.__version__, nb.get_num_threads()
+    extra = "" if _state["setting"] == "numba" else f", arrays >= {MIN_ELEMENTS} elements"
+    return f"numba {version}, {threads} thread(s){extra}"
+
+
+class kernel:
+    """A function compiled by numba on its first call (see the module's docstring)."""
+
+    def __init__(self, fn=None, *, parallel=True):
+        self.fn, self.parallel, self.compiled = fn, parallel, None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            nb = _numba()
+            if not nb:
+                raise RuntimeError(f"kernel {self.fn.__name__} called without numba; ask jit.active() first")
+            if "prange" in self.fn.__code__.co_names:      # the module's `prange = range` (see prange)
+                self.fn.__globals__["prange"] = nb.prange
+            self.compiled = nb.njit(parallel=self.parallel, cache=_cache_ok(), fastmath=False)(self.fn)
+        return self.compiled(*args)
+
+
+prange = range
+"""A kernel module writes `from .jit import kernel, prange` and loops `for i in prange(n)`: plain
+`range` (so the module imports without numba, and the function runs as plain Python) until the
+kernel's first call compiles it, when the module's `prange` becomes numba.prange."""
+
+
+def serial(fn):
+    """@serial: a kernel whose loop runs on one thread (called where the caller already splits the work)."""
+    return kernel(fn, parallel=False)
+
+
+def _cache_ok():
+    """numba caches next to the source or in NUMBA_CACHE_DIR / its user folder; where none is
+    writable it warns on every compile, so compile without a cache there instead."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return True
+    here = os.path.join(os.path.dirname(__file__), "__pycache__")
+    try:
+        os.makedirs(here, exist_ok=True)
+        if os.access(here, os.W_OK):
+            return True
+    except OSError:
+        pass
+    return os.access(os.path.expanduser("~"), os.W_OK)      # numba's user-wide cache folder
