@@ -59,7 +59,7 @@ class Comm:
         self.step = -1             # for watchdog messages
         self._busy = None          # (what, t0, limit_s) while inside a collective
         self._wd = None
-        self._hb_reqs, self._hb_persistent = [], None
+        self._hb_reqs, self._hb_persistent, self._hb_own = [], None, False
         self._hb_send = np.zeros(1, dtype=np.int64)
         self._hb_recv = np.zeros(self.size, dtype=np.int64)
         if self.size > 1:
@@ -71,6 +71,7 @@ class Comm:
         self.local_rank, self.local_size, self.cuda_aware, self._host, self.nccl = 0, 1, False, None, None
         self.ring = None
         self.comm_s, self.comm_calls, self.step, self._busy, self._wd = 0.0, 0, -1, None, None
+        self._hb_reqs, self._hb_own = [], False
 
     # ------------------------------------------------------------------ topology
     def _local(self):
@@ -111,8 +112,10 @@ class Comm:
                 sys.stderr.flush()
                 os._exit(3)
 
-    # Heartbeats: before each gradient all-reduce every rank posts its step number to rank 0
-    # (8 bytes, non-blocking), so when a collective hangs rank 0 can tell which ranks never came.
+    # Heartbeats: before each collective every rank posts its step number to rank 0 (8 bytes,
+    # non-blocking), so when a collective hangs rank 0 can tell which ranks never came. Every rank
+    # calls the same collectives in the same order, so the n-th heartbeat of a rank pairs with
+    # rank 0's n-th receive from it.
     HB_TAG = 0x4842
 
     # Persistent requests, built once: a step costs one Startall and one Waitall.
@@ -148,10 +151,20 @@ class Comm:
         except Exception:
             return []
 
-    def _enter(self, what, timeout_s=None):
+    def _enter(self, what, timeout_s=None, heartbeat=False):
+        """Start the watchdog's clock for `what`; heartbeat=True (a collective every rank calls)
+        also posts a heartbeat where none is out (the gradient all-reduce posts its own)."""
+        if heartbeat and self.size > 1 and not self._hb_reqs:
+            self._heartbeat_post()
+            self._hb_own = True
         self._busy = (what, time.monotonic(), timeout_s or self.timeout_s)
 
     def _leave(self):
+        if self._hb_own:
+            # still inside the watchdog's window: after a broadcast the root may be done before the
+            # others arrive, and here it waits for their heartbeats
+            self._hb_own = False
+            self._heartbeat_done()
         self._busy = None
 
     # ------------------------------------------------------------------ collectives
@@ -200,7 +213,7 @@ class Comm:
         """In-place SUM over ranks of a contiguous buffer."""
         if self.size == 1:
             return buf
-        self._enter(what)
+        self._enter(what, heartbeat=True)
         try:
             if self.nccl is not None and self._on_device(buf):
                 self.nccl.all_reduce_(buf)
@@ -249,7 +262,7 @@ class Comm:
     def broadcast_(self, buf, root=0, what="broadcast"):
         if self.size == 1:
             return buf
-        self._enter(what)
+        self._enter(what, heartbeat=True)
         try:
             if self.nccl is not None and self._on_device(buf):
                 self.nccl.broadcast_(buf, root)
@@ -264,7 +277,7 @@ class Comm:
         """Small Python objects from every rank (checks, timings): a list indexed by rank."""
         if self.size == 1:
             return [obj]
-        self._enter(what, timeout_s)
+        self._enter(what, timeout_s, heartbeat=True)
         try:
             return self.comm.allgather(obj)
         finally:
@@ -274,7 +287,7 @@ class Comm:
         """A small Python object from `root` to every rank."""
         if self.size == 1:
             return obj
-        self._enter(what, timeout_s)
+        self._enter(what, timeout_s, heartbeat=True)
         try:
             return self.comm.bcast(obj, root=root)
         finally:
@@ -284,7 +297,7 @@ class Comm:
         """True if any rank passes True (used to agree on errors and signals)."""
         if self.size == 1:
             return bool(flag)
-        self._enter(what)
+        self._enter(what, heartbeat=True)
         try:
             return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
         finally:
@@ -292,7 +305,7 @@ class Comm:
 
     def barrier(self):
         if self.size > 1:
-            self._enter("barrier")
+            self._enter("barrier", heartbeat=True)
             try:
                 self.comm.Barrier()
             finally:

@@ -81,7 +81,7 @@ class ZeroReducer:
         """Every rank's updated slice of `params` to every rank, in place; returns the seconds."""
         c = self.comm
         t0 = time.perf_counter()
-        c._enter("parameter all-gather")
+        c._enter("parameter all-gather", heartbeat=True)
         try:
             spec = lambda b: [b, (self.counts, self.displs)]     # noqa: E731
             if self._staging(params):
@@ -102,7 +102,7 @@ class ZeroReducer:
         """{name: this rank's slice} -> {name: the whole array} on rank 0 (host arrays; None on
         the other ranks). A collective: every rank calls it, in the same order of names."""
         c, out = self.comm, {}
-        c._enter("optimizer state gather")
+        c._enter("optimizer state gather", heartbeat=True)
         try:
             for name in sorted(arrays):
                 mine = np.ascontiguousarray(B.to_numpy(arrays[name]))

@@ -20,9 +20,9 @@ BASE = ["train", "experiments/mlp_digits.yaml", "--quiet", "--set", "comm.timeou
         "--set", "train.checkpoint_every=2", "--set", "train.check_every=4"]
 
 
-def fault(kind, tmp_path, rank=1, step=5, extra=(), timeout=60):
+def fault(kind, tmp_path, rank=1, step=5, extra=(), timeout=60, ranks=2):
     out = tmp_path / "out"
-    cmd = [mpiexec(), "-n", "2", sys.executable, FAULT, kind, str(rank), str(step), "--", *BASE,
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, FAULT, kind, str(rank), str(step), "--", *BASE,
            "--out", str(out), *extra]
     t0 = time.monotonic()
     r = run_group(cmd, timeout=timeout, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"))
@@ -51,6 +51,16 @@ def test_frozen_or_stuck_rank_ends_the_job_after_the_timeout(tmp_path, kind):
     assert re.search(r"gradient all-reduce at step 5 did not complete within comm.timeout_s=3s: "
                      r"rank\(s\) \[1\] did not arrive", r.stderr)
     assert_checkpoint_intact(out, 4)
+
+
+def test_a_rank_frozen_outside_the_gradient_all_reduce_is_named_among_three(tmp_path):
+    """Every collective carries a heartbeat, not only the gradient all-reduce: with three ranks
+    the one that froze in an evaluation is named (with two, the missing one is the other anyway)."""
+    r, took, out = fault("stop-eval", tmp_path, rank=2, ranks=3)
+    print(f"stop-eval: exit {r.returncode} after {took:.1f}s: {r.stderr.strip().splitlines()[:1]}")
+    assert r.returncode != 0 and took < 3 + 20
+    assert re.search(r"at step \d+ did not complete within comm.timeout_s=3s: rank\(s\) \[2\] did not arrive",
+                     r.stderr), r.stderr
 
 
 def test_killed_rank_ends_the_job(tmp_path):

@@ -2,7 +2,8 @@
     mpiexec -n 2 python tests/scripts/fault.py KIND RANK STEP -- <launch.py train args>
 KIND: raise (uncaught error), stop (SIGSTOP itself: frozen), kill (SIGKILL itself),
       nan (poison its parameters for good), nanloss (one non-finite loss), diverge (perturb its parameters: silent divergence),
-      sleep (stuck in I/O: sleeps forever)."""
+      sleep (stuck in I/O: sleeps forever), stop-eval (SIGSTOP itself in its first validation pass,
+      where the collectives are an evaluation's, not the gradient all-reduce)."""
 import os
 import signal
 import sys
@@ -41,5 +42,14 @@ def faulty(self, epoch, i):
     return orig(self, epoch, i)
 
 
+def frozen_evaluation(self, *a, **kw):
+    if self.comm.rank == rank:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return orig_eval(self, *a, **kw)
+
+
 train.Trainer.train_step = faulty
+if kind == "stop-eval":
+    orig_eval = train.Trainer._evaluate
+    train.Trainer._evaluate = frozen_evaluation
 sys.exit(cli.main(argv))
