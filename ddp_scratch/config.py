@@ -591,6 +591,9 @@ def _cross_check(cfg: Config):
     if cfg.comm.backend == "nccl" and cfg.backend != "cupy":
         raise ConfigError(f"comm.backend: 'nccl' sums GPU buffers and needs backend: cupy, got backend: "
                           f"{cfg.backend!r} (use comm.backend=mpi on the CPU)")
+    if cfg.kernels == "numba" and cfg.backend == "cupy":
+        raise ConfigError("kernels: 'numba' compiles CPU kernels and backend: cupy runs on the GPU; use kernels=auto "
+                          "(or backend=numpy)")
     _check_comm(cfg.comm)
     if cfg.optim.nesterov and cfg.optim.momentum <= 0:
         raise ConfigError("optim.nesterov: needs optim.momentum > 0")

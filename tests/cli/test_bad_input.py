@@ -192,6 +192,8 @@ CASES = [
     ("config-empty", lambda t, g: ["train", _cfg(t, "")], "is empty (only comments or nothing): expected a mapping of sections", 0),
     ("config-only-comments", lambda t, g: ["train", _cfg(t, "# model: mlp\n\n")], "is empty (only comments or nothing)", 0),
     ("nccl-on-cpu", lambda t, g: ["train", DIGITS, "--set", "comm.backend=nccl"], "comm.backend: 'nccl' sums GPU buffers and needs backend: cupy", 0),
+    ("kernels-unknown", lambda t, g: ["train", DIGITS, "--set", "kernels=fast"], "kernels: expected one of auto, numba, numpy, got 'fast'", 0),
+    ("numba-on-gpu", lambda t, g: ["train", DIGITS, "--set", "backend=cupy", "--set", "kernels=numba"], "kernels: 'numba' compiles CPU kernels and backend: cupy runs on the GPU", 0),
     ("cupy-without-gpu", lambda t, g: ["train", DIGITS, "--set", "backend=cupy", "--set", "comm.backend=nccl"], "backend: 'cupy'", 2),
     ("batch-too-big", lambda t, g: ["train", DIGITS, "--set", "train.batch_size=100000"], "larger than the training split", 0),
     ("comm-algorithm-unknown", lambda t, g: ["train", DIGITS, "--set", "comm.algorithm=rign"], "comm.algorithm: expected one of mpi, ring, got 'rign' (did you mean 'ring'?)", 0),
