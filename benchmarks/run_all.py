@@ -103,6 +103,8 @@ def plan(a):
         # what users run: launch.py train against a plain PyTorch script, whole commands
         ("e2e", [py, "bench_e2e.py", "--ranks", "1", str(a.ranks),
                  *(["--rounds", "1", "--set", "train.max_steps=20"] if a.quick else [])], {}),
+        # what the trainer adds to the bare step (the e2e config, 1 process), and where
+        ("trainer", [py, "bench_trainer.py", *q], {}),
     ]
     pin = openblas_pinned() if a.openblas_variant else None
     if pin:
@@ -155,13 +157,13 @@ def collect(label):
         # this script's outputs only (results/ is shared with other benchmarks, e.g. bench_gpt.py)
         if fn.endswith(".json") and (fn.startswith(("mlp_", "cnn_")) or fn in ("allreduce.json", "memory.json",
                                                                                  "e2e.json", "compress.json", "zero.json",
-                                                                                 "trace.json")):
+                                                                                 "trace.json", "trainer_overhead.json")):
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)
         elif fn in ("gpt_throughput.json", "gpt_ddp.json"):     # bench_gpt.py's: {"args", "result"}
             with open(os.path.join(common.RESULTS, fn)) as f:
                 runs[fn[:-5]] = json.load(f)["result"]
-    order = ["e2e", "mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "gpt_throughput",
+    order = ["e2e", "trainer_overhead", "mlp_single", "mlp_single_openblas_auto", "mlp_ddp", "mlp_ddp_openblas_auto", "gpt_throughput",
              "gpt_ddp", "cnn_single", "cnn_single_b256", "allreduce", "compress", "zero", "trace", "memory"]
     runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     env = next((r["env"] for k, r in runs.items() if k == "mlp_single"), None) or \
@@ -214,6 +216,9 @@ def summary(res):
                            f"{statistics.median(x['ddp_scratch']['wall_s'] for x in pt['rounds']):14.2f} "
                            f"{statistics.median(x['torch']['wall_s'] for x in pt['rounds']):14.2f} "
                            f"{pt['ratio_median']:6.2f}x {tgt:>7s}")
+        elif key == "trainer_overhead":
+            out.append(f"{'trainer step vs bare step (ms)':34s} {r['step_ms']['trainer']:14.2f} "
+                       f"{r['step_ms']['bare']:14.2f} {1 + r['overhead']:6.3f}x {'<=1.05x':>7s}")
         elif key == "memory":
             out.append(f"{'memory anon RSS growth, 2nd half MiB':34s} {r['anon_growth_second_half_mib']:14.2f} "
                        f"{'':>14s} {'flat' if r['flat'] else 'GROWS':>7s}")
@@ -243,6 +248,8 @@ def report(res):
          "median is over all windows and the figure is less trustworthy. \"best\" is the fastest window.", ""]
     if "e2e" in runs:
         L += _e2e_section(runs["e2e"])
+    if "trainer_overhead" in runs:
+        L += _trainer_section(runs["trainer_overhead"])
     for key, r in runs.items():
         if not key.startswith("mlp_"):
             continue
@@ -423,6 +430,33 @@ def _e2e_section(r):
                  f"{acc['ddp_scratch']['test_accuracy']:.4f} / {acc['torch']['test_accuracy']:.4f} | "
                  f">= {tgt}x: {'met' if pt['ratio_median'] >= tgt else 'NOT met'} |")
     return L + [""]
+
+
+def _trainer_section(r):
+    p, ms = r["profile_ms"], r["step_ms"]
+    L = ["## What the trainer adds to the step", "",
+         f"`Trainer.train_step` as `launch.py train` times it (its summary's wall_s: gathering the step's rows, "
+         f"the statistic slots, the all-reduce call, the non-finite check, the schedule) against the bare step "
+         f"(zero_grad, forward and loss, backward, finish_grads, the optimizer) on the same model and buffers: "
+         f"{r['model']}, {r['optimizer']}, batch {r['batch']}, {r['threads']} thread(s), `{r['config']}`, "
+         f"{r['rounds']} alternating rounds of {r['steps_per_window']} steps ({r['clean_rounds']} undisturbed; "
+         f"median over {r['median_over']}; {r['clock']} clock; benchmarks/bench_trainer.py).", "",
+         f"Overhead **{100 * r['overhead']:+.1f}%** (trainer {ms['trainer']:.2f} ms against bare {ms['bare']:.2f} ms "
+         f"per step, median of per-round ratios; target <= {100 * r['target_overhead_max']:.0f}%: "
+         f"{'met' if r['overhead'] <= r['target_overhead_max'] else 'NOT met'}); in place, from the phases only the "
+         f"trainer has: {r['extra_ms_in_place']:.3f} ms per step = {100 * r['overhead_in_place']:+.1f}%."
+         + (f" The `{r['baseline_tree']}` tree's trainer in the same windows: {100 * r['baseline_overhead']:+.1f}%."
+            if "baseline_overhead" in r else "")
+         + (f" torch_train.py's step on the same batch from the same weights (first loss "
+            f"{r['check']['first_loss_ddp_scratch']:.6f} ours, {r['check']['first_loss_torch']:.6f} torch): "
+            f"the bare step runs at {r['bare_vs_torch']:.3f}x its speed, the trainer's at {r['trainer_vs_torch']:.3f}x."
+            if "check" in r else ""), "",
+         "Milliseconds per step of each phase, measured in place (median of steps):", "",
+         "| phase | " + " | ".join(p) + " |", "|---|" + "---|" * len(p)]
+    L += ["| " + k + " | " + " | ".join(f"{q[k]:.3f}" if k in q else "-" for q in p.values()) + " |" for k in p["trainer"]]
+    L += ["", "The trainer's own work, each part timed alone right after a backward (ms): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in r["own_work_ms"].items()) + ".", ""]
+    return L
 
 
 def _cnn_section(cnn):

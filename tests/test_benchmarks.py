@@ -188,3 +188,21 @@ def test_end_to_end_benchmark_runs_both_commands_on_the_same_job(tmp_path):
     for side in ("ddp_scratch", "torch"):
         assert rnd[side]["steps"] == 3 and 0 < rnd[side]["train_s"] < rnd[side]["wall_s"]
         assert 0.0 < rnd[side]["test_accuracy"] <= 1.0
+
+
+def test_trainer_overhead_benchmark_compares_like_with_like(tmp_path):
+    """bench_trainer.py: the trainer's step, the bare step and torch's drive the same weights on the
+    same batch (the same first loss); every phase of the trainer's step is in its profile."""
+    require_torch()
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_trainer.py"), "--config",
+           os.path.join(ROOT, "experiments", "mlp_digits.yaml"), "--threads", "1", "--reps", "2", *SHORT]
+    r = run_group(cmd, timeout=300, cwd=ROOT, env=dict(os.environ, BENCH_RESULTS_DIR=str(tmp_path)))
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "trainer_overhead.json").read_text())
+    assert res["check"]["rel_diff"] < 1e-6, res["check"]
+    assert set(res["step_ms"]) == {"bare", "trainer", "torch"} and math.isfinite(res["overhead"])
+    p = res["profile_ms"]
+    assert {"batch gather", "forward + loss", "backward", "optimizer step", "step"} <= set(p["trainer"])
+    assert p["trainer"]["batch gather"] > 0 and "batch gather" not in p["torch"]
+    assert math.isclose(res["overhead_in_place"], res["extra_ms_in_place"] / p["bare"]["step"])

@@ -279,6 +279,9 @@ class Trainer:
         if tr is not None:
             tr.communicated(T.ALLREDUCE if self.zero is None else T.REDUCE_SCATTER, t1, t2)
         if self.zero is None:
+            # Every step, clipping or not: the non-finite gradient check, before the update (a finite
+            # loss can come with an inf gradient; test_reliability.py). One BLAS pass, ~1% of the e2e
+            # MLP step: bench_trainer.py.
             g = space.grads
             ex[EXTRA_GNORM2] = B.xp.dot(g, g)
         stats = B.to_numpy(ex).astype(np.float64)      # the step's one device->host read

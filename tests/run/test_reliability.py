@@ -101,6 +101,38 @@ def test_nonfinite_skip_gives_up_after_max_skips(tmp_path):
     assert "4 consecutive steps skipped (train.max_skips=3)" in r.stderr
 
 
+
+@pytest.mark.parametrize("policy", ["abort", "skip"])
+def test_nonfinite_gradient_behind_a_finite_loss_is_caught_at_its_step(tmp_path, policy):
+    """A backward can make inf/NaN while the loss is finite (a plug-in's derivative at a kink, an
+    overflowing product): the check on the summed gradient, every step, clipping or not, catches it
+    before the update. abort names the step and layer; skip leaves parameters and optimizer state
+    as they were (the next step's loss would otherwise be the first to show it, one step late)."""
+    from ddp_scratch.config import load_config
+    from ddp_scratch.parallel.world import Comm
+    from ddp_scratch.run.trainer import NonFinite, Options, Trainer
+    cfg = load_config(os.path.join(ROOT, "experiments", "mlp_digits.yaml"),
+                      ["logging.progress=false", "optim.name=adamw", f"train.nonfinite={policy}"])
+    tr = Trainer(cfg, Options(out=str(tmp_path), quiet=True, signals=False), comm=Comm(serial=True))
+    tr.skips, tr.step = 0, 3
+    tr.train_step(0, 0)                        # optimizer state exists and is non-zero
+    backward = tr.model.backward
+
+    def poisoned():
+        backward()
+        tr.space.named()["fc1.W"].grad[5, 7] = np.inf
+    tr.model.backward = poisoned
+    before = tr.space.params.copy(), {k: np.copy(v) for k, v in tr.opt.state_dict().items()}
+    if policy == "abort":
+        with pytest.raises(NonFinite, match=r"^non-finite gradient norm at step 3; first non-finite gradient in fc1\.W "):
+            tr.train_step(0, 1)
+        return
+    stats, _, _ = tr.train_step(0, 1)
+    assert np.isfinite(stats[0]) and tr.state.skipped == 1 and tr.skips == 1
+    np.testing.assert_array_equal(tr.space.params, before[0])
+    for k, v in tr.opt.state_dict().items():
+        np.testing.assert_array_equal(v, before[1][k])
+
 WRITER = """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
