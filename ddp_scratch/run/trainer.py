@@ -261,7 +261,7 @@ class Trainer:
         if unwritten and not self.warned_unwritten and self.comm.rank == 0:
             self.warned_unwritten = True      # said once: a layer may skip a parameter on purpose
             names = ", ".join(unwritten[:6]) + (f" and {len(unwritten) - 6} more" if len(unwritten) > 6 else "")
-            print(f"warning: no backward wrote a gradient for {names} at step {self.step}: they get zero "
+            print(f"warning: no backward wrote a gradient for {names} at step {self.step + 1}: they get zero "
                   "gradient (write gradients with Param.acc / acc_matmul / acc_sum0; an assignment to "
                   "p.grad is overwritten: see docs/extending.md, the fresh rule)", file=sys.stderr, flush=True)
         # loss and correct may be device scalars (no read-back on a GPU); written on the device
@@ -312,12 +312,12 @@ class Trainer:
             self.skips += 1
             if self.skips <= t.max_skips:
                 return stats
-            raise NonFinite(f"non-finite {what} at step {self.step}: {self.skips} consecutive steps skipped "
+            raise NonFinite(f"non-finite {what} at step {self.step + 1}: {self.skips} consecutive steps skipped "
                             f"(train.max_skips={t.max_skips})")
         layer = next((p.name for p in self.space.plist if not bool(B.xp.isfinite(p.grad).all())), None)
         where = f"; first non-finite gradient in {layer}" if layer else ""
         fp16 = self.comm.size > 1 and self.cfg.comm.compress == "fp16"
-        raise NonFinite(f"non-finite {what} at step {self.step}{where} (train.nonfinite=abort; "
+        raise NonFinite(f"non-finite {what} at step {self.step + 1}{where} (train.nonfinite=abort; "
                         + ("gradients sent as fp16 overflow beyond +-65504: try comm.compress=bf16, " if fp16 else "")
                         + "try a lower optim.lr or train.nonfinite=skip)")
 
@@ -345,6 +345,7 @@ class Trainer:
         ips = self.task.items_per_step()
         while self.step < self.total_steps:
             t0 = time.perf_counter()
+            comm.step = self.step + 1    # messages number steps as the progress line does: from 1
             with np.errstate(over="ignore", invalid="ignore"):   # non-finite values are handled by policy
                 stats, c_s, m_s = self.train_step(epoch, i)
             B.synchronize()              # the optimizer's kernels belong to this step's time

@@ -48,7 +48,7 @@ def test_frozen_or_stuck_rank_ends_the_job_after_the_timeout(tmp_path, kind):
     r, took, out = fault(kind, tmp_path)
     print(f"{kind}: exit {r.returncode} after {took:.1f}s: {r.stderr.strip().splitlines()[:1]}")
     assert r.returncode != 0 and took < 3 + 15
-    assert re.search(r"gradient all-reduce at step 5 did not complete within comm.timeout_s=3s: "
+    assert re.search(r"gradient all-reduce at step 6 did not complete within comm.timeout_s=3s: "
                      r"rank\(s\) \[1\] did not arrive", r.stderr)
     assert_checkpoint_intact(out, 4)
 
@@ -81,7 +81,7 @@ def test_silent_divergence_is_caught_and_named(tmp_path):
 def test_nonfinite_abort_names_step_and_first_layer(tmp_path):
     r, _, out = fault("nan", tmp_path, step=5)
     assert r.returncode == 4 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == ("error: non-finite loss at step 5; first non-finite gradient in fc0.W "
+    assert r.stderr.strip() == ("error: non-finite loss at step 6; first non-finite gradient in fc0.W "
                                 "(train.nonfinite=abort; try a lower optim.lr or train.nonfinite=skip)")
     assert_checkpoint_intact(out, 4)
 
@@ -124,7 +124,7 @@ def test_nonfinite_gradient_behind_a_finite_loss_is_caught_at_its_step(tmp_path,
     tr.model.backward = poisoned
     before = tr.space.params.copy(), {k: np.copy(v) for k, v in tr.opt.state_dict().items()}
     if policy == "abort":
-        with pytest.raises(NonFinite, match=r"^non-finite gradient norm at step 3; first non-finite gradient in fc1\.W "):
+        with pytest.raises(NonFinite, match=r"^non-finite gradient norm at step 4; first non-finite gradient in fc1\.W "):
             tr.train_step(0, 1)
         return
     stats, _, _ = tr.train_step(0, 1)
