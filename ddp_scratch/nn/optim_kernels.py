@@ -41,7 +41,11 @@ class Segments:
 
 
 # Every kernel: for each chunk [a, b) of CHUNK elements (in parallel), for each run s of the
-# segments that overlaps it, the update on [a, min(b, bounds[s+1])) with dec = decay[s].
+# segments that overlaps it, the update on [a, min(b, bounds[s+1])) with dec = decay[s]. The
+# inner loop runs over views of the run from index 0: numba then knows no index is negative and
+# LLVM vectorises it; indexing the whole buffers from a (a signed start) keeps the negative-index
+# wrap-around check in the loop, unvectorised: measured 1.9 ms instead of 0.55 ms for SGD momentum
+# over the MLP's 1.86M float32 parameters on one thread.
 
 @kernel
 def prep_grad(p, g, bounds, decay, maximize, l2, wd):
@@ -54,13 +58,14 @@ def prep_grad(p, g, bounds, decay, maximize, l2, wd):
             s += 1
         while a < b:
             e, dec = min(b, bounds[s + 1]), l2 and decay[s]
-            for i in range(a, e):
-                gi = g[i]
+            P, G = p[a:e], g[a:e]
+            for i in range(P.shape[0]):
+                gi = G[i]
                 if maximize:
                     gi = -gi
                 if dec:
-                    gi = gi + p[i] * wd
-                g[i] = gi
+                    gi = gi + P[i] * wd
+                G[i] = gi
             a, s = e, s + 1
 
 
@@ -75,25 +80,26 @@ def sgd(p, g, buf, bounds, decay, maximize, l2, wd, lr, momentum, mu, first, dam
             s += 1
         while a < b:
             e, dec = min(b, bounds[s + 1]), l2 and decay[s]
-            for i in range(a, e):
-                gi = g[i]
+            P, G, M = p[a:e], g[a:e], buf[a:e]
+            for i in range(P.shape[0]):
+                gi = G[i]
                 if maximize:
                     gi = -gi
                 if dec:
-                    gi = gi + p[i] * wd
+                    gi = gi + P[i] * wd
                 if momentum:
                     if first:
                         bi = gi
                     elif damp:
-                        bi = buf[i] * mu + gi * damp1
+                        bi = M[i] * mu + gi * damp1
                     else:
-                        bi = buf[i] * mu + gi
-                    buf[i] = bi
+                        bi = M[i] * mu + gi
+                    M[i] = bi
                     if nesterov:
                         gi = gi + bi * mu
                     else:
                         gi = bi
-                p[i] = p[i] - gi * lr
+                P[i] = P[i] - gi * lr
             a, s = e, s + 1
 
 
@@ -111,27 +117,29 @@ def adam(p, g, m, v, vmax, bounds, decay, maximize, l2, wd, keep, b1, omb1, b2, 
             s += 1
         while a < b:
             e, dec = min(b, bounds[s + 1]), decay[s]
-            for i in range(a, e):
-                gi, pi = g[i], p[i]
+            P, G, M, V = p[a:e], g[a:e], m[a:e], v[a:e]
+            X = vmax[a:e] if amsgrad else V
+            for i in range(P.shape[0]):
+                gi, pi = G[i], P[i]
                 if maximize:
                     gi = -gi
                 if l2 and dec:
                     gi = gi + pi * wd
                 if dec:
                     pi = pi * keep
-                mi = m[i] * b1 + gi * omb1
-                vi = v[i] * b2 + gi * gi * omb2
-                m[i], v[i] = mi, vi
+                mi = M[i] * b1 + gi * omb1
+                vi = V[i] * b2 + gi * gi * omb2
+                M[i], V[i] = mi, vi
                 if amsgrad:
-                    vm = vmax[i]
+                    vm = X[i]
                     if vi > vm or vi != vi:          # np.maximum: NaN wins
                         vm = vi
-                    vmax[i] = vm
+                    X[i] = vm
                     d = np.sqrt(vm)
                 else:
                     d = np.sqrt(vi)
                 d = d / bc2_sqrt + eps
-                p[i] = pi - mi / d * step
+                P[i] = pi - mi / d * step
             a, s = e, s + 1
 
 
@@ -146,23 +154,25 @@ def rmsprop(p, g, sq, buf, gavg, bounds, decay, maximize, l2, wd, alpha, oma, ce
             s += 1
         while a < b:
             e, dec = min(b, bounds[s + 1]), l2 and decay[s]
-            for i in range(a, e):
-                gi = g[i]
+            P, G, S = p[a:e], g[a:e], sq[a:e]
+            M, A = buf[a:e] if momentum else S, gavg[a:e] if centered else S
+            for i in range(P.shape[0]):
+                gi = G[i]
                 if maximize:
                     gi = -gi
                 if dec:
-                    gi = gi + p[i] * wd
-                si = sq[i] * alpha + gi * gi * oma
-                sq[i] = si
+                    gi = gi + P[i] * wd
+                si = S[i] * alpha + gi * gi * oma
+                S[i] = si
                 if centered:
-                    ga = gavg[i] * alpha + gi * oma
-                    gavg[i] = ga
+                    ga = A[i] * alpha + gi * oma
+                    A[i] = ga
                     d = np.sqrt(si - ga * ga)
                 else:
                     d = np.sqrt(si)
                 d = gi / (d + eps)
                 if momentum:
-                    d = buf[i] * mu + d
-                    buf[i] = d
-                p[i] = p[i] - d * lr
+                    d = M[i] * mu + d
+                    M[i] = d
+                P[i] = P[i] - d * lr
             a, s = e, s + 1
