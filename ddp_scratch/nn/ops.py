@@ -7,6 +7,8 @@ nobody reads afterwards) and returns the gradient with respect to the forward's 
 import math
 
 from .. import backend as B
+from . import jit
+from .jit import prange
 
 # ----------------------------------------------------------------------------- linear
 # y = x @ W + b            x (N, D_in), W (D_in, D_out), b (D_out,) -> y (N, D_out)
@@ -15,8 +17,20 @@ from .. import backend as B
 def linear_forward(x, W, b, out):
     B.xp.matmul(x, W, out=out)
     if b is not None:
-        out += b
+        if jit.active(out.size) and out.ndim == 2 and out.flags.c_contiguous:
+            _add_row(out, b)
+        else:
+            out += b
     return out
+
+
+@jit.kernel
+def _add_row(out, b):
+    """out += b, rows in parallel (bias add)."""
+    for r in prange(out.shape[0]):
+        o = out[r]
+        for j in range(o.shape[0]):
+            o[j] += b[j]
 
 
 def linear_backward(dy, x, W, dW_param, db_param, dx_out=None, work=None):
@@ -37,6 +51,9 @@ def linear_backward(dy, x, W, dW_param, db_param, dx_out=None, work=None):
 # fills for its backward (GELU's tanh) is read back under the same key.
 
 def relu_forward(x):
+    if jit.active(x.size) and x.flags.c_contiguous:
+        _relu(x.reshape(-1), x.dtype.type(0))
+        return x
     # against a row of zeros, not the scalar 0: NumPy's array-array maximum is vectorised, the
     # array-scalar one is ~3x slower; over wide rows, as a convolution's rows are its few channels
     v = wide_rows(x)
@@ -45,8 +62,26 @@ def relu_forward(x):
 
 
 def relu_backward(dy, y, ws):
+    if jit.active(dy.size) and dy.flags.c_contiguous and y.flags.c_contiguous:
+        _relu_grad(dy.reshape(-1), y.reshape(-1), dy.dtype.type(1), dy.dtype.type(0))
+        return dy
     dy *= B.xp.greater(y, 0, out=ws("mask", bool))      # a bool mask: as fast as y > 0, no new array
     return dy
+
+
+@jit.kernel
+def _relu(x, zero):
+    """max(x, 0) in place, as np.maximum(x, +0.0) gives it: NaN stays, -0.0 becomes +0.0."""
+    for i in prange(x.shape[0]):
+        v = x[i]
+        x[i] = v if v > zero or v != v else zero
+
+
+@jit.kernel
+def _relu_grad(dy, y, one, zero):
+    """dy *= (y > 0), a multiply as in NumPy (so -0.0, NaN * 0 come out the same)."""
+    for i in prange(dy.shape[0]):
+        dy[i] = dy[i] * (one if y[i] > zero else zero)
 
 
 _ZEROS = {}
@@ -239,6 +274,9 @@ def softmax_xent_forward(logits, targets, scale, out=None):
     log-sum-exp with the row max subtracted, so no exp ever overflows. probs is written into
     `out` (N, V) when given (a workspace reused every step), else into a new array."""
     xp = B.xp
+    if out is not None and _xent_fused(logits, targets, out):
+        loss, correct = _xent_rows(logits, targets, out)
+        return loss * scale, correct, out
     z = xp.subtract(logits, logits.max(axis=1, keepdims=True), out=out)    # (N, V)
     valid = targets >= 0
     all_valid = _all_valid(valid)
@@ -257,6 +295,9 @@ def softmax_xent_forward(logits, targets, scale, out=None):
 def softmax_xent_backward(probs, targets, scale):
     """dlogits = (softmax - onehot) * scale, zero on ignored rows; written into probs."""
     xp = B.xp
+    if _xent_fused(probs, targets, probs):
+        _xent_rows_backward(probs, targets, probs.dtype.type(scale))
+        return probs
     valid = targets >= 0
     all_valid = _all_valid(valid)
     t = targets if all_valid else xp.where(valid, targets, 0)
@@ -265,6 +306,52 @@ def softmax_xent_backward(probs, targets, scale):
     if not all_valid:
         xp.multiply(probs, valid[:, None], out=probs)     # no mask indexing: on a GPU it reads back
     return probs
+
+
+def _xent_fused(logits, targets, out):
+    """Whether softmax cross-entropy runs as one kernel. Its NumPy path is a dozen calls over small
+    arrays, bound by per-call overhead rather than memory: the kernel pays from a few thousand
+    logits (measured: batch 256 x 10 classes, forward 0.14 -> 0.01 ms, backward 0.024 -> 0.004 ms
+    on one thread), so `auto` counts each logit 16 times against jit.MIN_ELEMENTS."""
+    return (jit.active(16 * logits.size) and logits.ndim == 2 and targets.ndim == 1
+            and logits.flags.c_contiguous and out.flags.c_contiguous and out.shape == logits.shape)
+
+
+@jit.serial
+def _xent_rows(logits, targets, probs):
+    """softmax_xent_forward's work row by row (serial: N rows of V classes are a few microseconds);
+    returns (sum of the valid rows' -log p_target, as float64, number of valid rows predicted right).
+    Agrees with the NumPy path to float rounding (its exp and log are NumPy's own SIMD routines,
+    its sums pairwise), not bit for bit."""
+    loss, correct = 0.0, 0
+    for r in range(logits.shape[0]):
+        z, p, t = logits[r], probs[r], targets[r]
+        m, am = z[0], 0
+        for j in range(1, z.shape[0]):
+            if z[j] > m or (z[j] != z[j] and m == m):       # max and first argmax; NaN wins as in NumPy
+                m, am = z[j], j
+        s = z[0] - z[0]
+        for j in range(z.shape[0]):
+            e = math.exp(z[j] - m)
+            p[j] = e
+            s += e
+        for j in range(p.shape[0]):
+            p[j] = p[j] / s
+        if t >= 0:
+            loss += math.log(s) - (z[t] - m)
+            correct += am == t
+    return loss, correct
+
+
+@jit.serial
+def _xent_rows_backward(probs, targets, scale):
+    """softmax_xent_backward: p[t] -= 1, p *= scale; rows with target -1 zeroed (times 0, as NumPy)."""
+    for r in range(probs.shape[0]):
+        p, t = probs[r], targets[r]
+        if t >= 0:
+            p[t] -= 1
+        for j in range(p.shape[0]):
+            p[j] = p[j] * scale if t >= 0 else p[j] * scale * 0
 
 
 def mse_forward(y, target, scale):
