@@ -16,8 +16,6 @@ import math
 import numpy as np
 
 from .. import backend as B
-from . import jit
-from .jit import prange
 
 N_EXTRAS = 5  # loss_sum, correct, items, |g|^2 after the all-reduce, stop request (a signal seen by any rank)
 HUGE_PAGE = 2 << 20  # transparent huge page size (x86-64, most arm64 kernels)
@@ -71,32 +69,12 @@ class Param:
         """grad += a summed over all leading axes (bias gradients)."""
         a2 = a.reshape(-1, a.shape[-1])
         if self.fresh:
-            if jit.active(a2.size) and a2.flags.c_contiguous and self.grad.ndim == 1:
-                _sum_rows(a2, self.grad)
-            else:
-                B.xp.sum(a2, axis=0, out=self.grad)
+            B.xp.sum(a2, axis=0, out=self.grad)
             self.fresh = False
         else:
             self.grad += a2.sum(axis=0)
         if self.hook is not None:
             self.hook(self)
-
-
-@jit.kernel
-def _sum_rows(a, out):
-    """out = a summed over its rows (N, D) -> (D,), row after row as NumPy's sum(axis=0) adds
-    them; blocks of columns in parallel."""
-    d = a.shape[1]
-    for c in prange((d + 127) // 128):
-        lo = c * 128
-        o = out[lo:min(lo + 128, d)]
-        first = a[0, lo:lo + o.shape[0]]
-        for j in range(o.shape[0]):
-            o[j] = first[j]
-        for r in range(1, a.shape[0]):
-            row = a[r, lo:lo + o.shape[0]]
-            for j in range(o.shape[0]):
-                o[j] += row[j]
 
 
 class ParamSpace:

@@ -17,8 +17,9 @@ A kernel is a plain Python function under `@kernel`; it is compiled on its first
 `numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")` (cache: the machine
 code is kept in __pycache__ next to this package, or NUMBA_CACHE_DIR, so only the first run on a
 machine pays the compile; fastmath off: the same IEEE operations in the same order as the NumPy
-path, no reassociation or fused multiply-add; error_model numpy: x / 0 is inf or nan, as in NumPy). Threads: NUMBA_NUM_THREADS, which cli/local.set_threads
-sets with OMP_NUM_THREADS (the rank's BLAS threads).
+path, no reassociation or fused multiply-add; error_model numpy: x / 0 is inf or nan, as in NumPy).
+Threads: NUMBA_NUM_THREADS, which cli/local.set_threads sets with OMP_NUM_THREADS (the rank's BLAS
+threads).
 
 Never call a parallel kernel from a thread of nn/batch_threads.py's pool: numba's default
 (workqueue) threading layer aborts on concurrent launches.

@@ -176,8 +176,8 @@ class Adam(Optimizer):
         bc1, bc2_sqrt = 1.0 - self.b1 ** self.t, math.sqrt(1.0 - self.b2 ** self.t)
         K.adam(self.p, self.g, self.m, self.v, self.vmax if self.amsgrad else self.m, s.bounds, s.decay,
                self.maximize, bool(self.wd and not self.decoupled), f(self.wd),
-               f(1.0 - lr * self.wd if self.decoupled else 1.0), f(self.b1), f(1.0 - self.b1), f(self.b2), f(1.0 - self.b2), self.amsgrad,
-               f(bc2_sqrt), f(self.eps), f(lr / bc1))
+               f(1.0 - lr * self.wd if self.decoupled else 1.0), f(self.b1), f(1.0 - self.b1), f(self.b2),
+               f(1.0 - self.b2), self.amsgrad, f(bc2_sqrt), f(self.eps), f(lr / bc1))
 
 
 class RMSProp(Optimizer):

@@ -69,7 +69,8 @@ def test_kernels_match_the_numpy_path_bit_for_bit(dtype, setting):
                 opt.step(lr)
         worst = max(worst, float(np.abs(ref.p - fused.p).max()))
         for name in ref.state_names:
-            np.testing.assert_array_equal(getattr(fused, name), getattr(ref, name), err_msg=f"{cls.__name__} {opts} {name}")
+            np.testing.assert_array_equal(getattr(fused, name), getattr(ref, name),
+                                          err_msg=f"{cls.__name__} {opts} {name}")
         np.testing.assert_array_equal(fused.p, ref.p, err_msg=f"{cls.__name__} {opts} shard={shard}")
         assert fused.t == ref.t == STEPS
     print(f"{len(CASES)} optimizer settings x 2 layouts, {dtype}: max |kernel - numpy| = {worst:.1e}")
