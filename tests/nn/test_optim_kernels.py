@@ -5,11 +5,12 @@ on the whole buffer and on a ZeRO-1 slice. Also: a fused step allocates no array
 from the optimizer's state is exact. (test_optim.py and test_optim_plugins.py run their torch
 and fixture comparisons with the kernels forced too.)"""
 import itertools
+import os
 
 import numpy as np
 import pytest
 
-from conftest import step_memory
+from conftest import ROOT, step_memory
 from ddp_scratch.nn import jit
 from ddp_scratch.nn.flat import ParamSpace
 from ddp_scratch.nn.optim import SGD, Adam, RMSProp
@@ -115,3 +116,27 @@ def test_a_resume_from_the_state_is_exact(cls, opts, setting):
         s3.grads[...] = g
         second.step()
     np.testing.assert_array_equal(s3.params, s.params)
+
+
+def test_a_checkpoint_resume_with_the_kernels_is_bit_exact(tmp_path, setting):
+    """The trainer (in this process) with kernels: numba, every optimizer and MLP kernel at every
+    size: a run stopped mid-epoch and resumed from its checkpoint ends with the parameters of the
+    uninterrupted run, bit for bit."""
+    import json
+    from ddp_scratch.config import load_config
+    from ddp_scratch.parallel.world import Comm
+    from ddp_scratch.run.trainer import Options, Trainer
+    cfg = load_config(f"{ROOT}/experiments/mlp_digits.yaml", [
+        "kernels=numba", "train.epochs=1", "optim.name=adamw", "optim.lr=0.003", "train.grad_clip=1.0"])
+
+    def run(out, **opts):
+        tr = Trainer(cfg, Options(out=str(out), quiet=True, signals=False, **opts), comm=Comm(serial=True))
+        tr.run()
+        os.close(tr.lock)          # the folder's lock is held until the process ends: hand it on
+    run(tmp_path / "full")
+    run(tmp_path / "split", stop_at_step=9)
+    run(tmp_path / "split", resume=True)
+    summary = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 9 and summary["kernels"].startswith("numba ")
+    got, want = (np.load(tmp_path / d / "checkpoint.npz", allow_pickle=False)["params"] for d in ("split", "full"))
+    assert np.array_equal(got, want), "resumed run differs from the uninterrupted one"
