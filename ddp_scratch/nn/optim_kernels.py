@@ -10,9 +10,12 @@ after the step, and not writing it back saves one of the five or six streams ove
 Weight decay applies to some parameters only (ParamSpace.decay_ranges): `Segments` cuts the
 buffer into runs that do or do not decay, and each parallel chunk walks the runs it overlaps.
 
-Measured (MLP 784-1024-1024-10, 1.86M float32 parameters, SGD momentum, inside the train step
-of benchmarks/bench_mlp.py, loaded 2-core machine): NumPy path 2.5 ms per step; the kernel
-about 0.5 ms on 2 numba threads, 0.9 ms on 1.
+Measured on a 2-core machine that other processes kept busy (MLP 784-1024-1024-10, 1.86M float32
+parameters, SGD momentum): alone, 0.51 ms on one numba thread against NumPy's 1.1-1.5 ms (fastest
+of 50); inside the train step (bench_mlp's per-call profile, after the backward GEMMs, buffers
+out of cache) 1.09-1.17 ms on one thread against 1.98-2.58 ms. Two numba threads could not be
+measured there (a parallel region waited for a busy core: 10-13 ms): bench_mlp's profile reports
+the kernels on 1 and 2 threads beside the NumPy path, for a quiet machine to decide.
 """
 import math
 
