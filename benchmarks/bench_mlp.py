@@ -4,7 +4,12 @@
   mpiexec -n 2 python benchmarks/bench_mlp.py ddp            # 2 ranks, batch 128 per rank, 1 thread
                                                              #   ddp_scratch + Comm vs torch DDP (gloo)
   options: --overlap (ddp: also comm.overlap=true), --baseline-tree DIR (another checkout's
-           ddp_scratch as a third side, for before/after), --no-torch
+           ddp_scratch as a third side, for before/after), --no-torch,
+           --kernels auto|numba|numpy (nn/jit.py: the fused numba kernels or the NumPy path),
+           --kernel-threads N (numba's threads; default --threads)
+  python benchmarks/bench_mlp.py first-step --kernels numba  # one process's import, build and
+                                                             #   first step (the compile cost; the
+                                                             #   single mode runs it 3 ways itself)
 
 Both sides start from the same weights (ddp_scratch's init copied into torch), train on the same
 synthetic batch every step (data loading is not measured) with SGD momentum, and are timed in
@@ -27,7 +32,7 @@ IDLE_S = 0.3        # pause before each timing window (see interleaved)
 
 def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["single", "ddp"])
+    ap.add_argument("mode", choices=["single", "ddp", "first-step"])
     ap.add_argument("--batch", type=int, help="rows per process (default 256 single, 128 ddp)")
     ap.add_argument("--threads", type=int, help="math threads per process (default 2 single, 1 ddp)")
     ap.add_argument("--steps", type=int, default=30, help="steps per timing window (~0.4 s: long enough "
@@ -43,10 +48,16 @@ def parse():
     ap.add_argument("--baseline-tree", metavar="DIR",
                     help="another checkout whose ddp_scratch/ runs as a third side in the same windows "
                          "(before/after comparisons immune to the machine's mood)")
+    ap.add_argument("--kernels", choices=["auto", "numba", "numpy"], default="auto",
+                    help="the config's kernels: fused numba kernels (auto: for arrays of 32K+ elements) or NumPy")
+    ap.add_argument("--kernel-threads", type=int, help="numba threads per process (default: --threads)")
+    ap.add_argument("--no-compile-cost", action="store_true",
+                    help="single mode: skip timing a fresh process's first step (cold and cached numba cache)")
     ap.add_argument("--out", help="JSON file name under benchmarks/results/ (default mlp_<mode>.json)")
     a = ap.parse_args()
     a.batch = a.batch or (256 if a.mode == "single" else 128)
     a.threads = a.threads or (2 if a.mode == "single" else 1)
+    a.kernel_threads = a.kernel_threads or a.threads
     a.out = a.out or f"mlp_{a.mode}.json"
     return a
 
@@ -199,6 +210,7 @@ def _profile_once(model, opt, x, t, scale, reps):
     import numpy as np
     from ddp_scratch.nn import ops
     names, rows = [], []
+    probs = np.empty((x.shape[0], DIMS[-1]), dtype=x.dtype)     # MLP.loss's softmax workspace
     for r in range(reps + 3):
         times = []
 
@@ -211,7 +223,7 @@ def _profile_once(model, opt, x, t, scale, reps):
         h = x
         for i, layer in enumerate(model.layers):
             h = T(f"fwd {i} {_layer_name(layer)}", layer.forward, h)
-        _, _, p = T("fwd softmax-xent", ops.softmax_xent_forward, h, t, scale)
+        _, _, p = T("fwd softmax-xent", ops.softmax_xent_forward, h, t, scale, probs)
         d = T("bwd softmax-xent", ops.softmax_xent_backward, p, t, scale)
         for i in reversed(range(len(model.layers))):
             d = T(f"bwd {i} {_layer_name(model.layers[i])}", model.layers[i].backward, d)
@@ -222,6 +234,71 @@ def _profile_once(model, opt, x, t, scale, reps):
             rows.append([s for _, s in times])
     med = np.median(np.array(rows), axis=0) * 1e3
     return [{"call": n, "ms": float(m)} for n, m in zip(names, med)]
+
+
+def profiles(model, opt, x, t, scale, kernel_threads):
+    """The per-call profile as configured, and, where kernels run, in the same run with the NumPy
+    path (before/after) and with the kernels on one thread (a 2-thread kernel right after a GEMM
+    shares its second core with OpenBLAS's spinning worker). {label: (profile, foreign share)}."""
+    from ddp_scratch.nn import jit
+    out = {"as configured": profile_scratch(model, opt, x, t, scale)}
+    if jit.describe() == "numpy":
+        return out
+    setting = jit.setting()
+    jit.use("numpy")
+    try:
+        out["numpy path"] = profile_scratch(model, opt, x, t, scale)
+    finally:
+        jit.use(setting)
+    if kernel_threads > 1:
+        import numba
+        numba.set_num_threads(1)
+        try:
+            out["kernels on 1 thread"] = profile_scratch(model, opt, x, t, scale)
+        finally:
+            numba.set_num_threads(kernel_threads)
+    return out
+
+
+FIRST_STEP = "first-step"
+
+
+def first_step(a):
+    """Seconds a fresh process spends importing and building the model, on its first step (numba
+    imported and every kernel compiled, or loaded from its cache, here) and on its second."""
+    import json
+    import numpy as np
+    t0 = time.perf_counter()
+    model, opt = build_scratch()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((a.batch, DIMS[0]), dtype=np.float32)
+    step = scratch_step_fn(model, opt, x, rng.integers(0, DIMS[-1], a.batch), 1.0 / a.batch)
+    t1 = time.perf_counter()
+    step()
+    t2 = time.perf_counter()
+    step()
+    t3 = time.perf_counter()
+    print(json.dumps({"build_s": t1 - t0, "first_step_s": t2 - t1, "second_step_s": t3 - t2}))
+
+
+def compile_cost(a):
+    """The numba kernels' one-off cost, from fresh processes: the first step with kernels: numpy,
+    with numba and an empty cache (NUMBA_CACHE_DIR: every kernel compiled), and again with that
+    cache filled (every kernel loaded)."""
+    import json
+    import subprocess
+    import tempfile
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for label, kernels in (("numpy", "numpy"), ("numba_empty_cache", a.kernels), ("numba_cached", a.kernels)):
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            cmd = [sys.executable, os.path.abspath(__file__), FIRST_STEP, "--kernels", kernels,
+                   "--batch", str(a.batch), "--threads", str(a.threads), "--kernel-threads", str(a.kernel_threads)]
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                raise SystemExit(f"bench_mlp: the first-step run failed:\n{p.stderr}")
+            out[label] = json.loads(p.stdout.strip().splitlines()[-1])
+    return out
 
 
 def _layer_name(layer):
@@ -288,7 +365,11 @@ def run_single(a):
     times = interleaved(sides, a.steps, a.windows, a.max_windows, a.warmup)
     if not a.no_torch:
         res["check"]["param_max_abs_diff_after"] = float(np.abs(model.space.params - torch_params_flat(net)).max())
-    res["profile"], res["profile_foreign_cpu_share"] = profile_scratch(model, opt, x, t, 1.0 / a.batch)
+    profs = profiles(model, opt, x, t, 1.0 / a.batch, a.kernel_threads)
+    res["profile"], res["profile_foreign_cpu_share"] = profs.pop("as configured")
+    res["profile_variants"] = {k: {"profile": p, "foreign_cpu_share": f} for k, (p, f) in profs.items()}
+    if not a.no_compile_cost:
+        res["first_step"] = compile_cost(a)
     return res, times, a.batch, model.flops_per_step(a.batch)
 
 
@@ -351,6 +432,11 @@ def run_ddp(a):
 def main():
     a = parse()
     common.set_threads(a.threads)
+    os.environ["NUMBA_NUM_THREADS"] = str(a.kernel_threads)
+    from ddp_scratch.nn import jit
+    jit.use(a.kernels)
+    if a.mode == FIRST_STEP:
+        return first_step(a)
     res, times, items, flops = run_single(a) if a.mode == "single" else run_ddp(a)
     if res.get("rank", 0) != 0:
         return
@@ -358,7 +444,8 @@ def main():
     out = {"benchmark": f"mlp_{a.mode}", "model": "MLP " + "-".join(map(str, DIMS)) + " ReLU float32",
            "optimizer": f"SGD lr={LR} momentum={MOMENTUM}", "batch_per_process": a.batch,
            "threads_per_process": a.threads, "world_size": res.pop("world_size", 1),
-           "steps_per_window": a.steps, "warmup_steps": a.warmup, "env": common.environment(), "sides": {}}
+           "steps_per_window": a.steps, "warmup_steps": a.warmup, "kernels": jit.describe(),
+           "kernel_threads": a.kernel_threads, "env": common.environment(), "sides": {}}
     res.pop("rank", None)
     rounds = times
     names = list(rounds[0])
@@ -417,10 +504,18 @@ def main():
         print(f"  check: first loss {c['first_loss_ddp_scratch']:.6f} vs {c['first_loss_torch']:.6f}, "
               f"params after: max |diff| {c.get('param_max_abs_diff_after', float('nan')):.2e}")
     if "profile" in res:
-        print(f"  ddp_scratch step profile (median ms per call; other processes used "
-              f"{100 * res['profile_foreign_cpu_share']:.0f}% of the CPUs meanwhile):")
-        for p in res["profile"]:
-            print(f"    {p['call']:34s} {p['ms']:7.3f}")
+        cols = [("kernels: " + out["kernels"], res["profile"], res["profile_foreign_cpu_share"])]
+        cols += [(k, v["profile"], v["foreign_cpu_share"]) for k, v in res["profile_variants"].items()]
+        print("  ddp_scratch step profile (median ms per call; share of the CPUs other processes used meanwhile):")
+        print(f"    {'':34s}" + "".join(f"{c[0][:26]:>28s}" for c in cols))
+        print(f"    {'(other processes)':34s}" + "".join(f"{100 * c[2]:27.0f}%" for c in cols))
+        for i, p in enumerate(res["profile"]):
+            print(f"    {p['call']:34s}" + "".join(f"{c[1][i]['ms']:28.3f}" for c in cols))
+        print(f"    {'sum':34s}" + "".join(f"{sum(q['ms'] for q in c[1]):28.3f}" for c in cols))
+    if "first_step" in res:
+        fs = res["first_step"]
+        print("  a fresh process's first step (import, compile or cache load, run) / second step, seconds: "
+              + ", ".join(f"{k} {v['first_step_s']:.2f} / {v['second_step_s']:.3f}" for k, v in fs.items()))
     print(f"  -> {os.path.relpath(path)}")
 
 

@@ -260,7 +260,8 @@ def report(res):
         L += [f"## {title}" + (f" — variant: OPENBLAS_CORETYPE unset ({core} kernels)" if var else ""), "",
               f"{r['model']}, {r['optimizer']}, batch {r['batch_per_process']} per process, "
               f"{r['threads_per_process']} thread(s) per process, {r['steps_per_window']} steps per window, "
-              f"NumPy's OpenBLAS running its {core} kernels; run {r['env'].get('date')}.", ""]
+              f"NumPy's OpenBLAS running its {core} kernels; fused elementwise work and optimizer: "
+              f"{r.get('kernels', 'numpy')}; run {r['env'].get('date')}.", ""]
         if var:
             base_core = runs.get(key.replace("_openblas_auto", ""), r)["env"].get("openblas", {}).get("corename", "?")
             L += [f"The environment of these runs sets OPENBLAS_CORETYPE, which pins NumPy's OpenBLAS to "
@@ -278,9 +279,19 @@ def report(res):
             L += [f"Against its ceiling: the step runs at **{r['vs_gemm_ceiling']:.2f}** of the rate of its GEMMs "
                   f"alone (the same shapes, layouts and out= buffers, timed in the same windows: the `gemm_ceiling` "
                   f"row, {r['gemm_ceiling_gflops_per_s']:.0f} GFLOP/s counted with the whole step's FLOPs; target "
-                  f">= 0.95: {'met' if r['vs_gemm_ceiling'] >= 0.95 else 'NOT met'}). The rest of the step "
-                  "(bias, ReLU, softmax cross-entropy, bias gradients, the optimizer) is what separates the two; "
-                  "the profile below says how much each part takes."]
+                  f">= 0.95: {'met' if r['vs_gemm_ceiling'] >= 0.95 else 'NOT met'}). What separates the two "
+                  "is the step's other work (bias adds and gradients, ReLU, softmax cross-entropy, the optimizer) "
+                  "and the GEMMs' own in-step slowdown; the profile below gives each call's time"
+                  + (", with the NumPy path and the kernels on one thread beside it, in the same run."
+                     if r.get("profile_variants") else ".")]
+            fs = r.get("first_step")
+            if fs and "numba_empty_cache" in fs:
+                L += [f"The kernels' one-off cost: a fresh process's first train step (which imports numba and "
+                      f"compiles every kernel, or loads it from numba's cache) takes "
+                      f"{fs['numba_empty_cache']['first_step_s']:.2f} s with an empty cache (the first run on a "
+                      f"machine), {fs['numba_cached']['first_step_s']:.2f} s with the cache filled (every later "
+                      f"run), {fs['numpy']['first_step_s']:.2f} s with kernels: numpy; its second step "
+                      f"{fs['numba_cached']['second_step_s']:.3f} s and {fs['numpy']['second_step_s']:.3f} s."]
         if "overlap_vs_blocking" in r:
             L += [f"ddp_scratch with comm.overlap=true (bucketed Iallreduce during backward, 25 MiB buckets, "
                   f"the first 1 MiB: the `ddp_scratch_overlap` row) runs at **{r['overlap_vs_blocking']:.3f}x** "
@@ -307,12 +318,15 @@ def report(res):
                   f"most {c.get('param_max_abs_diff_after', float('nan')):.1e} (float32 rounding)."]
         L.append("")
         if "profile" in r and not var:
-            L += ["ddp_scratch step, median milliseconds per call (measured in place, in step order; other "
-                  f"processes used {100 * r.get('profile_foreign_cpu_share', float('nan')):.0f}% of the CPUs "
-                  "meanwhile):", "",
-                  "| call | ms |", "|---|---|"]
-            L += [f"| {p['call']} | {p['ms']:.3f} |" for p in r["profile"]]
-            L += [f"| **sum** | **{sum(p['ms'] for p in r['profile']):.3f}** |", ""]
+            cols = [(r.get("kernels", "as run"), r["profile"], r.get("profile_foreign_cpu_share", float("nan")))]
+            cols += [(k, v["profile"], v["foreign_cpu_share"]) for k, v in r.get("profile_variants", {}).items()]
+            L += ["ddp_scratch step, median milliseconds per call (measured in place, in step order; the share "
+                  "of the CPUs other processes used meanwhile under each column's heading):", "",
+                  "| call | " + " | ".join(f"{c[0]} ({100 * c[2]:.0f}%)" for c in cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+            L += [f"| {p['call']} | " + " | ".join(f"{c[1][i]['ms']:.3f}" for c in cols) + " |"
+                  for i, p in enumerate(r["profile"])]
+            L += ["| **sum** | " + " | ".join(f"**{sum(p['ms'] for p in c[1]):.3f}**" for c in cols) + " |", ""]
     gpt = [(k, runs[k]) for k in ("gpt_throughput", "gpt_ddp") if k in runs]
     if gpt:
         L += ["## Transformer train step, 1 process and data-parallel", "",

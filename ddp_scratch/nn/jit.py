@@ -14,11 +14,12 @@ reference: tests compare the two (tests/nn/test_jit.py).
 On CuPy nothing here runs: the GPU's own kernels do the work.
 
 A kernel is a plain Python function under `@kernel`; it is compiled on its first call with
-`numba.njit(parallel=True, cache=True, fastmath=False)` (cache: the machine code is kept in
-__pycache__ next to this package, or NUMBA_CACHE_DIR, so only the first run on a machine pays
-the compile; fastmath off: the same IEEE operations in the same order as the NumPy path, no
-reassociation or fused multiply-add). Threads: NUMBA_NUM_THREADS, which cli/local.set_threads
-sets with OMP_NUM_THREADS (the rank's BLAS threads).
+`numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")` (cache: the machine
+code is kept in __pycache__ next to this package, or NUMBA_CACHE_DIR, so only the first run on a
+machine pays the compile; fastmath off: the same IEEE operations in the same order as the NumPy
+path, no reassociation or fused multiply-add; error_model numpy: x / 0 is inf or nan, as in NumPy).
+Threads: NUMBA_NUM_THREADS, which cli/local.set_threads sets with OMP_NUM_THREADS (the rank's BLAS
+threads).
 
 Never call a parallel kernel from a thread of nn/batch_threads.py's pool: numba's default
 (workqueue) threading layer aborts on concurrent launches.
@@ -98,7 +99,10 @@ class kernel:
                 raise RuntimeError(f"kernel {self.fn.__name__} called without numba; ask jit.active() first")
             if "prange" in self.fn.__code__.co_names:      # the module's `prange = range` (see prange)
                 self.fn.__globals__["prange"] = nb.prange
-            self.compiled = nb.njit(parallel=self.parallel, cache=_cache_ok(), fastmath=False)(self.fn)
+            # error_model numpy: x / 0 gives inf or nan as in NumPy, where numba's default raises
+            # ZeroDivisionError (and checks every division in the loop, which stops vectorisation)
+            self.compiled = nb.njit(parallel=self.parallel, cache=_cache_ok(), fastmath=False,
+                                    error_model="numpy")(self.fn)
         return self.compiled(*args)
 
 

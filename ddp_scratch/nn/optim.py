@@ -7,11 +7,16 @@ preallocated scratch buffer, so a step allocates nothing. `step()` consumes the 
 These updates are memory-bound (a few flops per element over buffers of tens of MB), so SGD walks
 the buffers in cache-sized chunks: each element is read from memory once per step instead of
 once per NumPy call, and the scratch chunk never leaves the cache.
+
+Where nn/jit.py says so (`kernels:`, NumPy arrays of 32K elements or more), each built-in update
+runs as one fused numba kernel instead (nn/optim_kernels.py, the same float operations in the same
+order); the NumPy code below stays the reference the tests compare it with.
 """
 import math
 
 from .. import backend as B
 from ..errors import ConfigError
+from . import jit, optim_kernels as K
 from .flat import zeros
 from .plugins import build_optimizer as build_plugin_optimizer, is_plugin, optimizer_class, optimizer_state_arrays
 
@@ -31,8 +36,25 @@ class Optimizer:
         self.decay = [(self.p[a:b], self.g[a:b]) for a, b in space.decay_ranges()]
         for name in self.state_names:
             setattr(self, name, zeros(self.p.size, self.p.dtype))
+        self._segs = None
+
+    def _fused(self):
+        """Whether this step runs the numba kernel (nn/jit.py): then the kernel's arguments
+        (the weight-decay segments, scalars in the buffers' dtype) are made here."""
+        if not jit.active(self.p.size):
+            return False
+        if self._segs is None:
+            self._segs = K.Segments(self.space.decay_ranges(), self.p.size)
+            self._scalar = self.p.dtype.type
+        return True
 
     def _prep_grad(self, l2: bool):
+        if self._fused():     # plug-in optimizers call this too: one pass instead of three
+            s = self._segs
+            if self.maximize or (l2 and self.wd):
+                K.prep_grad(self.p, self.g, s.bounds, s.decay, self.maximize, bool(l2 and self.wd),
+                            self._scalar(self.wd))
+            return
         if self.maximize:
             B.xp.negative(self.g, out=self.g)
         if l2 and self.wd:
@@ -66,6 +88,13 @@ class SGD(Optimizer):
 
     def step(self, lr=None):
         lr = self.lr if lr is None else lr
+        if self._fused():
+            f, s, first = self._scalar, self._segs, self.t == 0
+            self.t += 1
+            K.sgd(self.p, self.g, self.buf, s.bounds, s.decay, self.maximize, bool(self.wd), f(self.wd), f(lr),
+                  bool(self.momentum), f(self.momentum), first, bool(self.dampening), f(1.0 - self.dampening),
+                  self.nesterov)
+            return
         self._prep_grad(l2=True)
         first, self.t = self.t == 0, self.t + 1
         if not B.on_gpu():
@@ -113,6 +142,9 @@ class Adam(Optimizer):
     def step(self, lr=None):
         xp, lr = B.xp, self.lr if lr is None else lr
         g, tmp, m, v = self.g, self.tmp, self.m, self.v
+        if self._fused():
+            self._fused_step(lr)
+            return
         self._prep_grad(l2=not self.decoupled)
         if self.decoupled and self.wd:
             for p, _ in self.decay:
@@ -138,6 +170,15 @@ class Adam(Optimizer):
         tmp *= lr / bc1
         self.p -= tmp
 
+    def _fused_step(self, lr):
+        f, s = self._scalar, self._segs
+        self.t += 1
+        bc1, bc2_sqrt = 1.0 - self.b1 ** self.t, math.sqrt(1.0 - self.b2 ** self.t)
+        K.adam(self.p, self.g, self.m, self.v, self.vmax if self.amsgrad else self.m, s.bounds, s.decay,
+               self.maximize, bool(self.wd and not self.decoupled), f(self.wd),
+               f(1.0 - lr * self.wd if self.decoupled else 1.0), f(self.b1), f(1.0 - self.b1), f(self.b2),
+               f(1.0 - self.b2), self.amsgrad, f(bc2_sqrt), f(self.eps), f(lr / bc1))
+
 
 class RMSProp(Optimizer):
     elementwise = True
@@ -151,6 +192,13 @@ class RMSProp(Optimizer):
     def step(self, lr=None):
         xp, lr = B.xp, self.lr if lr is None else lr
         g, tmp = self.g, self.tmp
+        if self._fused():
+            f, s = self._scalar, self._segs
+            self.t += 1
+            K.rmsprop(self.p, g, self.sq, getattr(self, "buf", g), getattr(self, "gavg", g), s.bounds, s.decay,
+                      self.maximize, bool(self.wd), f(self.wd), f(self.alpha), f(1.0 - self.alpha), self.centered,
+                      bool(self.momentum), f(self.momentum), f(self.eps), f(lr))
+            return
         self._prep_grad(l2=True)
         self.t += 1
         self.sq *= self.alpha

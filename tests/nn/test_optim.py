@@ -7,6 +7,7 @@ import pytest
 
 from conftest import FIXTURES, require_torch
 from devices import dev, host
+from jit_settings import kernels  # noqa: F401  (each test with the NumPy path and the numba kernels)
 from ddp_scratch.config import OptimConfig
 from ddp_scratch.nn.flat import ParamSpace
 from ddp_scratch.nn.optim import build_optimizer, lr_at

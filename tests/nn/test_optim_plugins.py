@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT, require_torch, step_memory
 from devices import dev, host
+from jit_settings import kernels  # noqa: F401  (each test with the NumPy path and the numba kernels)
 from ddp_scratch.config import load_config
 from ddp_scratch.nn.flat import ParamSpace
 from ddp_scratch.nn.optim import build_optimizer

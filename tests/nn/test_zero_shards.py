@@ -8,6 +8,7 @@ from ddp_scratch.config import load_config
 from ddp_scratch.errors import ConfigError
 from ddp_scratch.nn.flat import ParamSpace
 from ddp_scratch.nn.optim import build_optimizer
+from jit_settings import kernels  # noqa: F401  (each test with the NumPy path and the numba kernels)
 from ddp_scratch.nn.registry import memory_estimate
 from ddp_scratch.parallel.zero import shard_counts
 
