@@ -33,8 +33,22 @@ def kernels(request):
         pytest.skip("numba kernels run on host NumPy arrays, with numba installed")
     before = jit.setting()
     jit.use(request.param)
+    threads = _one_numba_thread() if request.param == "numba" else None
     yield request.param
     jit.use(before)
+    if threads:
+        import numba
+        numba.set_num_threads(threads)
+
+
+def _one_numba_thread():
+    """numba on one thread here, the number it had returned: on a loaded 2-core machine a parallel
+    launch can wait milliseconds for its second thread (the gpt gradcheck: 68 s on 2 threads, 7 s
+    on 1). test_transformer_kernels.py runs the kernels on all threads."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    return before
 
 
 def numgrad(f, x):
