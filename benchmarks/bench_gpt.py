@@ -171,7 +171,7 @@ def torch_step_fn(net, opt, x, t):
 
 # ----------------------------------------------------------------------------- modes
 
-NUMPY_PATH, GEMMS, NUMBA_1 = "ddp_scratch_numpy_path", "gemm_ceiling", "ddp_scratch_numba_1_thread"
+NUMPY_PATH, GEMMS, NUMBA_ALL = "ddp_scratch_numpy_path", "gemm_ceiling", "ddp_scratch_kernels_all_threads"
 
 
 def with_kernels(setting, step):
@@ -188,17 +188,17 @@ def with_kernels(setting, step):
     return run
 
 
-def with_numba_threads(n, step):
-    """step() with numba's parallel kernels on n threads (numba.set_num_threads: this thread's launches)."""
-    import numba
+def with_kernel_threads(n, step):
+    """step() with the GPT's kernels on n numba threads (transformer_kernels.THREADS; None: all)."""
+    from ddp_scratch.nn import transformer_kernels as K
 
     def run():
-        before = numba.get_num_threads()
-        numba.set_num_threads(n)
+        before = K.THREADS
+        K.THREADS = n
         try:
             return step()
         finally:
-            numba.set_num_threads(before)
+            K.THREADS = before
     return run
 
 
@@ -226,10 +226,11 @@ def run_throughput(a):
     if a.kernels != "numpy":                  # the same step on the NumPy path: before/after in one run
         m_np, o_np = build_ours(a.batch)
         sides.append((NUMPY_PATH, with_kernels("numpy", ours_step_fn(m_np, o_np, x, t))))
-    one_thread = a.kernels != "numpy" and a.threads > 1 and jit.active()
-    if one_thread:                            # OpenBLAS's spinning workers vs numba's second thread
+    from ddp_scratch.nn import transformer_kernels as K
+    all_threads = a.kernels != "numpy" and a.threads > 1 and jit.active() and K.THREADS != a.threads
+    if all_threads:                           # OpenBLAS's spinning workers vs numba's second thread
         m_1, o_1 = build_ours(a.batch)
-        sides.append((NUMBA_1, with_numba_threads(1, ours_step_fn(m_1, o_1, x, t))))
+        sides.append((NUMBA_ALL, with_kernel_threads(None, ours_step_fn(m_1, o_1, x, t))))
     m_g, o_g = build_ours(a.batch)            # its own buffers: the replay overwrites them
     gemms = gpt_profile.gemm_step_fn(m_g, ours_step_fn(m_g, o_g, x, t))
     sides.append((GEMMS, gemms))
@@ -245,8 +246,9 @@ def run_throughput(a):
     if a.kernels != "numpy":
         res["vs_numpy_path"], _ = paired_ratio(rounds, "ddp_scratch", NUMPY_PATH)
         res["numpy_path_vs_torch"], _ = paired_ratio(rounds, NUMPY_PATH, "torch")
-    if one_thread:
-        res["numba_1_thread_vs_torch"], _ = paired_ratio(rounds, NUMBA_1, "torch")
+    res["kernel_threads"] = K.THREADS
+    if all_threads:
+        res["kernels_all_threads_vs_torch"], _ = paired_ratio(rounds, NUMBA_ALL, "torch")
     res["profile"] = gpt_profile.profile_scratch(model, opt, ours)
     if a.kernels != "numpy":
         res["profile_numpy_path"] = gpt_profile.profile_scratch(m_np, o_np, with_kernels("numpy", ours_step_fn(
@@ -264,9 +266,9 @@ def run_throughput(a):
         print(f"  NumPy path (kernels: numpy): {res['sides'][NUMPY_PATH]['median']:,.0f} tokens/s, "
               f"{res['numpy_path_vs_torch']:.2f}x torch; the kernels make the step {res['vs_numpy_path']:.2f}x faster")
         gpt_profile.print_profile(res["profile_numpy_path"], "NumPy path step profile")
-    if one_thread:
-        print(f"  kernels on 1 numba thread (BLAS still on {a.threads}): {res['sides'][NUMBA_1]['median']:,.0f} "
-              f"tokens/s, {res['numba_1_thread_vs_torch']:.2f}x torch")
+    if all_threads:
+        print(f"  GPT kernels on all {a.threads} numba threads (instead of {K.THREADS}): "
+              f"{res['sides'][NUMBA_ALL]['median']:,.0f} tokens/s, {res['kernels_all_threads_vs_torch']:.2f}x torch")
     gpt_profile.print_profile(res["profile"], f"ddp_scratch step profile ({res['kernels']})")
     if cost and "error" not in cost:
         print(f"  numba: first step compiles the kernels in {cost['empty_cache']['kernels_s']:.1f} s (empty "

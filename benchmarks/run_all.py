@@ -195,9 +195,10 @@ def _gpt_account(r):
         L[-1] += (f" The same step on the NumPy path (kernels: numpy), same run: {S['ddp_scratch_numpy_path']['median']:,.0f}"
                   f" tokens/s, {r['numpy_path_vs_torch']:.2f}x torch; the kernels make the step "
                   f"{r['vs_numpy_path']:.2f}x faster.")
-    if "numba_1_thread_vs_torch" in r:
-        L[-1] += (f" With the kernels on one numba thread (the GEMMs still on all): "
-                  f"{S['ddp_scratch_numba_1_thread']['median']:,.0f} tokens/s, {r['numba_1_thread_vs_torch']:.2f}x torch.")
+    if "kernels_all_threads_vs_torch" in r:
+        L[-1] += (f" The GPT's kernels launch on {r.get('kernel_threads')} numba thread(s) (transformer_kernels.THREADS); "
+                  f"on all of the process's threads: {S['ddp_scratch_kernels_all_threads']['median']:,.0f} tokens/s, "
+                  f"{r['kernels_all_threads_vs_torch']:.2f}x torch.")
     c = r.get("numba_compile")
     if c and "error" not in c:
         L[-1] += (f" numba's cost: the first step of a new process compiles every kernel in "

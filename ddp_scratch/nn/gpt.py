@@ -25,6 +25,7 @@ from . import ops
 from .flat import N_EXTRAS, ParamSpace
 from .optim import optimizer_arrays
 from .ops import gelu_backward, gelu_forward, gelu_from_tanh
+from .transformer_kernels import numba_threads
 from .transformer_ops import (attention_backward, attention_forward, bias_grad, causal_bias, dropout_mask,
                               embedding_backward, embedding_forward, layernorm_backward, layernorm_forward,
                               residual_add)
@@ -193,6 +194,10 @@ class GPT:
     # ------------------------------------------------------------------ forward / backward
     def forward(self, idx, train=False):
         """idx (B,T) token ids -> logits (N,V)."""
+        with numba_threads():
+            return self._forward(idx, train)
+
+    def _forward(self, idx, train):
         xp = B.xp
         Bn, T = idx.shape
         if T > self.Tmax:
@@ -224,6 +229,10 @@ class GPT:
         return loss, correct
 
     def backward(self):
+        with numba_threads():
+            self._backward()
+
+    def _backward(self):
         xp, tmp = B.xp, self.tmp
         Bn, T = self.idx.shape
         N, C = Bn * T, self.C

@@ -29,9 +29,33 @@ Legend: N rows (B*T), C channels, D a row's width, R = B*H attention rows of T x
 """
 import numpy as np
 
+from . import jit
 from .jit import kernel, prange
 
 NCHUNK = 16
+THREADS = 1
+"""numba threads the GPT's forward and backward launch these kernels on (numba_threads()); None:
+numba's own number (NUMBA_NUM_THREADS, the rank's BLAS threads). 1 because that is what paid here:
+bench_gpt.py on the loaded 2-core machine, same run: kernels on 1 numba thread 1.14x torch, on 2
+numba threads 0.53x, NumPy path 0.97x; the 2-layer addition GPT (tests/nn/test_gpt.py) trained
+for over 7 minutes on 2 numba threads without finishing. bench_gpt.py times both thread counts."""
+
+
+class numba_threads:
+    """`with numba_threads():` the kernels launched inside run on THREADS numba threads (numba's
+    setting is per launching thread: the optimizer's kernels after backward keep theirs)."""
+
+    def __enter__(self):
+        self.before = None
+        if THREADS is not None and jit.active():
+            nb = jit._numba()
+            self.before = nb.get_num_threads()
+            nb.set_num_threads(min(THREADS, self.before))
+        return self
+
+    def __exit__(self, *exc):
+        if self.before is not None:
+            jit._numba().set_num_threads(self.before)
 _CONSTS, _SCRATCH = {}, {}
 
 

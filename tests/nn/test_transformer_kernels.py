@@ -173,3 +173,18 @@ def test_kernel_scratch_is_made_once():
     a = K.scratch("t", (3, 4), "float32")
     assert K.scratch("t", (3, 4), "float32") is a and K.scratch("t", (3, 4), "float64") is not a
     assert K.consts("float32", 0, 1.5).dtype == np.float32
+
+
+def test_the_gpt_launches_its_kernels_on_THREADS_and_gives_numba_its_setting_back(monkeypatch):
+    from ddp_scratch.nn.gpt import GPT
+    numba = jit._numba()
+    jit.use("numba")
+    seen, real = [], K.layernorm_fwd
+    monkeypatch.setattr(K, "layernorm_fwd", lambda *a: (seen.append(numba.get_num_threads()), real(*a)))
+    before = numba.get_num_threads()
+    m = GPT(7, block_size=5, n_layer=1, n_head=2, d_model=8, dtype="float32", seed=0)
+    x = np.zeros((2, 5), np.int64)
+    m.loss(x, x, 0.1)
+    m.backward()
+    assert seen and set(seen) == {min(K.THREADS, before)}
+    assert numba.get_num_threads() == before
