@@ -22,7 +22,8 @@ float32; benchmarks/gpt_profile.py; a LOADED 2-core machine, load 4-8, so ratios
                             bias + residual 0.06; column sums 0.03 vs 0.06
   2 numba threads (BLAS 2): every parallel launch waited ms for its descheduled second thread
                             (non-GEMM ~950 vs ~380 ms per step on the NumPy path): a quiet
-                            machine has to tell (bench_gpt.py times both thread counts).
+                            machine has to tell (bench_gpt.py times both thread counts);
+                            hence THREADS = 1 below.
 Cross-entropy (0.2 % of the step) and the optimizer (1 %; nn/optim.py's own kernels) are not here.
 
 Legend: N rows (B*T), C channels, D a row's width, R = B*H attention rows of T x T.
