@@ -36,10 +36,11 @@ from .jit import kernel, prange
 NCHUNK = 16
 THREADS = 1
 """numba threads the GPT's forward and backward launch these kernels on (numba_threads()); None:
-numba's own number (NUMBA_NUM_THREADS, the rank's BLAS threads). 1 because that is what paid here:
-bench_gpt.py on the loaded 2-core machine, same run: kernels on 1 numba thread 1.14x torch, on 2
-numba threads 0.53x, NumPy path 0.97x; the 2-layer addition GPT (tests/nn/test_gpt.py) trained
-for over 7 minutes on 2 numba threads without finishing. bench_gpt.py times both thread counts."""
+numba's own number (NUMBA_NUM_THREADS, the rank's BLAS threads). 1 because that is what paid here
+(bench_gpt.py throughput, 2 BLAS threads, same run each): loaded 2-core machine, kernels on 1 numba
+thread 1.14x torch, on 2 numba threads 0.53x, NumPy path 0.97x; quieter (load ~1, clean rounds),
+1 thread 1.24x, 2 threads 0.35x, NumPy path 0.94x. The 2-layer addition GPT (tests/nn/test_gpt.py)
+trained for over 7 minutes on 2 numba threads without finishing, 43 s on 1. bench_gpt.py times both."""
 
 
 class numba_threads:
