@@ -58,7 +58,8 @@ def _embedding_backward_kernel(dout, idx, wte, wpe):
     if wte.fresh:
         wte.grad.fill(0)
     wte.fresh = wpe.fresh = False
-    K.embedding_bwd(wte.grad, wpe.grad, dout, idx, fresh_pe, K.consts(dout.dtype, 0))
+    nblocks = min(jit._numba().get_num_threads(), max(1, dout.shape[-1] // 16))
+    K.embedding_bwd(wte.grad, wpe.grad, dout, idx, fresh_pe, nblocks, K.consts(dout.dtype, 0))
     for p in (wpe, wte):
         if getattr(p, "hook", None) is not None:
             p.hook(p)
