@@ -2,7 +2,9 @@
 figure; and nanoGPT's CPU shape on a text as a loss anchor.
 
   python benchmarks/bench_gpt.py throughput   # 4 layers, 4 heads, d128, context 64, batch 32, float32,
-                                              #   1 process, 2 threads: tokens/s, ours vs torch (target >= 0.8x)
+                                              #   1 process, 2 threads: tokens/s, ours vs torch (target >= 1.3x),
+                                              #   vs the NumPy path and vs the step's GEMMs alone (the ceiling);
+                                              #   where the step's time goes; numba's compile and cache cost
   python benchmarks/bench_gpt.py memory       # peak RSS of a training process vs memory_report (target <= 1.5x)
   python benchmarks/bench_gpt.py anchor       # nanoGPT CPU shape (batch 12) on a text: loss after N steps,
                                               #   ours (the real trainer) and torch on the same windows
@@ -39,6 +41,11 @@ def parse():
     ap.add_argument("--max-windows", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--torch-attn", choices=["sdpa", "manual"], default="sdpa")
+    ap.add_argument("--kernels", choices=["auto", "numba", "numpy"], default="auto",
+                    help="ddp_scratch's fused CPU kernels (the config's kernels:); throughput also times the "
+                         "NumPy path as a side of its own unless this is numpy")
+    ap.add_argument("--no-compile-cost", action="store_true",
+                    help="throughput: skip timing numba's first step with an empty and a filled cache")
     ap.add_argument("--iters", type=int, default=500, help="anchor: training steps")
     ap.add_argument("--text", default="/usr/share/common-licenses/GPL-3", help="anchor: a UTF-8 text file")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for other processes to leave the CPUs")
@@ -164,11 +171,46 @@ def torch_step_fn(net, opt, x, t):
 
 # ----------------------------------------------------------------------------- modes
 
+NUMPY_PATH, GEMMS, NUMBA_ALL = "ddp_scratch_numpy_path", "gemm_ceiling", "ddp_scratch_kernels_all_threads"
+
+
+def with_kernels(setting, step):
+    """step() run under another `kernels:` setting (a side of its own in the same run)."""
+    from ddp_scratch.nn import jit
+
+    def run():
+        before = jit.setting()
+        jit.use(setting)
+        try:
+            return step()
+        finally:
+            jit.use(before)
+    return run
+
+
+def with_kernel_threads(n, step):
+    """step() with the GPT's kernels on n numba threads (transformer_kernels.THREADS; None: all)."""
+    from ddp_scratch.nn import transformer_kernels as K
+
+    def run():
+        before = K.THREADS
+        K.THREADS = n
+        try:
+            return step()
+        finally:
+            K.THREADS = before
+    return run
+
+
 def run_throughput(a):
     import numpy as np
     import torch
+    import gpt_profile
     from bench_mlp import interleaved, paired_ratio
+    from ddp_scratch.nn import jit
     torch.set_num_threads(a.threads)
+    jit.use(a.kernels)
+    cost = None if a.no_compile_cost or a.kernels == "numpy" else gpt_profile.compile_cost(a.threads, a.batch)
     if not a.no_wait:
         common.wait_for_idle()
     model, opt = build_ours(a.batch)
@@ -180,19 +222,57 @@ def run_throughput(a):
     theirs = torch_step_fn(net, topt, torch.from_numpy(x), torch.from_numpy(t))
     check = {"first_loss_ddp_scratch": ours() * 1.0, "first_loss_torch": theirs()}
     check["rel_diff"] = abs(check["first_loss_ddp_scratch"] - check["first_loss_torch"]) / check["first_loss_torch"]
-    rounds = interleaved([("ddp_scratch", ours), ("torch", theirs)], a.steps, a.windows, a.max_windows, a.warmup)
+    sides = [("ddp_scratch", ours), ("torch", theirs)]
+    if a.kernels != "numpy":                  # the same step on the NumPy path: before/after in one run
+        m_np, o_np = build_ours(a.batch)
+        sides.append((NUMPY_PATH, with_kernels("numpy", ours_step_fn(m_np, o_np, x, t))))
+    from ddp_scratch.nn import transformer_kernels as K
+    all_threads = a.kernels != "numpy" and a.threads > 1 and jit.active() and K.THREADS != a.threads
+    if all_threads:                           # OpenBLAS's spinning workers vs numba's second thread
+        m_1, o_1 = build_ours(a.batch)
+        sides.append((NUMBA_ALL, with_kernel_threads(None, ours_step_fn(m_1, o_1, x, t))))
+    m_g, o_g = build_ours(a.batch)            # its own buffers: the replay overwrites them
+    gemms = gpt_profile.gemm_step_fn(m_g, ours_step_fn(m_g, o_g, x, t))
+    sides.append((GEMMS, gemms))
+    rounds = interleaved(sides, a.steps, a.windows, a.max_windows, a.warmup)
     tok = a.batch * T
-    res = {"check": check, "tokens_per_step": tok, "flops_per_step": model.flops_per_step(tok), "sides": {}}
-    for side in ("ddp_scratch", "torch"):
+    res = {"check": check, "tokens_per_step": tok, "flops_per_step": model.flops_per_step(tok), "sides": {},
+           "kernels": jit.describe(), "gemm_calls_per_step": len(gemms.shapes), "gemm_flops_per_step": gemms.flops}
+    for side, _ in sides:
         res["sides"][side] = common.summarize([r[side] for r in rounds], a.steps, tok)
     ratio, clean = paired_ratio(rounds, "ddp_scratch", "torch")
-    res["ratio"], res["clean_rounds"] = ratio, clean
+    res["ratio"], res["clean_rounds"], res["target_ratio"] = ratio, clean, 1.3
+    res["vs_gemm_ceiling"], _ = paired_ratio(rounds, "ddp_scratch", GEMMS)
+    if a.kernels != "numpy":
+        res["vs_numpy_path"], _ = paired_ratio(rounds, "ddp_scratch", NUMPY_PATH)
+        res["numpy_path_vs_torch"], _ = paired_ratio(rounds, NUMPY_PATH, "torch")
+    res["kernel_threads"] = K.THREADS
+    if all_threads:
+        res["kernels_all_threads_vs_torch"], _ = paired_ratio(rounds, NUMBA_ALL, "torch")
+    res["profile"] = gpt_profile.profile_scratch(model, opt, ours)
+    if a.kernels != "numpy":
+        res["profile_numpy_path"] = gpt_profile.profile_scratch(m_np, o_np, with_kernels("numpy", ours_step_fn(
+            m_np, o_np, x, t)))
+    res["numba_compile"] = cost
     o, th = res["sides"]["ddp_scratch"]["median"], res["sides"]["torch"]["median"]
     print(f"first loss: ours {check['first_loss_ddp_scratch']:.6f}, torch {check['first_loss_torch']:.6f} "
-          f"(rel diff {check['rel_diff']:.1e})")
+          f"(rel diff {check['rel_diff']:.1e}); kernels: {res['kernels']}")
     gflops = o * model.flops_per_step(tok) / tok / 1e9
     print(f"tokens/s: ddp_scratch {o:,.0f}  torch ({a.torch_attn}) {th:,.0f}  ratio {ratio:.2f}x "
-          f"(target >= 0.8x; {clean} clean rounds of {len(rounds)}); ours {gflops:.1f} GFLOP/s")
+          f"(target >= 1.3x; {clean} clean rounds of {len(rounds)}); ours {gflops:.1f} GFLOP/s")
+    print(f"  the step's {len(gemms.shapes)} GEMMs alone: {res['sides'][GEMMS]['median']:,.0f} tokens/s; "
+          f"ours is {res['vs_gemm_ceiling']:.2f} of that matmul-bound ceiling")
+    if a.kernels != "numpy":
+        print(f"  NumPy path (kernels: numpy): {res['sides'][NUMPY_PATH]['median']:,.0f} tokens/s, "
+              f"{res['numpy_path_vs_torch']:.2f}x torch; the kernels make the step {res['vs_numpy_path']:.2f}x faster")
+        gpt_profile.print_profile(res["profile_numpy_path"], "NumPy path step profile")
+    if all_threads:
+        print(f"  GPT kernels on all {a.threads} numba threads (instead of {K.THREADS}): "
+              f"{res['sides'][NUMBA_ALL]['median']:,.0f} tokens/s, {res['kernels_all_threads_vs_torch']:.2f}x torch")
+    gpt_profile.print_profile(res["profile"], f"ddp_scratch step profile ({res['kernels']})")
+    if cost and "error" not in cost:
+        print(f"  numba: first step compiles the kernels in {cost['empty_cache']['kernels_s']:.1f} s (empty "
+              f"NUMBA_CACHE_DIR), loads them in {cost['cached']['kernels_s']:.1f} s from the cache")
     return res
 
 
@@ -244,6 +324,12 @@ def run_memory(a, steps=20):
 
     import numpy as np
     base = common.rss_bytes()
+    from ddp_scratch.nn import jit
+    jit.use(a.kernels)
+    if jit.active():          # numba + llvmlite: ~80 MiB of RSS once per process, whatever the model
+        base, before = common.rss_bytes(), base
+    else:
+        before = base
     model, opt = build_ours(a.batch)
     rng = np.random.default_rng(1)
     x, t = rng.integers(0, V, (a.batch, model.Tmax)), rng.integers(0, V, (a.batch, model.Tmax))
@@ -253,11 +339,13 @@ def run_memory(a, steps=20):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rep = model.memory_report(a.batch * model.Tmax)
     total = rep["memory_total_bytes"]
-    res = {"peak_rss_bytes": peak, "rss_after_imports_bytes": base, "analytic": rep,
+    res = {"peak_rss_bytes": peak, "rss_after_imports_bytes": base, "analytic": rep, "kernels": jit.describe(),
+           "numba_import_rss_bytes": base - before,
            "ratio_peak_rss": peak / total, "ratio_peak_above_imports": (peak - base) / total}
     mb = 2.0 ** 20
     print("analytic: " + ", ".join(f"{k[7:-6]} {v / mb:.1f}" for k, v in rep.items()) + " MiB")
-    print(f"peak RSS {peak / mb:.1f} MiB ({base / mb:.1f} MiB after imports): {peak / total:.2f}x the analytic total, "
+    print(f"peak RSS {peak / mb:.1f} MiB ({base / mb:.1f} MiB after imports, numba's {(base - before) / mb:.1f}); "
+          f"kernels: {res['kernels']}: {peak / total:.2f}x the analytic total, "
           f"{(peak - base) / total:.2f}x counting only what the run added (target <= 1.5x)")
     return res
 

@@ -34,8 +34,20 @@ def set_threads(requested=0):
     cores = cores_here()
     n = requested or int(os.environ.get("DDP_THREADS", 0)) or max(1, cores // local_ranks())
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        if var == "NUMBA_NUM_THREADS" and _numba_pool_started():
+            # numba re-reads this variable at its next compile and raises if it differs from the
+            # pool it started (a second command in one process: the tests' in-process main()):
+            # keep the pool, launch on n of its threads instead
+            import numba
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            continue
         os.environ[var] = str(n)
     return n
+
+
+def _numba_pool_started():
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    return bool(getattr(par, "_is_initialized", False))
 
 
 def cores_here():

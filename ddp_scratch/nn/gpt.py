@@ -25,8 +25,10 @@ from . import ops
 from .flat import N_EXTRAS, ParamSpace
 from .optim import optimizer_arrays
 from .ops import gelu_backward, gelu_forward, gelu_from_tanh
-from .transformer_ops import (attention_backward, attention_forward, causal_bias, dropout_mask,
-                     embedding_backward, embedding_forward, layernorm_backward, layernorm_forward)
+from .transformer_kernels import numba_threads
+from .transformer_ops import (attention_backward, attention_forward, bias_grad, causal_bias, dropout_mask,
+                              embedding_backward, embedding_forward, layernorm_backward, layernorm_forward,
+                              residual_add)
 
 
 class Pool:
@@ -49,6 +51,11 @@ class Pool:
 
 def _data(p):
     return None if p is None else p.data
+
+
+def _rows(a, N):
+    """A (B,T,C) dropout mask as (N,C) rows, or None."""
+    return None if a is None else a.reshape(N, -1)
 
 
 class Block:
@@ -86,21 +93,17 @@ class Block:
         self.d_att = m.mask(a, "att.drop", (Bn, H, T, T), 3 * self.i + 1, train)
         attention_forward(self.y.reshape(Bn, T, C), self.att, self.qkv.reshape(Bn, T, 3 * C), H, m.bias,
                           self.d_att, m.tmp("attp", self.att.shape) if self.d_att is not None else None)
-        self.x1 = ops.linear_forward(self.y, self.proj_w.data, _data(self.proj_b), a("x1", (N, C)))
+        self.x1 = ops.linear_forward(self.y, self.proj_w.data, None, a("x1", (N, C)))
         self.d_1 = m.mask(a, "x1.drop", (Bn, T, C), 3 * self.i + 2, train)
-        if self.d_1 is not None:
-            self.x1 *= self.d_1.reshape(N, C)
-        self.x1 += x
+        residual_add(self.x1, _data(self.proj_b), x, _rows(self.d_1, N))
         self.ln2, self.m2, self.r2 = a("ln2", (N, C)), a("ln2.mean", (N,)), a("ln2.rstd", (N,))
         layernorm_forward(self.ln2, self.m2, self.r2, self.x1, self.ln2_w.data, _data(self.ln2_b))
-        self.h = ops.linear_forward(self.ln2, self.fc_w.data, _data(self.fc_b), a("h", (N, 4 * C)))
+        self.h = ops.linear_forward(self.ln2, self.fc_w.data, None, a("h", (N, 4 * C)))
         self.t = a("t", (N, 4 * C))                                      # tanh inside GELU
-        g = gelu_forward(m.tmp("g", (N, 4 * C)), self.t, self.h)        # (N,4C) not kept
-        self.x2 = ops.linear_forward(g, self.fc2_w.data, _data(self.fc2_b), a("x2", (N, C)))
+        g = gelu_forward(m.tmp("g", (N, 4 * C)), self.t, self.h, _data(self.fc_b))   # (N,4C) not kept
+        self.x2 = ops.linear_forward(g, self.fc2_w.data, None, a("x2", (N, C)))
         self.d_2 = m.mask(a, "x2.drop", (Bn, T, C), 3 * self.i + 3, train)
-        if self.d_2 is not None:
-            self.x2 *= self.d_2.reshape(N, C)
-        self.x2 += self.x1
+        residual_add(self.x2, _data(self.fc2_b), self.x1, _rows(self.d_2, N))
         return self.x2
 
     def backward(self, dres, m):
@@ -111,12 +114,10 @@ class Block:
         g = gelu_from_tanh(tmp("g", (N, 4 * C)), self.h, self.t)         # (N,4C) recomputed
         m.acc(self.fc2_w, g.T, d)
         if self.fc2_b is not None:
-            self.fc2_b.acc_sum0(d)
+            bias_grad(self.fc2_b, d)
         dg = xp.matmul(d, self.fc2_w.data.T, out=tmp("dg", (N, 4 * C)))  # (N,4C)
-        gelu_backward(dg, self.h, self.t, g)                             # dg <- dh; h is spent
+        gelu_backward(dg, self.h, self.t, g, self.fc_b)                  # dg <- dh, fc_b's grad; h spent
         m.acc(self.fc_w, self.ln2.T, dg)
-        if self.fc_b is not None:
-            self.fc_b.acc_sum0(dg)
         dln = xp.matmul(dg, self.fc_w.data.T, out=tmp("dln", (N, C)))
         layernorm_backward(dres, dln, self.x1, self.m2, self.r2, self.ln2_w.data, self.ln2_w, self.ln2_b,
                            tmp("xhat", (N, C)), tmp("lnwork", (N, C)))
@@ -124,7 +125,7 @@ class Block:
         d = dres if self.d_1 is None else xp.multiply(dres, self.d_1.reshape(N, C), out=tmp("dmask", (N, C)))
         m.acc(self.proj_w, self.y.T, d)
         if self.proj_b is not None:
-            self.proj_b.acc_sum0(d)
+            bias_grad(self.proj_b, d)
         dy = xp.matmul(d, self.proj_w.data.T, out=tmp("dy", (N, C)))
         dqkv = tmp("dqkv", (N, 3 * C))
         attention_backward(dqkv.reshape(Bn, T, 3 * C), dy.reshape(Bn, T, C), self.qkv.reshape(Bn, T, 3 * C),
@@ -132,7 +133,7 @@ class Block:
                            tmp("attp", self.att.shape) if self.d_att is not None else None)
         m.acc(self.attn_w, self.ln1.T, dqkv)
         if self.attn_b is not None:
-            self.attn_b.acc_sum0(dqkv)
+            bias_grad(self.attn_b, dqkv)
         xp.matmul(dqkv, self.attn_w.data.T, out=dln)
         layernorm_backward(dres, dln, self.x, self.m1, self.r1, self.ln1_w.data, self.ln1_w, self.ln1_b,
                            tmp("xhat", (N, C)), tmp("lnwork", (N, C)))
@@ -193,6 +194,10 @@ class GPT:
     # ------------------------------------------------------------------ forward / backward
     def forward(self, idx, train=False):
         """idx (B,T) token ids -> logits (N,V)."""
+        with numba_threads():
+            return self._forward(idx, train)
+
+    def _forward(self, idx, train):
         xp = B.xp
         Bn, T = idx.shape
         if T > self.Tmax:
@@ -224,6 +229,10 @@ class GPT:
         return loss, correct
 
     def backward(self):
+        with numba_threads():
+            self._backward()
+
+    def _backward(self):
         xp, tmp = B.xp, self.tmp
         Bn, T = self.idx.shape
         N, C = Bn * T, self.C

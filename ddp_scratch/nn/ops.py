@@ -192,9 +192,17 @@ _C = math.sqrt(2.0 / math.pi)
 _A = 0.044715
 
 
-def gelu_forward(g, t, h):
-    """h (N,D) -> g (N,D); saves t (N,D). Written without temporaries."""
+def gelu_forward(g, t, h, b=None):
+    """h (N,D) (+= b (D,) first: the linear layer's bias, fused) -> g (N,D); saves t (N,D).
+    Written without temporaries."""
     xp = B.xp
+    if h.ndim == 2 and jit.active(h.size):
+        K = _kernels()
+        K.gelu_fwd(g, t, h, h[0] if b is None else b, b is not None, h.dtype == B.xp.float32,
+                   K.consts(h.dtype, _A * _C, _C, 1, 0.5, *K.TANH32))
+        return g
+    if b is not None:
+        h += b
     xp.multiply(h, h, out=t)
     t *= _A * _C
     t += _C
@@ -206,18 +214,31 @@ def gelu_forward(g, t, h):
 
 def gelu_from_tanh(g, h, t):
     xp = B.xp
+    if h.ndim == 2 and jit.active(h.size):
+        K = _kernels()
+        K.gelu_recompute(g, h, t, K.consts(h.dtype, _A * _C, _C, 1, 0.5))
+        return g
     xp.add(t, 1.0, out=g)
     g *= h
     g *= 0.5
     return g
 
 
-def gelu_backward(dg, h, t, w):
+def gelu_backward(dg, h, t, w, db=None):
     """dh = dg * (0.5 (1 + t) + 0.5 h (1 - t^2) c (1 + 3a h^2)), in place in dg; w (N,D) scratch.
+    With `db` (a Param: the bias added before the GELU) its gradient, the column sums of dh, too.
 
     Factored as (1 + t) (0.5 + w (1 - t)) with w = 0.5 c h (1 + 3a h^2): 11 passes, no tanh.
-    h is overwritten: it is spent once w holds its polynomial, and reusing it saves a scratch."""
+    h is overwritten: it is spent once w holds its polynomial, and reusing it saves a scratch.
+    The kernel does it in one pass (the same operations in the same order) and leaves h alone."""
     xp = B.xp
+    if dg.ndim == 2 and jit.active(dg.size):
+        K = _kernels()
+        part, sums = K.colsum_parts(dg)
+        K.gelu_bwd(dg, sums, h, t, part, db is not None, K.consts(h.dtype, 0, 3 * _A, 1, 0.5 * _C, 0.5))
+        if db is not None:
+            db.acc(sums)
+        return dg
     xp.multiply(h, h, out=w)
     w *= 3 * _A
     w += 1.0
@@ -229,7 +250,14 @@ def gelu_backward(dg, h, t, w):
     xp.add(t, 1.0, out=h)
     w *= h
     dg *= w
+    if db is not None:
+        db.acc_sum0(dg)
     return dg
+
+
+def _kernels():
+    from . import transformer_kernels      # numba's kernels load with the first fused call
+    return transformer_kernels
 
 
 # name -> (forward(x, out, ws) -> y, backward(dy, saved, ws) -> dx, what backward needs: "y" or "x")

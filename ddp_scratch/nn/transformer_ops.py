@@ -13,6 +13,8 @@ import math
 import numpy as np
 
 from .. import backend as B
+from . import jit
+from . import transformer_kernels as K
 
 # ----------------------------------------------------------------------------- embedding
 # out[b, t] = wte[idx[b, t]] + wpe[t]
@@ -31,6 +33,9 @@ def embedding_backward(dout, idx, wte, wpe, work=None):
     Written straight into the views (a scatter, and a partial slice when T < block_size), so the
     Param's readiness hook is called here, as acc() would. `work` (N,C) is scratch."""
     xp, T = B.xp, idx.shape[1]
+    if jit.active(dout.size) and dout.flags.c_contiguous:
+        _embedding_backward_kernel(dout, idx, wte, wpe)
+        return
     if wpe.fresh:
         wpe.grad[T:] = 0
         xp.sum(dout, axis=0, out=wpe.grad[:T])
@@ -41,6 +46,20 @@ def embedding_backward(dout, idx, wte, wpe, work=None):
         wte.grad.fill(0)
         wte.fresh = False
     scatter_add_rows(wte.grad, idx.ravel(), dout.reshape(-1, dout.shape[-1]), work)
+    for p in (wpe, wte):
+        if getattr(p, "hook", None) is not None:
+            p.hook(p)
+
+
+def _embedding_backward_kernel(dout, idx, wte, wpe):
+    T, fresh_pe = idx.shape[1], wpe.fresh
+    if fresh_pe:
+        wpe.grad[T:] = 0
+    if wte.fresh:
+        wte.grad.fill(0)
+    wte.fresh = wpe.fresh = False
+    nblocks = min(jit._numba().get_num_threads(), max(1, dout.shape[-1] // 16))
+    K.embedding_bwd(wte.grad, wpe.grad, dout, idx, fresh_pe, nblocks, K.consts(dout.dtype, 0))
     for p in (wpe, wte):
         if getattr(p, "hook", None) is not None:
             p.hook(p)
@@ -77,6 +96,9 @@ def _rowdot(a, b, out):
 def layernorm_forward(out, mean, rstd, x, w, b, eps=1e-5):
     """x (N,C) -> out (N,C); saves mean (N,), rstd (N,)."""
     xp, C = B.xp, x.shape[-1]
+    if jit.active(x.size):
+        K.layernorm_fwd(out, mean, rstd, x, w, w if b is None else b, b is not None, K.consts(x.dtype, 0, C, eps, 1))
+        return out
     xp.mean(x, axis=-1, out=mean)
     xp.subtract(x, mean[:, None], out=out)
     _rowdot(out, out, rstd)                         # sum of squares
@@ -96,6 +118,14 @@ def layernorm_backward(dx, dout, x, mean, rstd, w, dw, db, xhat, work):
 
     dout (N,C) is overwritten; xhat and work are (N,C) scratch; dw, db are Params."""
     xp, C = B.xp, x.shape[-1]
+    if jit.active(x.size):
+        sums = K.scratch("ln.sums", (2, C), x.dtype)
+        K.layernorm_bwd(dx, sums, dout, x, mean, rstd, w, K.scratch("ln.part", (K.NCHUNK, 2, C), x.dtype),
+                        K.consts(x.dtype, 0, C))
+        if db is not None:
+            db.acc(sums[1])
+        dw.acc(sums[0])
+        return dx
     xp.subtract(x, mean[:, None], out=xhat)         # recomputed: cheaper than keeping it
     xhat *= rstd[:, None]
     if db is not None:
@@ -133,13 +163,27 @@ def split_heads(qkv, H):
 def attention_forward(y, att, qkv, H, bias, drop=None, work=None):
     """qkv (B,T,3C) -> y (B,T,C); saves att (B,H,T,T) softmax probabilities.
 
-    q is scaled by 1/sqrt(hs) IN PLACE inside qkv (C multiplies instead of T*T per row), so the
-    saved qkv holds the scaled q that backward needs. `drop` (B,H,T,T) multiplies the probabilities
+    NumPy path: q is scaled by 1/sqrt(hs) IN PLACE inside qkv (C multiplies instead of T*T per
+    row), so the saved qkv holds the scaled q that backward needs. Kernel path (jit.active): the
+    softmax kernel scales the scores in its pass, q stays unscaled, and the backward kernel puts
+    the scale into datt; forward and backward ask jit.active(att.size) alike, so they agree. `drop` (B,H,T,T) multiplies the probabilities
     fed to `v` (the saved att stays undropped), `work` holds that product."""
     xp = B.xp
     Bn, T, C3 = qkv.shape
     hs = C3 // (3 * H)
     q, k, v = split_heads(qkv, H)                   # (B,H,T,hs) each
+    if jit.active(att.size):
+        # the kernel scales the scores (and scales back in attention_backward): q stays unscaled
+        xp.matmul(q, k.swapaxes(-1, -2), out=att)
+        a3 = att.reshape(Bn * H, T, T)
+        K.causal_softmax_shift(a3, K.consts(att.dtype, 0, 1.0 / math.sqrt(hs), -np.inf))
+        xp.exp(att, out=att)
+        K.causal_softmax_norm(a3, a3 if drop is None else drop.reshape(a3.shape),
+                              a3 if drop is None else work.reshape(a3.shape), drop is not None,
+                              K.consts(att.dtype, 0))
+        yh = y.reshape(Bn, T, H, hs).swapaxes(1, 2)
+        xp.matmul(att if drop is None else work, v, out=yh)
+        return y
     q *= 1.0 / math.sqrt(hs)
     xp.matmul(q, k.swapaxes(-1, -2), out=att)       # (B,H,T,T)
     att += bias[:T, :T]
@@ -168,6 +212,15 @@ def attention_backward(dqkv, dy, qkv, att, H, datt, drop=None, work=None):
     p = att if drop is None else xp.multiply(att, drop, out=work)
     xp.matmul(p.swapaxes(-1, -2), dyh, out=dv)      # dv = p^T dy
     xp.matmul(dyh, v.swapaxes(-1, -2), out=datt)    # dp = dy v^T
+    if jit.active(att.size):
+        # attention_forward's kernel left q unscaled; datt comes back scaled: no dq *= scale
+        R = Bn * H
+        K.causal_softmax_bwd(datt.reshape(R, T, T), att.reshape(R, T, T),
+                             (att if drop is None else drop).reshape(R, T, T), drop is not None,
+                             K.consts(att.dtype, 0, 1.0 / math.sqrt(hs)))
+        xp.matmul(datt, k, out=dq)
+        xp.matmul(datt.swapaxes(-1, -2), q, out=dk)
+        return dqkv
     if drop is not None:
         datt *= drop
     # softmax: dpre = att * (dp - sum_j dp_j att_j); masked entries have att = 0, so dpre = 0
@@ -218,3 +271,29 @@ def dropout_mask(out, p, seed, step, site, row0=0):
     flat *= 1.0 / (1.0 - p)
     return out
 
+
+
+# ----------------------------------------------------------------------------- residual stream, biases
+
+def residual_add(out, b, x, drop=None):
+    """out = drop * (out + b) + x: a projection's bias, its dropout and the residual add."""
+    if jit.active(out.size):
+        K.bias_residual(out, out[0] if b is None else b, x, out if drop is None else drop,
+                        b is not None, drop is not None)
+        return out
+    if b is not None:
+        out += b
+    if drop is not None:
+        out *= drop
+    out += x
+    return out
+
+
+def bias_grad(p, d):
+    """p (a bias Param) gets the column sums of d (N,D)."""
+    if jit.active(d.size):
+        part, sums = K.colsum_parts(d)
+        K.colsum(sums, d, part, K.consts(d.dtype, 0))
+        p.acc(sums)
+    else:
+        p.acc_sum0(d)

@@ -13,7 +13,7 @@ from conftest import FIXTURES, require_torch, run_launch, step_memory
 from devices import dev, host, xp
 from ddp_scratch.nn.gradcheck import numgrad as _numgrad
 from ddp_scratch import backend as B
-from ddp_scratch.nn import ops
+from ddp_scratch.nn import jit, ops
 from ddp_scratch.nn import transformer_ops
 from ddp_scratch.nn.flat import ParamSpace
 from ddp_scratch.nn.gpt import GPT
@@ -23,6 +23,32 @@ from make_gpt_fixtures import (torch_attention, torch_block, torch_gpt_loss, tor
                                torch_params)
 
 EPS = 1e-5     # float64 central differences: truncation ~EPS^2, rounding ~1e-16/EPS
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def kernels(request):
+    """The gradient tests run twice: on the NumPy path and with every fused kernel forced on
+    (kernels: numba, whatever the size), so both meet the same finite differences and torch."""
+    if request.param == "numba" and (B.name != "numpy" or not jit._numba()):
+        pytest.skip("numba kernels run on host NumPy arrays, with numba installed")
+    before = jit.setting()
+    jit.use(request.param)
+    threads = _one_numba_thread() if request.param == "numba" else None
+    yield request.param
+    jit.use(before)
+    if threads:
+        import numba
+        numba.set_num_threads(threads)
+
+
+def _one_numba_thread():
+    """numba on one thread here, the number it had returned: on a loaded 2-core machine a parallel
+    launch can wait milliseconds for its second thread (the gpt gradcheck: 68 s on 2 threads, 7 s
+    on 1). test_transformer_kernels.py runs the kernels on all threads."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    return before
 
 
 def numgrad(f, x):
@@ -54,6 +80,7 @@ def against_torch(ours, ref, names):
 
 # ----------------------------------------------------------------------------- sub-layers
 
+@pytest.mark.usefixtures("kernels")
 def test_embedding():
     V, T, Tmax, C = 5, 4, 6, 3
     sp, P = space_of({"wte": (V, C), "wpe": (Tmax, C)})
@@ -74,6 +101,7 @@ def test_embedding():
     against_torch({"wte": P["wte"].grad, "wpe": P["wpe"].grad}, {"wte": tw, "wpe": tp}, ["wte", "wpe"])
 
 
+@pytest.mark.usefixtures("kernels")
 def test_layernorm():
     N, C = 6, 5
     sp, P = space_of({"w": (C,), "b": (C,)})
@@ -100,6 +128,7 @@ def test_layernorm():
 
 
 @pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.usefixtures("kernels")
 def test_attention_with_projections(dropout):
     """QKV projection, scaled scores, causal mask, softmax, att @ v, output projection."""
     Bn, T, C, H = 2, 5, 6, 2
@@ -138,6 +167,7 @@ def test_attention_with_projections(dropout):
     against_torch({n: p.grad for n, p in P.items()}, TP, TP)
 
 
+@pytest.mark.usefixtures("kernels")
 def test_mlp_block():
     """fc -> GELU (tanh) -> fc2 with the GELU pair that keeps tanh and recomputes g."""
     N, C = 7, 4
@@ -177,6 +207,7 @@ def small_gpt(**kw):
     return m
 
 
+@pytest.mark.usefixtures("kernels")
 def test_whole_block():
     m = small_gpt(n_layer=1)
     blk, (Bn, T, C) = m.blocks[0], (2, 5, m.C)
@@ -216,6 +247,7 @@ def batch(m, Bn=3, T=5, seed=6):
     return *dev(idx, tgt), 1.0 / int((tgt >= 0).sum())
 
 
+@pytest.mark.usefixtures("kernels")
 def test_full_model_loss_finite_differences():
     m = small_gpt()
     idx, tgt, scale = batch(m)                            # T = 5 < block_size: a partial wpe
@@ -226,6 +258,7 @@ def test_full_model_loss_finite_differences():
         check(f"fd {p.name}", g[p.offset:p.offset + p.size], num[p.offset:p.offset + p.size], 1e-7)
 
 
+@pytest.mark.usefixtures("kernels")
 def test_full_model_loss_against_torch():
     torch = require_torch()
     m = small_gpt(bias=False)
@@ -239,6 +272,7 @@ def test_full_model_loss_against_torch():
                   [p.name for p in m.space.plist])
 
 
+@pytest.mark.usefixtures("kernels")
 def test_tied_embedding_gradient_is_the_sum_of_both_uses():
     torch = require_torch()
     m = small_gpt()
@@ -253,6 +287,7 @@ def test_tied_embedding_gradient_is_the_sum_of_both_uses():
     assert not np.allclose(host(m.wte.grad), as_head) and not np.allclose(host(m.wte.grad), as_input)
 
 
+@pytest.mark.usefixtures("kernels")
 def test_against_committed_torch_fixture():
     """No torch needed: values written by tests/make_gpt_fixtures.py."""
     z = np.load(os.path.join(FIXTURES, "gpt_reference.npz"))
@@ -268,6 +303,7 @@ def test_against_committed_torch_fixture():
 
 # ----------------------------------------------------------------------------- dropout
 
+@pytest.mark.usefixtures("kernels")
 def test_dropout_gradient_and_reproducibility():
     m = small_gpt(dropout=0.3)
     idx, tgt, scale = batch(m)
@@ -436,6 +472,7 @@ def test_bad_prompt_character_is_one_line_and_exit_2(addition_run):
 @pytest.mark.host_arrays("the GPT's device path makes activation-sized temporaries by design (the strict stand-in "
                          "measured a 6.3 MiB peak): dropout masks drawn on the host and copied over "
                          "(transformer_ops.dropout_mask) and _rowdot's (a * b).sum product, 2 MiB in attention backward")
+@pytest.mark.usefixtures("kernels")
 def test_gpt_train_step_allocates_no_activation_sized_arrays():
     """Forward, backward (dropout on) and AdamW reuse their buffers: over two steps after warm-up
     no temporary reaches the size of one (N,C) activation (2048 x 128 float32 = 1 MiB); what is

@@ -87,3 +87,23 @@ def test_the_command_exits_1_on_a_wrong_backward_and_0_on_a_right_one():
     r = run_launch("gradcheck", "tests.nn.broken_layers:Affine", "--entries", "0", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "  aff.W " in r.stdout and "12/12" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["gpt", "gelu"])
+def test_the_gpt_and_gelu_pass_with_the_numba_kernels_forced(name):
+    """The same checks with every fused kernel on (kernels: numba, whatever the size)."""
+    from ddp_scratch import backend as B
+    from ddp_scratch.nn import jit
+    if B.name != "numpy" or not jit._numba():
+        pytest.skip("numba kernels run on host NumPy arrays, with numba installed")
+    import numba
+    before, threads = jit.setting(), numba.get_num_threads()
+    jit.use("numba")
+    numba.set_num_threads(1)     # a parallel launch on a loaded 2-core machine can wait ms for its 2nd thread
+    try:
+        r = check_target(name, entries=40)
+    finally:
+        jit.use(before)
+        numba.set_num_threads(threads)
+    print(r.text())
+    assert r.ok, r.failures
