@@ -57,7 +57,7 @@ def parse():
     a = ap.parse_args()
     a.batch = a.batch or (256 if a.mode == "single" else 128)
     a.threads = a.threads or (2 if a.mode == "single" else 1)
-    a.kernel_threads = a.kernel_threads or a.threads
+    a.kernel_threads = a.kernel_threads or 1     # the package's jit.THREADS (see there why 1)
     a.out = a.out or f"mlp_{a.mode}.json"
     return a
 
@@ -236,7 +236,7 @@ def _profile_once(model, opt, x, t, scale, reps):
     return [{"call": n, "ms": float(m)} for n, m in zip(names, med)]
 
 
-def profiles(model, opt, x, t, scale, kernel_threads):
+def profiles(model, opt, x, t, scale, kernel_threads, threads):
     """The per-call profile as configured, and, where kernels run, in the same run with the NumPy
     path (before/after) and with the kernels on one thread (a 2-thread kernel right after a GEMM
     shares its second core with OpenBLAS's spinning worker). {label: (profile, foreign share)}."""
@@ -250,13 +250,13 @@ def profiles(model, opt, x, t, scale, kernel_threads):
         out["numpy path"] = profile_scratch(model, opt, x, t, scale)
     finally:
         jit.use(setting)
-    if kernel_threads > 1:
-        import numba
-        numba.set_num_threads(1)
+    other = 1 if kernel_threads > 1 else threads      # the other choice of jit.THREADS, as a column
+    if other != kernel_threads:
+        jit.limit_threads(other)
         try:
-            out["kernels on 1 thread"] = profile_scratch(model, opt, x, t, scale)
+            out[f"kernels on {other} thread{'s' if other > 1 else ''}"] = profile_scratch(model, opt, x, t, scale)
         finally:
-            numba.set_num_threads(kernel_threads)
+            jit.limit_threads(kernel_threads)
     return out
 
 
@@ -365,7 +365,7 @@ def run_single(a):
     times = interleaved(sides, a.steps, a.windows, a.max_windows, a.warmup)
     if not a.no_torch:
         res["check"]["param_max_abs_diff_after"] = float(np.abs(model.space.params - torch_params_flat(net)).max())
-    profs = profiles(model, opt, x, t, 1.0 / a.batch, a.kernel_threads)
+    profs = profiles(model, opt, x, t, 1.0 / a.batch, a.kernel_threads, a.threads)
     res["profile"], res["profile_foreign_cpu_share"] = profs.pop("as configured")
     res["profile_variants"] = {k: {"profile": p, "foreign_cpu_share": f} for k, (p, f) in profs.items()}
     if not a.no_compile_cost:
@@ -432,8 +432,9 @@ def run_ddp(a):
 def main():
     a = parse()
     common.set_threads(a.threads)
-    os.environ["NUMBA_NUM_THREADS"] = str(a.kernel_threads)
+    os.environ["NUMBA_NUM_THREADS"] = str(max(a.threads, a.kernel_threads))
     from ddp_scratch.nn import jit
+    jit.THREADS = a.kernel_threads
     jit.use(a.kernels)
     if a.mode == FIRST_STEP:
         return first_step(a)

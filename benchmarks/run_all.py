@@ -326,7 +326,8 @@ def report(res):
                   f">= 0.95: {'met' if r['vs_gemm_ceiling'] >= 0.95 else 'NOT met'}). What separates the two "
                   "is the step's other work (bias adds and gradients, ReLU, softmax cross-entropy, the optimizer) "
                   "and the GEMMs' own in-step slowdown; the profile below gives each call's time"
-                  + (", with the NumPy path and the kernels on one thread beside it, in the same run."
+                  + (f", with the NumPy path and the kernels on the other thread count beside it, in the same run "
+                     f"(the step's kernels launch on {r.get('kernel_threads', 1)} numba thread(s): nn/jit.py THREADS)."
                      if r.get("profile_variants") else ".")]
             fs = r.get("first_step")
             if fs and "numba_empty_cache" in fs:

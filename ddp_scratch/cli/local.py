@@ -38,8 +38,8 @@ def set_threads(requested=0):
             # numba re-reads this variable at its next compile and raises if it differs from the
             # pool it started (a second command in one process: the tests' in-process main()):
             # keep the pool, launch on n of its threads instead
-            import numba
-            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            from ..nn import jit
+            jit.limit_threads(n)
             continue
         os.environ[var] = str(n)
     return n

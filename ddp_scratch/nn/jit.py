@@ -33,15 +33,33 @@ SETTINGS = ("auto", "numba", "numpy")
 MIN_ELEMENTS = 1 << 15
 _state = {"setting": "auto", "numba": None}    # numba: None = not tried yet, False = missing
 
+THREADS = 1
+"""numba threads a kernel launches on (None: NUMBA_NUM_THREADS, the rank's BLAS threads). One,
+because that is what pays inside a step on the CPU: after each GEMM OpenBLAS's workers busy-wait
+on the rank's other cores, and a 2-thread kernel waits for one of them. Measured on 2 cores (MLP
+784-1024-1024-10, batch 256, 2 BLAS threads, bench_mlp.py --kernel-threads, load ~2): the step ran
+52.8 steps/s with the kernels on 1 thread and 16.8 on 2 (the optimizer 1.1 ms vs 4.8 ms, ReLU
+backward 0.08 vs 3.7 ms); bench_gpt.py's all-threads side measured the same for the GPT."""
+
 
 def _numba():
     if _state["numba"] is None:
         try:
             import numba
             _state["numba"] = numba
+            limit_threads()
         except Exception:        # not installed, or broken against this NumPy
             _state["numba"] = False
     return _state["numba"]
+
+
+def limit_threads(n=None):
+    """Kernels launched from this thread use min(n or THREADS, numba's pool) threads (numba's
+    setting is per launching thread; the trainer launches from the main thread)."""
+    nb = _state["numba"]
+    if nb:
+        want = min(x for x in (n, THREADS, nb.config.NUMBA_NUM_THREADS) if x)
+        nb.set_num_threads(want)
 
 
 def use(setting):
@@ -79,7 +97,8 @@ def describe():
         from importlib import metadata
         if importlib.util.find_spec("numba") is None:
             return "numpy"
-        version, threads = metadata.version("numba"), os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count()
+        version = metadata.version("numba")
+        threads = THREADS or os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count()
     else:
         version, threads = nb.__version__, nb.get_num_threads()
     extra = "" if _state["setting"] == "numba" else f", arrays >= {MIN_ELEMENTS} elements"
