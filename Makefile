@@ -25,6 +25,11 @@ run: setup
 
 # System data and SLURM for the tests need root (apt); elsewhere those tests skip with a reason,
 # and in CI (DDP_REQUIRE_*=1) a skip of them is a failure.
+# The tests start hundreds of Python processes (launch.py runs, MPI ranks, pytest under mpiexec): with
+# PYTHONDONTWRITEBYTECODE set in the environment each would compile the package's and the tests'
+# sources again (~0.13 s of CPU each), so the tests write bytecode (__pycache__ is git-ignored).
+test: export PYTHONDONTWRITEBYTECODE :=
+test-fast: export PYTHONDONTWRITEBYTECODE :=
 test: setup
 	@if [ "$(TORCH)" = 1 ]; then $(BIN)/python -m pip install -q torch==2.13.0; fi
 	@if [ "$$(id -u)" = 0 ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then \

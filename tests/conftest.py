@@ -190,9 +190,18 @@ if ON_DEVICE:
     assert _backend.use.strict          # patched on import: use() gives the stand-in
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device_agnostic(why): skipped in a device pass (DDP_TEST_DEVICE=strict "
+                            "or cupy): what the test checks (messages, refusals, files, locks, schedules) is decided "
+                            "on the host before or beside the array work, which other tests of the pass cover; "
+                            "the NumPy pass runs it")
+
+
 def pytest_collection_modifyitems(config, items):
     """In the strict pass, tests that hand NumPy arrays to the package directly (unit tests not yet
-    written for a device) or measure host-side NumPy behaviour skip with that reason."""
+    written for a device) or measure host-side NumPy behaviour skip with that reason; so do tests
+    marked device_agnostic (their launches would only repeat, at the stand-in's cost, array work
+    that the pass's training, resume and reliability tests already run on it)."""
     if not ON_DEVICE:
         return
     for item in items:
@@ -200,3 +209,6 @@ def pytest_collection_modifyitems(config, items):
         if m is not None:
             why = m.args[0] if m.args else "hands NumPy arrays to the package directly"
             item.add_marker(pytest.mark.skip(reason=f"strict device pass: {why}"))
+        m = item.get_closest_marker("device_agnostic")
+        if m is not None:
+            item.add_marker(pytest.mark.skip(reason=f"device pass: device-agnostic: {m.args[0]}"))

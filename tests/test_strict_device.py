@@ -6,7 +6,9 @@ test here so that the one test command covers it; it runs its own pytest with DD
 
 tests/nn runs whole (about 60 s of CPU on the stand-in) but for the GPT tests on the 1000-step
 addition run (experiments/gpt_addition.yaml trained to 90% exact match, minutes on two cores):
-the NumPy pass runs them, and tests/run trains the GPT on the stand-in."""
+the NumPy pass runs them, and tests/run trains the GPT on the stand-in. Tests marked device_agnostic
+(tests/conftest.py: messages, refusals, locks, files, decided on the host) skip here: their launches
+would repeat array work the pass's training, resume and reliability tests already run."""
 import os
 import sys
 

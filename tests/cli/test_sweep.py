@@ -3,24 +3,49 @@ rebuild, the communication micro-benchmark with its alpha-beta fit and projectio
 import csv
 import json
 import os
+import shutil
 
 import pytest
+
+from conftest import run_launch
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def sweep_args(mode, out):
+    """The sweep the tests share: the digits MLP on 1 and 2 ranks, 3 timed steps after 1 warm-up."""
+    return ["scaling", "experiments/mlp_digits.yaml", "--mode", mode, "--ranks", "1,2", "--steps", "3",
+            "--warmup", "1", "--out", out]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """sweep(mode, dest) -> the launch result of the shared MODE sweep, its folder copied to dest
+    (each test changes its own copy; a sweep's identity holds no path, so the copy is that sweep).
+    Each mode is measured once per module: a sweep is two training runs and a report with plots."""
+    made = {}
+
+    def get(mode, dest):
+        if mode not in made:
+            out = tmp_path_factory.mktemp("sweep") / mode
+            made[mode] = (out, run_launch(*sweep_args(mode, out), timeout=300))
+        out, r = made[mode]
+        assert r.returncode == 0, r.stderr[-3000:]
+        shutil.copytree(out, dest)
+        return r
+    return get
+
+
 @pytest.mark.parametrize("mode", ["strong", "weak"])
-def test_sweep_1_and_2_ranks_writes_csv_plots_and_report(tmp_path, launch, mode):
+def test_sweep_1_and_2_ranks_writes_csv_plots_and_report(tmp_path, launch, mode, sweep):
     out = tmp_path / mode
-    r = launch("scaling", "experiments/mlp_digits.yaml", "--mode", mode, "--ranks", "1,2", "--steps", 8,
-               "--warmup", 2, "--out", out, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = sweep(mode, out)
     assert "[1/2]" in r.stdout and "[2/2]" in r.stdout and "ETA" in r.stdout
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == 2
     for p in runs:
         j = json.loads(p.read_text())
-        assert j["mode"] == mode and j["steps"] == 8
+        assert j["mode"] == mode and j["steps"] == 3
         assert j["step_time_s"]["min"] <= j["step_time_s"]["median"] <= j["step_time_s"]["max"]
         assert j["energy"]["source"].startswith(("estimated", "measured"))
     gb = {json.loads(p.read_text())["world_size"]: json.loads(p.read_text())["global_batch"] for p in runs}
@@ -76,14 +101,12 @@ def test_sweep_is_logged_to_wandb_offline_when_enabled(tmp_path, launch):
     assert len(sweep_runs) == 1, "one W&B run for the sweep's table and plots"
 
 
-def test_every_point_uses_one_thread_count_and_a_folder_holds_one_sweep(tmp_path, launch):
+def test_every_point_uses_one_thread_count_and_a_folder_holds_one_sweep(tmp_path, launch, sweep):
     """By default 1 rank would take all cores and N ranks 1/N each (efficiency above 100 %): the
     sweep pins one count. A second, different sweep into the folder is refused, or replaces it."""
     out = tmp_path / "one"
-    args = ["scaling", "experiments/mlp_digits.yaml", "--mode", "weak", "--ranks", "1,2", "--steps", "3",
-            "--warmup", "1", "--out", out]
-    r = launch(*args, timeout=300)
-    assert r.returncode == 0, r.stderr
+    args = sweep_args("weak", out)
+    r = sweep("weak", out)
     assert "threads per rank: 1 at every point" in r.stdout
     threads = {json.load(open(p))["environment"]["threads_per_rank"] for p in (out / "runs").glob("*.json")}
     assert threads == {1}
@@ -101,14 +124,13 @@ def test_every_point_uses_one_thread_count_and_a_folder_holds_one_sweep(tmp_path
     assert len(list((out / "runs").glob("*.json"))) == 2
 
 
-def test_the_same_sweep_again_is_refused_unless_resume_or_overwrite(tmp_path, launch):
+def test_the_same_sweep_again_is_refused_unless_resume_or_overwrite(tmp_path, launch, sweep):
     """Run again into its folder, a sweep would silently replace its measurements; --resume keeps
     every complete run file of this sweep and runs only the rest (an interrupted sweep: a missing
     or broken file), then rebuilds the report; --overwrite measures every point afresh."""
     out = tmp_path / "s"
-    args = ["scaling", "experiments/mlp_digits.yaml", "--mode", "strong", "--ranks", "1,2", "--steps", "3",
-            "--warmup", "1", "--out", out]
-    assert launch(*args, timeout=300).returncode == 0
+    args = sweep_args("strong", out)
+    sweep("strong", out)
     runs = {p.name: p.read_bytes() for p in (out / "runs").glob("*.json")}
     r = launch(*args)
     assert r.returncode == 2 and "already holds 2 run file(s) of this sweep" in r.stderr

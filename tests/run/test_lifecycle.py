@@ -25,6 +25,7 @@ def curve(s):
     return [{k: v for k, v in rec.items() if k not in TIMING} for rec in s["history"]]
 
 
+@pytest.mark.device_agnostic("a finished run's resume ends before any array work")
 @pytest.mark.parametrize("ranks", [0, 2])
 def test_resume_of_a_complete_run_says_so_and_changes_nothing(tmp_path, ranks):
     out = tmp_path / "done"
@@ -49,6 +50,8 @@ def test_a_stop_before_the_first_evaluation_writes_a_valid_summary(tmp_path, ran
     assert "stopped: step 1/57, train_loss" in r.stdout and "(mean of the 1 step run)" in r.stdout
 
 
+@pytest.mark.device_agnostic("the label counts steps on the host (a stopped run's loss on a device: "
+                              "test_a_stop_before_the_first_evaluation_writes_a_valid_summary)")
 def test_the_final_line_says_what_its_train_loss_is_the_mean_of(tmp_path):
     """No epoch ended (max_steps 5 = 0.26 epochs), or stopped with no validation yet: the label says so."""
     r = run_launch("train", *ARGS, "--set", "train.max_steps=5", "--out", tmp_path / "m")
@@ -90,6 +93,7 @@ def test_the_summary_of_a_resumed_run_covers_the_whole_run(tmp_path, ranks):
     assert b["resumed_from_step"] == 30 and b["wall_s"] > b["wall_s_this_run"]
 
 
+@pytest.mark.device_agnostic("which steps evaluate is counted on the host (evaluation on a device: test_trainer.py)")
 def test_validation_runs_exactly_when_configured(tmp_path):
     out = tmp_path / "ev"
     r = run_launch("train", *ARGS, "--set", "train.eval_every=7", "--set", "train.epochs=2", "--out", out)
@@ -128,6 +132,7 @@ def test_progress_in_a_log_is_about_ten_lines_and_names_its_units(tmp_path):
     assert "completed: step 60/60" in r.stdout and "test_exact_match" in r.stdout and "tokens/s" in r.stdout
 
 
+@pytest.mark.device_agnostic("the progress display")
 def test_a_terminal_gets_one_live_bar(tmp_path):
     r = run_launch("train", *ARGS, "--out", tmp_path / "tty", env={"DDP_PROGRESS": "tty"})
     assert r.returncode == 0
@@ -147,6 +152,8 @@ def test_eta_counts_only_the_steps_this_process_ran(monkeypatch):
     assert "eta 1m30s" in out.getvalue()                         # 90 steps left at 1 step/s
 
 
+@pytest.mark.device_agnostic("the checkpoint's metadata (a resumed history on a device: "
+                              "test_the_summary_of_a_resumed_run_covers_the_whole_run)")
 def test_history_kept_in_the_checkpoint(tmp_path):
     from ddp_scratch.run import checkpoint as ckpt
     out = tmp_path / "h"
@@ -156,6 +163,7 @@ def test_history_kept_in_the_checkpoint(tmp_path):
     assert os.path.exists(out / "summary.json")
 
 
+@pytest.mark.device_agnostic("the lock on --out")
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
     import subprocess
     import sys
@@ -179,6 +187,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
     assert r.returncode == 0, r.stderr          # the lock died with its process
 
 
+@pytest.mark.device_agnostic("the resume's choice of length")
 def test_a_stopped_run_whose_length_was_reached_is_finished_on_resume(tmp_path):
     out = tmp_path / "short"
     assert run_launch("train", *ARGS, "--out", out, "--stop-at-step", 30).returncode == 0
@@ -192,6 +201,7 @@ def test_a_stopped_run_whose_length_was_reached_is_finished_on_resume(tmp_path):
     assert "already complete at step 30" in r.stdout
 
 
+@pytest.mark.device_agnostic("refused before any array work")
 @pytest.mark.parametrize("ranks", [0, 2])
 def test_a_resume_whose_config_ends_before_the_checkpoint_is_refused(tmp_path, ranks):
     """Stopped at step 30 of 57; the config now ends at 19: one line saying how to go on, nothing
@@ -211,6 +221,7 @@ def test_a_resume_whose_config_ends_before_the_checkpoint_is_refused(tmp_path, r
     assert r.returncode == 0 and "stopped: step 31/57" in r.stdout
 
 
+@pytest.mark.device_agnostic("the note on resume")
 def test_a_resume_that_changes_a_schedule_says_so(tmp_path):
     out = tmp_path / "sched"
     cos = [*ARGS, "--set", "optim.schedule=cosine", "--out", out]
@@ -222,6 +233,7 @@ def test_a_resume_that_changes_a_schedule_says_so(tmp_path):
             "schedule follows the new length from step 10") in r.stdout
 
 
+@pytest.mark.device_agnostic("the note on resume")
 def test_a_complete_run_extended_on_resume_says_so_before_training(tmp_path):
     out = tmp_path / "ext"
     assert run_launch("train", *ARGS, "--set", "train.max_steps=6", "--out", out, "--quiet").returncode == 0
@@ -233,6 +245,7 @@ def test_a_complete_run_extended_on_resume_says_so_before_training(tmp_path):
     assert summary(out)["steps"] == 8
 
 
+@pytest.mark.device_agnostic("the files in --out")
 def test_taking_the_lock_removes_temp_files_of_a_killed_write(tmp_path):
     out = tmp_path / "stale"
     out.mkdir()
@@ -245,11 +258,13 @@ def test_taking_the_lock_removes_temp_files_of_a_killed_write(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([".lock", "checkpoint.npz", "summary.json", *kept])
 
 
+@pytest.mark.device_agnostic("the parsing of flags")
 def test_integer_flags_take_any_notation(tmp_path):
     r = run_launch("train", *ARGS, "--out", tmp_path / "n", "--stop-at-step", "1e1")
     assert r.returncode == 0 and summary(tmp_path / "n")["steps"] == 10
 
 
+@pytest.mark.device_agnostic("the launcher's warning")
 def test_oversubscribing_the_cores_is_warned_once(tmp_path):
     r = run_launch("local", "-n", str(os.cpu_count() + 1), *ARGS, "--set", "train.max_steps=2", "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
@@ -278,6 +293,7 @@ def test_the_start_up_text_says_how_gradients_are_summed(sets, size, said):
     assert said in comm_text(CommConfig(**sets), size)
 
 
+@pytest.mark.device_agnostic("the note on resume (the ring and bf16 on a device: tests/mpi)")
 def test_a_resume_that_changes_how_gradients_travel_says_so(tmp_path):
     """comm.* and optim.zero are not in the checkpoint's identity (a resume may move to another
     world), but leaving them out on resume is said, with the --set that keeps them."""

@@ -64,6 +64,8 @@ def test_existing_checkpoint_is_not_overwritten_without_consent(tmp_path, launch
     assert launch(*args, "--overwrite").returncode == 0
 
 
+@pytest.mark.device_agnostic("the IDX files are read on the host into the arrays the digits use (a classifier "
+                              "trained on a device: test_mlp_learns_embedded_digits_to_95_percent)")
 def test_mnist_format_training_on_real_fashion_files(tmp_path, launch):
     from conftest import need_fashion
     r = launch("train", "experiments/mlp_mnist.yaml", "--out", tmp_path, "--set", f"data.path={need_fashion()}",
