@@ -131,7 +131,10 @@ class LoggingConfig:
 class Config:
     backend: str = F("numpy", choices=["numpy", "cupy"])
     kernels: str = F("auto", choices=["auto", "numba", "numpy"],
-                     help="CPU elementwise work: auto = numba where installed for large arrays (nn/jit.py)")
+                     help="CPU elementwise work (optimizer, activations, softmax, LayerNorm): auto = fused numba "
+                          "kernels for arrays of 32768+ elements where numba works, else NumPy; numba = the kernels "
+                          "at every size (refused without numba, or with backend: cupy); numpy = never. One "
+                          "numba thread per rank; the first run on a machine compiles them (~10-20 s, cached)")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -110,7 +110,7 @@ def build_parser():
                    help="run each point as a SLURM job through submitit (one task per rank)")
     add_slurm_resource_args(p, tasks_per_node=0, time=30)
     p = cmd("keys", "list every config key: its type, default, allowed values and what it does")
-    p.add_argument("section", nargs="?", choices=["backend", "model", "data", "train", "optim", "comm", "logging"],
+    p.add_argument("section", nargs="?", choices=["backend", "kernels", "model", "data", "train", "optim", "comm", "logging"],
                    help="only this section's keys")
     p = cmd("report", "rebuild a scaling report (CSV, plots, report.md) from DIR/runs/*.json")
     p.add_argument("dir", type=path("a sweep folder"), help="the --out folder of a scaling sweep")

@@ -25,6 +25,7 @@ Never call a parallel kernel from a thread of nn/batch_threads.py's pool: numba'
 (workqueue) threading layer aborts on concurrent launches.
 """
 import os
+import sys
 
 from .. import backend as B
 from ..errors import UserError
@@ -46,7 +47,8 @@ def _numba():
     if _state["numba"] is None:
         try:
             import numba
-            _state["numba"] = numba
+            # NUMBA_DISABLE_JIT=1 would run the kernels as Python loops, 30-70x slower than NumPy
+            _state["numba"] = False if numba.config.DISABLE_JIT else numba
             limit_threads()
         except Exception:        # not installed, or broken against this NumPy
             _state["numba"] = False
@@ -67,8 +69,10 @@ def use(setting):
     if setting not in SETTINGS:
         raise UserError(f"kernels: expected one of {', '.join(SETTINGS)}, got {setting!r}")
     if setting == "numba" and not _numba():
-        raise UserError("kernels: 'numba' needs the numba package (pip install numba), which does not import "
-                        "here; use kernels: auto or numpy")
+        why = ("NUMBA_DISABLE_JIT is set, which turns them into Python loops" if os.environ.get("NUMBA_DISABLE_JIT", "0")
+               not in ("", "0") else "the numba package (pip install numba) does not import here")
+        raise UserError(f"kernels: 'numba' needs numba's compiler, but {why}; use kernels: auto (NumPy then) "
+                        "or numpy")
     _state["setting"] = setting
 
 
@@ -89,7 +93,8 @@ def active(n_elements=None):
 def describe():
     """What runs the fused work, for the summary: 'numba 0.68.1, 2 thread(s)', or 'numpy'. Does
     not import numba where no kernel ran (a small model never pays its ~0.3 s import)."""
-    if _state["setting"] == "numpy" or B.name != "numpy" or _state["numba"] is False:
+    if _state["setting"] == "numpy" or B.name != "numpy" or _state["numba"] is False \
+            or os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
         return "numpy"
     nb = _state["numba"]
     if nb is None:
@@ -141,9 +146,20 @@ class kernel:
                 self.fn.__globals__["prange"] = nb.prange
             # error_model numpy: x / 0 gives inf or nan as in NumPy, where numba's default raises
             # ZeroDivisionError (and checks every division in the loop, which stops vectorisation)
-            self.compiled = nb.njit(parallel=self.parallel, cache=_cache_ok(), fastmath=False,
-                                    error_model="numpy")(self.fn)
+            cache = _cache_ok()
+            try:
+                self.compiled = self._compile(nb, cache)
+            except RuntimeError as e:        # numba found no folder to cache in after all
+                if "cannot cache" not in str(e):
+                    raise
+                cache = False
+                self.compiled = self._compile(nb, False)
+            if not cache:
+                _no_cache_note()
         return self.compiled(*args)
+
+    def _compile(self, nb, cache):
+        return nb.njit(parallel=self.parallel, cache=cache, fastmath=False, error_model="numpy")(self.fn)
 
 
 prange = range
@@ -157,11 +173,25 @@ def serial(fn):
     return kernel(fn, parallel=False)
 
 
+def _no_cache_note():
+    """Said once per process: a read-only package, home and NUMBA_CACHE_DIR leave numba nowhere to
+    keep the machine code, so every run compiles its kernels again."""
+    if not _state.get("warned_cache"):
+        _state["warned_cache"] = True
+        sys.stderr.write("note: numba finds no writable folder for its cache (the package's __pycache__, "
+                         "NUMBA_CACHE_DIR, ~/.cache): the kernels are compiled on every run (~10-20 s); set "
+                         "NUMBA_CACHE_DIR to a writable folder, or kernels: numpy\n")
+        sys.stderr.flush()
+
+
 def _cache_ok():
     """numba caches next to the source or in NUMBA_CACHE_DIR / its user folder; where none is
     writable it warns on every compile, so compile without a cache there instead."""
     if os.environ.get("NUMBA_CACHE_DIR"):
-        return True
+        d = os.environ["NUMBA_CACHE_DIR"]
+        while not os.path.exists(d) and os.path.dirname(d) != d:
+            d = os.path.dirname(d)           # numba creates it: its nearest existing parent must be writable
+        return os.access(d, os.W_OK)
     here = os.path.join(os.path.dirname(__file__), "__pycache__")
     try:
         os.makedirs(here, exist_ok=True)

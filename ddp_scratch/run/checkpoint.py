@@ -128,21 +128,26 @@ def restore(tr):
     tr.step = step
 
 
-# How gradients travel may change on resume (another world, another interconnect), so these
-# keys are not in the fingerprint; but a change is said, or a resumed compressed run would read as
-# an uncompressed one in its summary without a word.
-COMM_KEYS = (("comm", "algorithm"), ("comm", "compress"), ("comm", "error_feedback"), ("optim", "zero"))
+# How gradients travel may change on resume (another world, another interconnect), and so may what
+# runs the elementwise work (kernels: the same values to rounding), so these keys are not in the
+# fingerprint; but a change is said, or a resumed compressed run would read as an uncompressed one
+# in its summary without a word. Section None: a top-level key.
+COMM_KEYS = (("comm", "algorithm"), ("comm", "compress"), ("comm", "error_feedback"), ("optim", "zero"),
+             (None, "kernels"))
 
 
 def _note_comm_change(tr, meta):
     saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     was, now = [], []
     for sec, key in COMM_KEYS:
-        old = saved.get(sec, {}).get(key) if isinstance(saved.get(sec), dict) else None
-        new = getattr(getattr(tr.cfg, sec), key)
+        if sec is None:
+            old, new, name = saved.get(key), getattr(tr.cfg, key), key
+        else:
+            old = saved.get(sec, {}).get(key) if isinstance(saved.get(sec), dict) else None
+            new, name = getattr(getattr(tr.cfg, sec), key), f"{sec}.{key}"
         if old is not None and old != new:
-            was.append(f"{sec}.{key}={str(old).lower() if isinstance(old, bool) else old}")
-            now.append(f"{sec}.{key}={str(new).lower() if isinstance(new, bool) else new}")
+            was.append(f"{name}={str(old).lower() if isinstance(old, bool) else old}")
+            now.append(f"{name}={str(new).lower() if isinstance(new, bool) else new}")
     if was:
         tr.notes.append(f"note: the checkpoint was made with {', '.join(was)}; this run goes on with "
                         f"{', '.join(now)} (to keep them, resume with {' '.join('--set ' + w for w in was)})")

@@ -305,3 +305,16 @@ def test_a_resume_that_changes_how_gradients_travel_says_so(tmp_path):
     assert r.returncode == 0, r.stderr
     assert ("note: the checkpoint was made with comm.compress=bf16; this run goes on with comm.compress=none "
             "(to keep them, resume with --set comm.compress=bf16)") in r.stdout, r.stdout
+
+
+@pytest.mark.device_agnostic("the note on resume")
+def test_a_resume_that_changes_the_kernels_says_so(tmp_path):
+    """kernels (numba or NumPy: the same values to rounding) is not in the checkpoint's identity,
+    but a resume that switches it says so, as the summary names only the last setting."""
+    out = tmp_path / "k"
+    r = run_launch("train", *ARGS, "--out", out, "--stop-at-step", 3, "--quiet", "--set", "kernels=numpy")
+    assert r.returncode == 0, r.stderr
+    r = run_launch("train", *ARGS, "--out", out, "--resume", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert ("note: the checkpoint was made with kernels=numpy; this run goes on with kernels=auto "
+            "(to keep them, resume with --set kernels=numpy)") in r.stdout, r.stdout
